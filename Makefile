@@ -1,0 +1,60 @@
+# cortex-nb: `make all` regenerates the paper's tables and figures for PROFILE (toy by default),
+# `make test` runs the unit tests and validates every notebook with nbval (smoke profile).
+# Both create the virtual environment first when it is missing.
+PROFILE ?= toy
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.cortex-installed
+EXEC    := results/$(PROFILE)/executed
+SRC     := $(wildcard cortex_nb/*.py) cortex_nb/profiles/$(PROFILE).yaml
+NBS     := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+OUTS    := $(patsubst notebooks/%.ipynb,$(EXEC)/%.ipynb,$(NBS))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export PYTHONHASHSEED := 0
+
+.PHONY: setup all test unit nbval lab bench clean help
+
+help:
+	@echo "make setup | all [PROFILE=toy|smoke|imagenet] | test | lab | clean"
+
+setup: $(STAMP)
+
+# torch/torchvision are pinned to the pair that installs from this machine's disk (see README);
+# everything else comes from pyproject.toml, the one list of dependencies.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+# Each executed notebook depends on its notebook, the package code, the profile and the
+# previous stage, so `make all` reruns exactly the stages whose inputs changed.
+all: $(OUTS)
+	@echo "done: tables in results/$(PROFILE)/tables, figures in figures/$(PROFILE)"
+
+$(EXEC)/%.ipynb: notebooks/%.ipynb $(SRC) | $(STAMP)
+	@mkdir -p $(EXEC) results/$(PROFILE)/timings
+	@echo "== $* ($(PROFILE))"
+	@start=$$(date +%s); \
+	$(PY) -m papermill $< $@.tmp.ipynb -p profile $(PROFILE) --cwd notebooks \
+	    --kernel python3 --execution-timeout 7200 --log-output --no-progress-bar \
+	  && mv $@.tmp.ipynb $@ \
+	  && echo "$* $$(( $$(date +%s) - start ))" > results/$(PROFILE)/timings/$*.txt \
+	  && echo "   $* took $$(( $$(date +%s) - start )) s"
+
+# stage order: every stage needs the caches of the ones before it
+$(foreach i,$(shell seq 2 $(words $(OUTS))),$(eval $(word $(i),$(OUTS)): $(word $(shell expr $(i) - 1),$(OUTS))))
+
+test: unit nbval
+
+unit: $(STAMP)
+	CORTEX_PROFILE=smoke $(PY) -m pytest -q tests
+
+nbval: $(STAMP)
+	CORTEX_PROFILE=smoke $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --current-env $(NBS)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	rm -rf results/*/cache results/*/executed results/*/timings results/smoke figures/smoke

@@ -1,0 +1,123 @@
+"""Profiles: every result of cortex-nb is a function of one profile (a YAML file) and a seed.
+
+``load_profile("toy" | "smoke" | "imagenet", **overrides)`` reads ``cortex_nb/profiles/<name>.yaml``
+with OmegaConf, applies overrides, resolves paths and the device, and returns a read-only
+``DictConfig``. Overrides name existing keys only (``load_profile("toy", seed=1)``, nested keys
+with ``__`` or dots: ``load_profile("toy", **{"data.n_test": 10})`` or ``data__n_test=10``); a
+key that the profile does not have is an error, so a typo never silently does nothing.
+
+Environment variables (for the imagenet profile's checkpoints, see README):
+``CORTEX_PROFILE`` (the notebooks' default profile), ``CORTEX_VQGM_CONFIG``, ``CORTEX_VQGM_CKPT``,
+``CORTEX_WEIGHTS_DIR`` (torchvision weight files), ``CORTEX_DEVICE``, ``CORTEX_RESULTS``
+(where results/ and figures/ live; default: the repository root).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["load_profile", "PROFILES", "ProfileError", "repo_root", "profile_hash", "resolve_device"]
+
+PROFILE_DIR = Path(__file__).with_name("profiles")
+PROFILES = tuple(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+
+# Environment variables that fill profile keys when set (and the profile leaves them null).
+ENV_KEYS = {
+    "CORTEX_VQGM_CONFIG": "vqgm.config",
+    "CORTEX_VQGM_CKPT": "vqgm.ckpt",
+    "CORTEX_WEIGHTS_DIR": "evaluators.weights_dir",
+    "CORTEX_DEVICE": "device",
+}
+
+
+class ProfileError(ValueError):
+    """An unknown profile, or an override that names a key the profile does not have."""
+
+
+def repo_root() -> Path:
+    """The directory that holds results/ and figures/: $CORTEX_RESULTS, else the checkout root
+    (the package's parent when installed editable), else the current directory."""
+    env = os.environ.get("CORTEX_RESULTS")
+    if env:
+        return Path(env).expanduser().resolve()
+    here = Path(__file__).resolve().parents[1]
+    if (here / "pyproject.toml").exists():
+        return here
+    return Path.cwd().resolve()
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; 'cuda' without a GPU is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ProfileError(f"device={device!r} but no CUDA device is visible; use device=auto or cpu")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ProfileError(f"device={device!r}: expected auto, cpu or cuda[:N]")
+    return device
+
+
+def _set_override(cfg: DictConfig, key: str, value: Any, name: str) -> None:
+    dotted = key.replace("__", ".")
+    parent_key, _, leaf = dotted.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if not isinstance(parent, DictConfig) or leaf not in parent:
+        where, known = (parent_key, parent.keys()) if isinstance(parent, DictConfig) else ("the top level", cfg.keys())
+        raise ProfileError(f"profile {name!r} has no key {dotted!r}; keys under {where or 'the top level'}: "
+                           + ", ".join(sorted(map(str, known))))
+    OmegaConf.update(cfg, dotted, value, merge=False)
+
+
+def load_profile(name: str | None = None, **overrides: Any) -> DictConfig:
+    """Load a profile by name (default: $CORTEX_PROFILE or 'toy') and apply overrides.
+
+    Returns a read-only DictConfig with resolved ``paths`` (absolute) and ``device``.
+    Raises ProfileError for an unknown profile or override key.
+    """
+    name = name or os.environ.get("CORTEX_PROFILE", "toy")
+    path = PROFILE_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ProfileError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)} (files in {PROFILE_DIR})")
+    cfg = OmegaConf.load(path)
+    for env, key in ENV_KEYS.items():
+        if os.environ.get(env) and OmegaConf.select(cfg, key, default="__missing__") in (None, "auto"):
+            OmegaConf.update(cfg, key, os.environ[env], merge=False)
+    for key, value in overrides.items():
+        _set_override(cfg, key, value, name)
+    root = repo_root()
+    results = root / "results" / cfg.name
+    cfg.paths = {
+        "root": str(root),
+        "results": str(results),
+        "tables": str(results / "tables"),
+        "executed": str(results / "executed"),
+        "cache": str(results / "cache"),
+        "figures": str(root / "figures" / cfg.name),
+    }
+    cfg.device = resolve_device(str(cfg.device))
+    OmegaConf.resolve(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def profile_hash(cfg: DictConfig | dict, *keys: str) -> str:
+    """A short stable hash of the profile (or of the sub-trees named by dotted ``keys``):
+    used to invalidate caches when the settings that built them change."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+    def get(tree: Any, dotted: str) -> Any:
+        for part in dotted.split("."):
+            tree = tree[part]
+        return tree
+
+    sub = {k: get(container, k) for k in keys} if keys else container
+    blob = json.dumps(sub, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

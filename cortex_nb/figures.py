@@ -1,0 +1,84 @@
+"""Figures: one style, one saver, and the image grids every notebook shows.
+
+``save_figure(fig, directory, name)`` writes PNG (and PDF) atomically under figures/<profile>/.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+import numpy as np
+
+from .store import atomic_path
+
+__all__ = ["set_style", "save_figure", "image_grid", "to_uint8"]
+
+
+def set_style() -> None:
+    """The project's plot style (seaborn 'whitegrid', small fonts, 150 dpi)."""
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="paper", font_scale=1.0)
+    matplotlib.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight"})
+
+
+def save_figure(fig, directory: str | Path, name: str, *, pdf: bool = True) -> Path:
+    """Save ``fig`` as ``directory/name.png`` (+ ``.pdf``) atomically; returns the PNG path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / f"{name}.png"
+    for ext in (("png", "pdf") if pdf else ("png",)):
+        with atomic_path(directory / f"{name}.{ext}") as tmp:
+            fig.savefig(tmp, format=ext)
+    return out
+
+
+def to_uint8(images) -> np.ndarray:
+    """Images as uint8 (B, H, W, 3): accepts that already, or float (B, 3, H, W) in [-1, 1]
+    (taming's convention) as a torch tensor or array."""
+    import torch
+
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu()
+        if images.dtype == torch.uint8:
+            images = images.numpy()
+        else:
+            x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            return x.permute(0, 2, 3, 1).numpy()
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images if images.shape[-1] == 3 else images.transpose(0, 2, 3, 1)
+    x = np.clip((images.astype(np.float32) + 1) * 127.5, 0, 255).round().astype(np.uint8)
+    return x.transpose(0, 2, 3, 1)
+
+
+def image_grid(images, nrow: int, *, row_labels: Sequence[str] | None = None, title: str | None = None,
+               scale: float = 0.9, boxes: Sequence[Sequence[tuple[int, int, int, int]]] | None = None):
+    """A matplotlib figure with ``images`` (uint8 (B,H,W,3) or float [-1,1]) laid out ``nrow``
+    per row, optional labels on the left and red boxes ``(x0, y0, w, h)`` (pixels) per image."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    imgs = to_uint8(images)
+    n = len(imgs)
+    rows = (n + nrow - 1) // nrow
+    fig, axes = plt.subplots(rows, nrow, figsize=(scale * nrow, scale * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([]), ax.set_yticks([])
+        for s in ax.spines.values():
+            s.set_visible(False)
+        if i >= n:
+            ax.axis("off")
+            continue
+        ax.imshow(imgs[i], interpolation="nearest")
+        for (x0, y0, w, h) in (boxes[i] if boxes is not None else ()):
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), w, h, fill=False, edgecolor="red", linewidth=1.5))
+    if row_labels is not None:
+        for r, lab in enumerate(row_labels[:rows]):
+            axes[r, 0].set_ylabel(lab, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(wspace=0.04, hspace=0.04)
+    return fig
