@@ -1,0 +1,169 @@
+"""cortex_nb.masking: exactly the chosen patches change, into exactly the chosen fill; position
+choices against brute-force Python sets; the scaled sizes written out."""
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms.functional import gaussian_blur
+
+from cortex_nb.masking import (
+    evaluate_masked, image_level_grid, mask_images, mask_random, mask_token_set, mask_top_n,
+    position_mask_to_pixels, scaled_n,
+)
+
+B, M, P = 3, 4, 5          # 3 images, 4x4 token grid, 5x5-pixel patches -> 20x20 images
+H = M * P
+
+
+def float_images():
+    return torch.rand(B, 3, H, H) * 2 - 1                              # [-1, 1], (B, 3, H, W)
+
+
+def uint8_images():
+    return torch.randint(0, 256, (B, H, H, 3), dtype=torch.uint8)      # (B, H, W, 3)
+
+
+def random_mask(n=5):
+    return mask_random(B, M, n, torch.Generator().manual_seed(3))
+
+
+def test_position_mask_to_pixels_is_kron_with_patch():
+    mask = random_mask()
+    px = position_mask_to_pixels(mask, H)
+    assert px.shape == (B, 1, H, H) and px.dtype == torch.bool
+    for b in range(B):
+        assert torch.equal(px[b, 0], torch.kron(mask[b].int(), torch.ones(P, P, dtype=torch.int)).bool())
+    with pytest.raises(ValueError, match="multiple"):
+        position_mask_to_pixels(mask, H + 1)
+
+
+def expected_fill(img_chw_float, fill):
+    """Independent fill per image (B, 3, H, W) float: constant, own mean, or blurred copy."""
+    if fill == "black":
+        return torch.full_like(img_chw_float, -1.0)
+    if fill == "mean":
+        return img_chw_float.mean((2, 3), keepdim=True).expand_as(img_chw_float)
+    return gaussian_blur(img_chw_float, [2 * P + 1] * 2, [P / 2] * 2)
+
+
+@pytest.mark.parametrize("fill", ["black", "mean", "blur"])
+@pytest.mark.parametrize("kind", ["float", "uint8", "numpy_uint8"])
+def test_mask_images_changes_exactly_the_masked_patches(fill, kind):
+    images = float_images() if kind == "float" else uint8_images()
+    if kind == "numpy_uint8":
+        images = images.numpy()
+    before = images.copy() if kind == "numpy_uint8" else images.clone()
+    mask = random_mask()
+    out = mask_images(images, mask, fill)
+
+    assert type(out) is type(images) and out.dtype == images.dtype and out.shape == images.shape
+    assert (before == images).all()                                    # input untouched
+    x = torch.as_tensor(images)
+    y = torch.as_tensor(out)
+    if kind != "float":                                                # work in (B, 3, H, W) float
+        x, y = x.permute(0, 3, 1, 2), y.permute(0, 3, 1, 2)
+    px = torch.kron(mask.int(), torch.ones(P, P, dtype=torch.int)).bool()[:, None].expand(-1, 3, -1, -1)
+    assert torch.equal(y[~px], x[~px])                                 # bit-identical outside
+    if kind == "float":
+        want = expected_fill(x, fill)
+        torch.testing.assert_close(y[px], want[px])
+    else:
+        # 0..255 -> [-1, 1] is affine, so fills commute with it; compare in uint8 after rounding
+        want = expected_fill(x.double() / 127.5 - 1, fill)
+        want = ((want + 1) * 127.5).round().clamp(0, 255)
+        assert (y[px].double() - want[px]).abs().max() <= 1          # float32 blur vs float64
+        if fill == "black":
+            assert (y[px] == 0).all()
+
+
+def test_mask_images_fill_values_on_a_hand_case():
+    img = torch.zeros(1, 3, 4, 4)
+    img[0, 0] = torch.arange(16.0).view(4, 4) / 16                     # red ramp, mean 15/32
+    mask = torch.tensor([[[True, False], [False, False]]])             # top-left 2x2 patch
+    black = mask_images(img, mask, "black")
+    assert (black[0, :, :2, :2] == -1).all() and torch.equal(black[0, :, 2:, :], img[0, :, 2:, :])
+    mean = mask_images(img, mask, "mean")
+    assert torch.allclose(mean[0, 0, :2, :2], torch.tensor(15 / 32)) and (mean[0, 1:, :2, :2] == 0).all()
+    u8 = torch.full((1, 4, 4, 3), 200, dtype=torch.uint8)
+    assert (mask_images(u8, mask, "black")[0, :2, :2] == 0).all()
+    assert (mask_images(u8, mask, "mean") == 200).all()               # own mean of a flat image
+
+
+def test_mask_top_n_equal_area_and_token_ids():
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.randint(0, 6, (B, M, M), generator=g)               # few ids: repeats are common
+    tsv = torch.rand(B, M, M, generator=g)
+    for n in (1, 3, 7):
+        eq = mask_top_n(tokens, tsv, n)
+        assert eq.shape == (B, M, M) and (eq.flatten(1).sum(1) == n).all()
+        ids = mask_top_n(tokens, tsv, n, mode="token_ids")
+        assert (ids | eq).equal(ids)                                    # a superset
+        for b in range(B):
+            flat_t, flat_v = tokens[b].flatten().tolist(), tsv[b].flatten().tolist()
+            top = sorted(range(M * M), key=lambda p: -flat_v[p])[:n]
+            assert set(torch.nonzero(eq[b].flatten()).flatten().tolist()) == set(top)
+            chosen = {flat_t[p] for p in top}
+            want = {p for p in range(M * M) if flat_t[p] in chosen}
+            assert set(torch.nonzero(ids[b].flatten()).flatten().tolist()) == want
+    assert (mask_top_n(tokens, tsv, 7, "token_ids").flatten(1).sum(1) > 7).any()   # can exceed n
+
+
+def test_mask_random_exactly_n_and_reproducible():
+    for n in (0, 1, 5, M * M):
+        r = mask_random(50, M, n, torch.Generator().manual_seed(0))
+        assert (r.flatten(1).sum(1) == n).all()
+    a = mask_random(50, M, 5, torch.Generator().manual_seed(0))
+    assert torch.equal(a, mask_random(50, M, 5, torch.Generator().manual_seed(0)))
+    assert len({tuple(x.flatten().tolist()) for x in a}) > 40           # images get different positions
+    with pytest.raises(ValueError):
+        mask_random(2, M, M * M + 1)
+
+
+def test_mask_token_set_equals_python_sets():
+    g = torch.Generator().manual_seed(2)
+    K, n_classes = 10, 3
+    tokens = torch.randint(0, K, (8, M, M), generator=g)
+    labels = torch.randint(0, n_classes, (8,), generator=g)
+    concept = torch.tensor([[3, 7, -1, -1], [0, 1, 2, 9], [-1, -1, -1, -1]])
+    got = mask_token_set(tokens, labels, concept, K=K)
+    sets = [set(row) - {-1} for row in concept.tolist()]
+    for b in range(8):
+        want = [[int(tokens[b, i, j]) in sets[int(labels[b])] for j in range(M)] for i in range(M)]
+        assert got[b].tolist() == want
+    assert torch.equal(got, mask_token_set(tokens.numpy(), labels.numpy(), concept))   # K inferred
+    assert not mask_token_set(tokens, torch.full((8,), 2), concept).any()               # all padding
+    with pytest.raises(ValueError, match="token ids"):
+        mask_token_set(tokens, labels, concept, K=5)
+
+
+def test_scaled_n_and_image_level_grid_written_out():
+    assert [scaled_n(n, 16) for n in range(5, 55, 5)] == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
+    # m = 8: n/4 = 1.25, 2.5, 3.75, 5, 6.25, 7.5, 8.75, 10, 11.25, 12.5 -> halves round up
+    assert [scaled_n(n, 8) for n in range(5, 55, 5)] == [1, 3, 4, 5, 6, 8, 9, 10, 11, 13]
+    assert image_level_grid(8) == [1, 3, 4, 5, 6, 8, 9, 10, 11, 13]
+    # m = 4: n/16 = 0.31, 0.63, 0.94, 1.25, 1.56, 1.88, 2.19, 2.5, 2.81, 3.13 -> at least 1
+    assert image_level_grid(4) == [1, 2, 3]
+    assert image_level_grid(16) == list(range(5, 55, 5))
+    assert scaled_n(20, 8) == 5 and scaled_n(100, 8) == 25 and scaled_n(1, 2) == 1
+
+
+def test_evaluate_masked_batched_equals_direct():
+    images = float_images()
+    labels = torch.tensor([0, 1, 2])
+    masks = random_mask(n=6)
+    W = torch.randn(3 * H * H, 3)
+
+    def predict_proba(x):                                              # any images -> (b, 3) probabilities
+        return torch.softmax(x.flatten(1) @ W, dim=1)
+
+    p = predict_proba(mask_images(images, masks, "black"))
+    for bs in (1, 2, 64):
+        res = evaluate_masked(predict_proba, images, labels, masks, batch_size=bs)
+        np.testing.assert_allclose(res["p_true"], p[torch.arange(3), labels].numpy(), rtol=1e-5)
+        assert res["correct"].tolist() == (p.argmax(1) == labels).tolist()
+        assert res["n_masked"].tolist() == [6, 6, 6]
+    none = evaluate_masked(predict_proba, images, labels, torch.zeros(B, M, M, dtype=torch.bool), 2)
+    np.testing.assert_allclose(none["p_true"], predict_proba(images)[torch.arange(3), labels].numpy(), rtol=1e-5)
+    # numpy uint8 images and numpy probabilities work the same way
+    u8 = uint8_images().numpy()
+    res = evaluate_masked(lambda x: np.full((len(x), 3), 1 / 3), u8, labels.numpy(), masks, batch_size=2)
+    np.testing.assert_allclose(res["p_true"], 1 / 3)
