@@ -1,0 +1,589 @@
+"""The token browser: T*_concept per class, browsed (CORTEX §3.3, eq. 6).
+
+Eq. 6 reduces a class to k codebook ids — the ids found most often at the n highest-TSV
+positions of the class's training images. A table of ids says little; this app shows what each
+one *is* and *where it lives*:
+
+- **ranking** — the class's k concept tokens for the chosen source, best first, with the count
+  they were ranked by (CE / RE: occurrences at the top-n TSV positions, eq. 6; ``frequency``: the
+  paper's Table 2 baseline, occurrences over all positions; ``class-vs-rest``: our tf-idf-like
+  control, its log-ratio score);
+- **gallery** — the class's gallery images (generated test images) that hold the selected token,
+  its patches boxed in red: does the id sit on the bird's head, or on the background?
+- **token** — the token decoded on its own (a grid filled with that one id), enlarged;
+- **usage** — how often each class uses that id over the training split (``token_class_usage``):
+  a concept token that every class uses is not much of an explanation.
+
+Driving it: ``TokenBrowser(browser_data(cfg, vqgm, extractors))`` and ``display(b.widget)`` (or
+just ``b`` as a cell's last value). Every control is a public attribute and :meth:`TokenBrowser.state`
+returns what is selected and rendered, so tests drive it without a browser.
+
+Why it is built this way (the project notes on ipywidgets): each view is ONE composed PNG sent as bytes
+to an ``ipywidgets.Image`` (many small widgets are slow); figures are drawn on
+``matplotlib.figure.Figure`` with the Agg canvas (no pyplot state); errors in callbacks are
+written to the ``output`` widget (a print in a callback is invisible in JupyterLab) and to the
+status line, never swallowed; widget state is not saved in executed notebooks, so
+:meth:`TokenBrowser.snapshot` gives one static PNG of the current view to display beside it.
+
+Speed: the saliency functions rank every class in one bincount, so the ranking of all classes is
+computed once per (source, n) and cached; k only slices it (k is capped at ``k_max``, the k
+slider's maximum). Gallery matches are a vectorised comparison over the class's gallery images.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable
+
+import ipywidgets as W
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PatchCollection
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from .masking import scaled_n
+from .saliency import (class_vs_rest_baseline, concept_tokens, frequency_baseline, token_class_usage,
+                       top_n_positions)
+
+__all__ = ["BrowserData", "browser_data", "TokenBrowser", "BASELINES"]
+
+log = logging.getLogger("cortex_nb")
+
+BASELINES = ("frequency", "class-vs-rest")   # sources that need no TSV (n is ignored for them)
+_DPI = 80
+_RC = {"savefig.bbox": "standard", "savefig.dpi": "figure", "savefig.facecolor": "white",
+       "figure.facecolor": "white", "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8,
+       "xtick.labelsize": 7, "ytick.labelsize": 7}   # fixed whatever style the notebook set
+_SELECTED, _OTHER = "#d62728", "#9aa5b1"
+
+
+@dataclass
+class BrowserData:
+    """Everything the browser shows, as plain arrays (no model needed once built).
+
+    ``token_image(t)`` is what token id t looks like decoded on its own, uint8 (h, w, 3); cache it
+    (``browser_data`` does) — the browser calls it on every token change.
+    """
+    class_names: list[str]              # (C,) display names, index = label
+    K: int                              # codebook size
+    m: int                              # token grid side
+    train_tokens: np.ndarray            # (N, m, m) ids the concept sets are computed from
+    train_labels: np.ndarray            # (N,)
+    train_tsv: dict[str, np.ndarray]    # {"CE": (N, m, m), "RE": (N, m, m)} token saliency values
+    gallery_tokens: np.ndarray          # (G, m, m) ids of the images shown (generated test images)
+    gallery_labels: np.ndarray          # (G,)
+    gallery_images: np.ndarray          # (G, H, W, 3) uint8, H = W = p·m
+    token_image: Callable[[int], np.ndarray]  # token id -> uint8 (h, w, 3)
+
+    def check(self) -> None:
+        """Raise ValueError when the arrays disagree in shape (called by TokenBrowser)."""
+        N, G, m = len(self.train_labels), len(self.gallery_labels), self.m
+        if tuple(np.shape(self.train_tokens)) != (N, m, m):
+            raise ValueError(f"train_tokens must be (N={N}, {m}, {m}), got {np.shape(self.train_tokens)}")
+        for name, tsv in self.train_tsv.items():
+            if tuple(np.shape(tsv)) != (N, m, m):
+                raise ValueError(f"train_tsv[{name!r}] must be (N={N}, {m}, {m}), got {np.shape(tsv)}")
+            if name in BASELINES:
+                raise ValueError(f"train_tsv key {name!r} clashes with a baseline source name")
+        if tuple(np.shape(self.gallery_tokens)) != (G, m, m):
+            raise ValueError(f"gallery_tokens must be (G={G}, {m}, {m}), got {np.shape(self.gallery_tokens)}")
+        shp = np.shape(self.gallery_images)
+        if len(shp) != 4 or shp[0] != G or shp[3] != 3 or shp[1] % m or shp[2] % m:
+            raise ValueError(f"gallery_images must be (G={G}, H, W, 3) uint8 with H, W multiples of m={m}, got {shp}")
+
+
+def browser_data(cfg, vqgm, extractors: dict) -> BrowserData:
+    """Build :class:`BrowserData` from the pipeline: train tokens and each extractor's train TSV
+    (``evaluation.get_tsv``, cached on disk), the test split's generated images as the gallery, and
+    ``token_image`` decoding a grid filled with one id (``lru_cache``: each id decoded once).
+
+    ``extractors`` maps arch → model (or anything with a ``.model``, as ``stages.get_extractors``
+    returns). Imports the pipeline lazily, so ``cortex_nb.widgets`` imports without a trained model.
+    """
+    from . import evaluation, stages
+    from .figures import to_uint8
+
+    train = stages.load_split(cfg, "train", vqgm)
+    test = stages.load_split(cfg, "test", vqgm)
+    if test.images is None:
+        raise ValueError(f"the test split at {test.path} stores no images: regenerate it (stages.generate_dataset)")
+    tsv = {}
+    for arch, f in extractors.items():
+        model = f if isinstance(f, torch.nn.Module) else getattr(f, "model", f)
+        tsv[arch] = np.asarray(evaluation.get_tsv(cfg, arch, model, vqgm, "train"))
+    m, C = int(vqgm.m), int(cfg.world.n_classes)
+
+    @lru_cache(maxsize=None)
+    def token_image(t: int) -> np.ndarray:
+        grid = torch.full((1, m, m), int(t), dtype=torch.long)
+        return to_uint8(vqgm.decode(grid))[0]                           # (H, W, 3) uint8
+
+    return BrowserData(class_names=list(stages.class_names(cfg))[:C], K=int(vqgm.K), m=m,
+                       train_tokens=np.asarray(train.tokens), train_labels=np.asarray(train.labels),
+                       train_tsv=tsv, gallery_tokens=np.asarray(test.tokens),
+                       gallery_labels=np.asarray(test.labels), gallery_images=np.asarray(test.images),
+                       token_image=token_image)
+
+
+# ---------------------------------------------------------------------- drawing
+def _png(fig: Figure) -> bytes:
+    """Render a Figure (Agg canvas, no pyplot) to PNG bytes."""
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    with matplotlib.rc_context(_RC):
+        fig.savefig(buf, format="png", dpi=_DPI)
+    return buf.getvalue()
+
+
+def _figure(w: float, h: float) -> Figure:
+    with matplotlib.rc_context(_RC):
+        return Figure(figsize=(w, h), dpi=_DPI)
+
+
+def _message_png(text: str, w: float = 5.0, h: float = 0.6) -> bytes:
+    fig = _figure(w, h)
+    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, color="#555555", wrap=True)
+    return _png(fig)
+
+
+@dataclass
+class _Ranking:
+    """One source at one n, every class: ids (C, k_max) best first (-1 padding), the value they
+    were ranked by (count or class-vs-rest score) and their count (C, k_max)."""
+    ids: np.ndarray
+    value: np.ndarray
+    freq: np.ndarray
+
+
+class TokenBrowser:
+    """Browse each class's concept tokens (T*_concept, CORTEX §3.3 eq. 6) and where they occur.
+
+    Args:
+        data: :class:`BrowserData` (``browser_data(cfg, vqgm, extractors)`` builds it).
+        n: top-n TSV positions per training image (default: the paper's 20 scaled by m²/256).
+        k: concept tokens listed per class (default: the paper's 100 scaled by m²/256).
+        source: ``"CE"``/``"RE"`` (a key of ``data.train_tsv``), ``"frequency"`` or ``"class-vs-rest"``.
+        class_name: the class shown first (default: the first).
+        per_page: gallery images per page.
+        k_max: the k slider's maximum (default max(64, k), at most K); rankings are cached to k_max.
+
+    Controls (public, drive them by setting ``.value``): ``class_dropdown`` (value = class index),
+    ``source_toggle``, ``n_slider`` (disabled for the baselines), ``k_slider``, ``token_select``
+    (value = token id), ``page_slider``. Views (``ipywidgets.Image``, PNG bytes): ``ranking_view``,
+    ``gallery_view``, ``token_view``, ``usage_view``; ``status`` (HTML); ``output`` (errors).
+
+    Example::
+
+        >>> b = TokenBrowser(browser_data(cfg, vqgm, extractors), source="CE")
+        >>> b                                  # the app (a cell's last value)
+        >>> b.class_dropdown.value = 3; b.state()["ranked"][:5]
+        >>> display(Image(b.snapshot()))       # static copy: widget state is not saved
+    """
+
+    def __init__(self, data: BrowserData, *, n: int | None = None, k: int | None = None, source: str = "CE",
+                 class_name: str | None = None, per_page: int = 12, k_max: int | None = None):
+        data.check()
+        self.data = data
+        C, m, K = len(data.class_names), int(data.m), int(data.K)
+        self.C, self.m, self.K = C, m, K
+        self.per_page = int(per_page)
+        self.sources = [*data.train_tsv.keys(), *BASELINES]
+        if source not in self.sources:
+            raise ValueError(f"source must be one of {self.sources}, got {source!r}")
+        n = scaled_n(20, m) if n is None else int(n)
+        k = scaled_n(100, m) if k is None else int(k)
+        self.k_max = min(K, max(64, k) if k_max is None else int(k_max))
+        if not 1 <= n <= m * m:
+            raise ValueError(f"n must be in [1, m·m = {m * m}], got {n}")
+        if not 1 <= k <= self.k_max:
+            raise ValueError(f"k must be in [1, {self.k_max}], got {k}")
+        c0 = 0 if class_name is None else list(data.class_names).index(class_name)
+
+        # data as the saliency functions want it, converted once
+        self._train_tokens = torch.from_numpy(np.asarray(data.train_tokens).astype(np.int64))   # (N, m, m)
+        self._train_labels = torch.from_numpy(np.asarray(data.train_labels).astype(np.int64))  # (N,)
+        self._gal_tokens = np.asarray(data.gallery_tokens).reshape(len(data.gallery_labels), m * m)  # (G, m²)
+        self._gal_labels = np.asarray(data.gallery_labels).astype(np.int64)                     # (G,)
+        self._gal_by_class = {c: np.flatnonzero(self._gal_labels == c) for c in range(C)}
+        self.p = int(np.shape(data.gallery_images)[1]) // m                                     # patch side
+        self._rankings: dict[tuple[str, int | None], _Ranking] = {}
+        self._usage: np.ndarray | None = None                                                   # (C, K)
+        self._busy = False
+        self._last_redraw = 0.0
+        self.last_error: str | None = None
+        self._gallery_message: str | None = None
+
+        # controls
+        names = list(data.class_names)
+        labels = [nm if names.count(nm) == 1 else f"{nm} ({i})" for i, nm in enumerate(names)]
+        self.class_dropdown = W.Dropdown(options=list(zip(labels, range(C))), value=c0, description="class")
+        self.source_toggle = W.ToggleButtons(options=self.sources, value=source, description="source")
+        self.n_slider = W.IntSlider(value=n, min=1, max=m * m, description="n (top TSV)",
+                                    continuous_update=False)
+        self.k_slider = W.IntSlider(value=k, min=1, max=self.k_max, description="k (tokens)",
+                                    continuous_update=False)
+        self.token_select = W.Select(options=[], rows=12, description="token",
+                                     layout=W.Layout(width="300px"))
+        self.page_slider = W.IntSlider(value=1, min=1, max=1, description="page", continuous_update=False,
+                                       disabled=True)   # 1-based gallery page
+        # views
+        self.ranking_view = W.Image(format="png")
+        self.gallery_view = W.Image(format="png")
+        self.token_view = W.Image(format="png")
+        self.usage_view = W.Image(format="png")
+        self.status = W.HTML()
+        self.output = W.Output(layout=W.Layout(max_height="240px", overflow="auto"))
+
+        for w in (self.class_dropdown, self.source_toggle, self.n_slider, self.k_slider):
+            w.observe(self._on_concept, names="value")
+        self.token_select.observe(self._on_token, names="value")
+        self.page_slider.observe(self._on_page, names="value")
+
+        self.widget = W.VBox([
+            W.HBox([self.class_dropdown, self.source_toggle]),
+            W.HBox([self.n_slider, self.k_slider]),
+            W.HBox([W.VBox([self.token_select, self.token_view]), self.ranking_view, self.usage_view]),
+            self.page_slider, self.gallery_view, self.status, self.output,
+        ])
+        self._guarded(self._refresh_concept, raise_errors=True)
+
+    # ------------------------------------------------------------------ display
+    def _ipython_display_(self) -> None:
+        """Display the app (the widget view, with a one-line summary as its text/plain)."""
+        from IPython.display import display
+
+        display(self._repr_mimebundle_(), raw=True)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
+        """The widget's own bundle, its text/plain replaced by a summary of the selection."""
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, tuple):
+            bundle = bundle[0]
+        bundle = dict(bundle or {})
+        bundle["text/plain"] = f"TokenBrowser({self._status_text()})"
+        return bundle
+
+    # ------------------------------------------------------------------ computing
+    @property
+    def usage(self) -> np.ndarray:
+        """(C, K) int64: positions of each class's training images holding each id (computed once)."""
+        if self._usage is None:
+            self._usage = token_class_usage(self._train_tokens, self._train_labels, self.C, self.K).numpy()
+        return self._usage
+
+    def ranking(self, source: str, n: int | None) -> _Ranking:
+        """Every class's ranked ids for ``source`` (n is used for TSV sources only), to k_max; cached."""
+        key = (source, n if source in self.data.train_tsv else None)
+        if key in self._rankings:
+            return self._rankings[key]
+        tok, lab, C, K, k = self._train_tokens, self._train_labels, self.C, self.K, self.k_max
+        if source in self.data.train_tsv:
+            a = np.asarray(self.data.train_tsv[source], dtype=np.float32)   # (N, m, m)
+            tsv = torch.from_numpy(a if a.flags.writeable else a.copy())      # a memmap is read-only
+            ids, cnt = concept_tokens(tok, lab, top_n_positions(tsv, n), C, K, k, return_counts=True)
+            value = freq = cnt.numpy()
+        elif source == "frequency":
+            ids, cnt = frequency_baseline(tok, lab, C, K, k, return_counts=True)
+            value = freq = cnt.numpy()
+        elif source == "class-vs-rest":
+            ids, score = class_vs_rest_baseline(tok, lab, C, K, k, return_scores=True)
+            value = score.numpy()
+            freq = np.take_along_axis(self.usage, ids.clamp(min=0).numpy(), 1) * (ids.numpy() >= 0)
+        else:
+            raise ValueError(f"unknown source {source!r}; one of {self.sources}")
+        r = _Ranking(ids.numpy(), value, np.asarray(freq))
+        self._rankings[key] = r
+        return r
+
+    def gallery_matches(self, c: int, t: int) -> np.ndarray:
+        """Indices of class-c gallery images holding id t, ascending."""
+        idx = self._gal_by_class.get(c, np.empty(0, np.int64))
+        return idx[(self._gal_tokens[idx] == t).any(1)]
+
+    def boxes(self, i: int, t: int) -> list[tuple[int, int, int, int]]:
+        """Pixel boxes (x0, y0, w, h) of the patches of gallery image i holding id t (row-major),
+        the convention of ``figures.image_grid``."""
+        p, m = self.p, self.m
+        return [(int(f % m) * p, int(f // m) * p, p, p) for f in np.flatnonzero(self._gal_tokens[i] == t)]
+
+    # ------------------------------------------------------------------ current selection
+    @property
+    def class_index(self) -> int:
+        return int(self.class_dropdown.value)
+
+    @property
+    def source(self) -> str:
+        return str(self.source_toggle.value)
+
+    @property
+    def n_used(self) -> int | None:
+        """n, or None for the baselines (which ignore it)."""
+        return int(self.n_slider.value) if self.source in self.data.train_tsv else None
+
+    def _ranked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The current class's valid ranked ids (≤ k), their values and counts."""
+        r = self.ranking(self.source, self.n_used)
+        c, k = self.class_index, int(self.k_slider.value)
+        ids, value, freq = r.ids[c, :k], r.value[c, :k], r.freq[c, :k]
+        ok = ids >= 0
+        return ids[ok], value[ok], freq[ok]
+
+    @property
+    def token(self) -> int | None:
+        v = self.token_select.value
+        return None if v is None else int(v)
+
+    def _shown(self) -> tuple[np.ndarray, np.ndarray]:
+        """(all matches, the ones on the current page)."""
+        t = self.token
+        if t is None:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        hits = self.gallery_matches(self.class_index, t)
+        a = (int(self.page_slider.value) - 1) * self.per_page
+        return hits, hits[a:a + self.per_page]
+
+    def state(self) -> dict:
+        """The current selection and what is rendered (plain Python values)."""
+        ids, value, freq = self._ranked()
+        t = self.token
+        hits, shown = self._shown()
+        return {
+            "class": self.data.class_names[self.class_index], "class_index": self.class_index,
+            "source": self.source, "n": int(self.n_slider.value), "n_used": self.n_used,
+            "n_enabled": not self.n_slider.disabled, "k": int(self.k_slider.value),
+            "ranked": ids.tolist(), "values": value.tolist(), "freqs": freq.tolist(),
+            "token": t, "gallery": hits.tolist(), "gallery_shown": shown.tolist(),
+            "page": int(self.page_slider.value), "pages": int(self.page_slider.max),
+            "boxes": {int(i): self.boxes(int(i), t) for i in shown} if t is not None else {},
+            "gallery_message": self._gallery_message,
+            "usage": self.usage[:, t].tolist() if t is not None else None,
+            "redraw_s": self._last_redraw, "error": self.last_error,
+        }
+
+    # ------------------------------------------------------------------ callbacks
+    def _report_error(self, where: str, exc: BaseException) -> None:
+        """Errors never vanish: traceback into ``output``, a red line in ``status``, ``last_error``."""
+        self.last_error = f"{where}: {type(exc).__name__}: {exc}"
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        self.output.append_stderr(f"[token browser] error in {where}\n{tb}")
+        log.debug("token browser: error in %s", where, exc_info=exc)
+
+    def _guarded(self, fn: Callable[[], None], *, raise_errors: bool = False) -> None:
+        """Run a callback, timed; an exception is reported (or raised: used at construction, where
+        a ranking that cannot be computed means bad data — a view that fails to draw is still
+        only reported)."""
+        t0 = time.perf_counter()
+        self.last_error = None
+        try:
+            fn()
+        except Exception as exc:   # noqa: BLE001 — reported in the Output widget, see _report_error
+            if raise_errors:
+                raise
+            self._report_error(fn.__name__.lstrip("_"), exc)
+        self._last_redraw = time.perf_counter() - t0
+        try:
+            self.status.value = self._status_html()
+        except Exception as exc:   # noqa: BLE001
+            self._report_error("status", exc)
+
+    def _on_concept(self, change: dict) -> None:
+        if not self._busy:
+            self._guarded(self._refresh_concept)
+
+    def _on_token(self, change: dict) -> None:
+        if not self._busy:
+            self._guarded(self._refresh_token)
+
+    def _on_page(self, change: dict) -> None:
+        if not self._busy:
+            self._guarded(self._render_gallery)
+
+    def _view(self, name: str, render: Callable[[], None]) -> None:
+        """Render one view; a failure is reported and the view shows it, the others still render."""
+        try:
+            render()
+        except Exception as exc:   # noqa: BLE001
+            self._report_error(name, exc)
+            getattr(self, name).value = _message_png(f"{name}: {type(exc).__name__} (see the error log below)")
+
+    def _refresh_concept(self) -> None:
+        """Class / source / n / k changed: re-rank, refill the token list (top token selected)."""
+        self.n_slider.disabled = self.source not in self.data.train_tsv
+        ids, value, freq = self._ranked()
+        width = len(str(len(ids)))
+        is_score = self.source == "class-vs-rest"
+        opts = [(f"#{r + 1:<{width}}  token {int(t)}  (" + (f"score {v:.2f}, " if is_score else "")
+                 + f"freq {int(f)})", int(t)) for r, (t, v, f) in enumerate(zip(ids, value, freq))]
+        self._busy = True
+        try:
+            self.token_select.options = opts
+            self.token_select.value = opts[0][1] if opts else None
+        finally:
+            self._busy = False
+        self._refresh_token()
+
+    def _refresh_token(self) -> None:
+        """Token changed: back to page 1, redraw every view."""
+        hits, _ = self._shown()
+        self._busy = True
+        try:
+            self.page_slider.value = 1
+            self.page_slider.max = max(1, -(-len(hits) // self.per_page))
+            self.page_slider.disabled = self.page_slider.max == 1
+        finally:
+            self._busy = False
+        self._view("ranking_view", self._render_ranking)
+        self._view("gallery_view", self._render_gallery)
+        self._view("token_view", self._render_token)
+        self._view("usage_view", self._render_usage)
+
+    # ------------------------------------------------------------------ views
+    def _render_ranking(self) -> None:
+        ids, value, _ = self._ranked()
+        t, name = self.token, self.data.class_names[self.class_index]
+        if len(ids) == 0:
+            self.ranking_view.value = _message_png(f"no concept tokens for class {name}")
+            return
+        fig = _figure(max(3.2, 0.9 + 0.13 * len(ids)), 2.3)
+        ax = fig.add_axes((0.13, 0.24, 0.85, 0.64))
+        x = np.arange(len(ids))
+        ax.bar(x, value, color=[_SELECTED if i == t else _OTHER for i in ids], width=0.8)
+        step = max(1, len(ids) // 30)
+        ax.set_xticks(x[::step], [str(i) for i in ids[::step]], rotation=90)
+        ax.set_xlim(-0.6, len(ids) - 0.4)
+        what = {"class-vs-rest": "log-ratio score", "frequency": "count, all positions"}.get(
+            self.source, f"count at top-{self.n_used} TSV")
+        ax.set_ylabel(what)
+        n_txt = f" n={self.n_used}" if self.n_used is not None else ""
+        ax.set_title(f"{name}: {self.source}{n_txt} k={int(self.k_slider.value)}", loc="left")
+        self.ranking_view.value = _png(fig)
+
+    def _render_gallery(self) -> None:
+        t, name = self.token, self.data.class_names[self.class_index]
+        hits, shown = self._shown()
+        if t is None or len(shown) == 0:
+            n_cls = len(self._gal_by_class.get(self.class_index, ()))
+            self._gallery_message = (f"no gallery image of class {name} holds token {t}" if t is not None
+                                     else f"class {name} has no concept tokens")
+            if n_cls == 0:
+                self._gallery_message = f"the gallery holds no image of class {name}"
+            self.gallery_view.value = _message_png(self._gallery_message, w=6.0)
+            return
+        self._gallery_message = None
+        imgs = np.asarray(self.data.gallery_images)[shown]             # (b, H, W, 3)
+        b, H, Wd = imgs.shape[:3]
+        cols = min(b, 6, self.per_page)
+        rows = -(-b // cols)
+        scale = 1.15 / max(H, Wd) * _DPI                               # screen pixels per image pixel
+        scale = max(1, round(scale)) if scale >= 1 else scale          # integer upscaling keeps pixels square
+        gap, band = max(1, H // 16), int(np.ceil(11 / scale))          # image pixels; band holds "#index"
+        mosaic = np.full((rows * (H + band + gap) + gap, cols * (Wd + gap) + gap, 3), 255, np.uint8)
+        rects, labels = [], []
+        for j, i in enumerate(shown):
+            y, x = (j // cols) * (H + band + gap) + band, (j % cols) * (Wd + gap) + gap
+            mosaic[y:y + H, x:x + Wd] = imgs[j]
+            rects += [Rectangle((x + x0 - 0.5, y + y0 - 0.5), w, h) for (x0, y0, w, h) in self.boxes(int(i), t)]
+            labels.append((x, y, f"#{int(i)}"))
+        fig = _figure(mosaic.shape[1] * scale / _DPI, mosaic.shape[0] * scale / _DPI + 0.3)
+        ax = fig.add_axes((0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+        ax.imshow(mosaic, interpolation="nearest" if scale >= 1 else "antialiased")
+        ax.add_collection(PatchCollection(rects, facecolor="none", edgecolor="red", linewidth=1.5))
+        for x, y, s in labels:
+            ax.text(x - 0.5, y - 1, s, fontsize=6, color="#333333", va="bottom", ha="left")
+        ax.set_axis_off()
+        pages = int(self.page_slider.max)
+        page = f", page {int(self.page_slider.value)}/{pages}" if pages > 1 else ""
+        fig.text(0.005, 1 - 0.15 / fig.get_figheight(), f"{name}: token {t} in {len(hits)}/"
+                 f"{len(self._gal_by_class[self.class_index])} gallery images{page}", va="center", fontsize=8)
+        self.gallery_view.value = _png(fig)
+
+    def _render_token(self) -> None:
+        t = self.token
+        if t is None:
+            self.token_view.value = _message_png("no token selected", w=2.0)
+            return
+        img = np.asarray(self.data.token_image(t))
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"token_image({t}) must be uint8 (h, w, 3), got {img.dtype} {img.shape}")
+        fig = _figure(1.9, 2.1)
+        ax = fig.add_axes((0.04, 0.02, 0.92, 0.82))
+        ax.imshow(img, interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(f"token {t} alone")
+        self.token_view.value = _png(fig)
+
+    def _render_usage(self) -> None:
+        t, c = self.token, self.class_index
+        if t is None:
+            self.usage_view.value = _message_png("no token selected", w=3.0)
+            return
+        row = self.usage[:, t]                                          # (C,)
+        cls = np.arange(self.C)
+        if self.C > 40:                                                 # the 39 heaviest users + the class
+            keep = np.argsort(-row, kind="stable")[:39]
+            cls = np.sort(np.union1d(keep, [c]))
+        fig = _figure(max(3.0, 0.9 + 0.14 * len(cls)), 2.5)
+        ax = fig.add_axes((0.15, 0.32, 0.82, 0.5))
+        x = np.arange(len(cls))
+        ax.bar(x, row[cls], color=[_SELECTED if i == c else _OTHER for i in cls], width=0.8)
+        names = [self.data.class_names[i][:12] for i in cls]
+        ax.set_xticks(x, names, rotation=90)
+        ax.set_xlim(-0.6, len(cls) - 0.4)
+        ax.set_ylabel("positions (train)")
+        total = int(row.sum())
+        share = f"{row[c] / total:.0%}" if total else "0%"
+        ax.set_title(f"token {t} by class (train)\n{share} of its {total} uses: {self.data.class_names[c]}",
+                     loc="left")
+        self.usage_view.value = _png(fig)
+
+    # ------------------------------------------------------------------ status / static copy
+    def _status_text(self) -> str:
+        name = self.data.class_names[self.class_index]
+        n_txt = f"n={self.n_used} " if self.n_used is not None else ""
+        s = f"class {name} · {self.source} · {n_txt}k={int(self.k_slider.value)}"
+        t = self.token
+        if t is not None:
+            hits, _ = self._shown()
+            s += f" · token {t} in {len(hits)}/{len(self._gal_by_class.get(self.class_index, ()))} gallery images"
+        return s + f" · redraw {self._last_redraw:.2f} s"
+
+    def _status_html(self) -> str:
+        import html
+
+        s = html.escape(self._status_text())
+        if self.last_error:
+            s += f' · <span style="color:{_SELECTED}">error: {html.escape(self.last_error)} (log below)</span>'
+        return s
+
+    def snapshot(self) -> bytes:
+        """One static PNG of the current views (ranking, token, usage above; gallery below), for a
+        notebook to display beside the widget, whose state executed notebooks do not keep."""
+        from PIL import Image
+
+        def load(b: bytes) -> np.ndarray:
+            return np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
+
+        top = [load(v.value) for v in (self.token_view, self.ranking_view, self.usage_view) if v.value]
+        bottom = [load(self.gallery_view.value)] if self.gallery_view.value else []
+        rows = []
+        for parts in (top, bottom):
+            if not parts:
+                continue
+            h = max(p.shape[0] for p in parts)
+            rows.append(np.concatenate([np.pad(p, ((0, h - p.shape[0]), (0, 8), (0, 0)), constant_values=255)
+                                        for p in parts], axis=1))
+        if not rows:
+            return _message_png("nothing rendered")
+        w = max(r.shape[1] for r in rows)
+        canvas = np.concatenate([np.pad(r, ((0, 8), (0, w - r.shape[1]), (0, 0)), constant_values=255)
+                                 for r in rows], axis=0)
+        buf = io.BytesIO()
+        Image.fromarray(canvas).save(buf, format="PNG")
+        return buf.getvalue()
