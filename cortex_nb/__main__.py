@@ -6,6 +6,7 @@ scripted runs and GPUs. Stages:
   vqgm        train (toy) or load (imagenet) the VQGM and print its quality report
   evaluators  train (toy) or load (imagenet) the evaluators
   generate    sample the synthetic train/val/test token stores (resumable)
+  train-extractors  train CE and RE on the token stores (resumable) and write Table 1
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m cortex_nb", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["vqgm", "evaluators", "generate"])
+    ap.add_argument("stage", choices=["vqgm", "evaluators", "generate", "train-extractors"])
     ap.add_argument("--profile", default=None, help=f"one of {', '.join(PROFILES)} (default $CORTEX_PROFILE or toy)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a profile key, e.g. --set data.n_train=100 (repeatable)")
@@ -52,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         test = stores["test"]
         evs = stages.get_evaluators(cfg)
         print(stages.evaluator_scores(evs, test.images, test.labels).to_string(index=False))
+    elif args.stage == "train-extractors":
+        from . import reports
+
+        vqgm = stages.get_vqgm(cfg)
+        stages.generate_dataset(cfg, vqgm)
+        results = stages.get_extractors(cfg, vqgm)
+        reports.training_curves_figure(cfg, results)
+        print(reports.table1(cfg, stages.extractor_accuracy(cfg, results, vqgm)).to_string(index=False))
     return 0
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 __all__ = [
     "TokenStore", "TokenStoreError", "atomic_path", "save_npy", "save_json", "load_json",
-    "cached", "shard_seed",
+    "cached", "shard_seed", "chunked_array",
 ]
 
 
@@ -214,3 +214,33 @@ def _clear(path: Path) -> None:
     if shard_dir.exists():
         for f in shard_dir.iterdir():
             f.unlink()
+
+
+def chunked_array(path: str | os.PathLike, n: int, chunk: int, compute: Callable[[int, int], np.ndarray],
+                  *, desc: str = "compute", progress: bool = True) -> np.ndarray:
+    """An (n, ...) array computed ``chunk`` rows at a time by ``compute(start, stop)``, resumably.
+
+    Finished chunks are kept in ``<path>.parts/``; when all exist they are concatenated into
+    ``path`` (.npy, atomic) and removed. An interrupted computation loses at most one chunk.
+    Returns the array (memory-mapped from ``path``).
+    """
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    if path.exists():
+        arr = np.load(path, mmap_mode="r")
+        if len(arr) == n:
+            return arr
+        path.unlink()
+    parts = path.with_name(path.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    starts = list(range(0, n, chunk))
+    todo = [s for s in starts if not (parts / f"{s:09d}.npy").exists()]
+    for s in tqdm(todo, desc=desc, disable=not progress or None, unit="chunk"):
+        save_npy(parts / f"{s:09d}.npy", np.asarray(compute(s, min(s + chunk, n))))
+    arr = np.concatenate([np.load(parts / f"{s:09d}.npy") for s in starts]) if starts else np.zeros((0,))
+    save_npy(path, arr)
+    for s in starts:
+        (parts / f"{s:09d}.npy").unlink()
+    parts.rmdir()
+    return np.load(path, mmap_mode="r")

@@ -116,3 +116,22 @@ def test_cached_builds_once_per_key(tmp_path):
     assert cached(tmp_path / "c.json", build, key="a")["v"] == 1
     assert cached(tmp_path / "c.json", build, key="b")["v"] == 2
     assert os.listdir(tmp_path) == ["c.json"]
+
+
+def test_chunked_array_resumes_and_equals_one_shot(tmp_path):
+    from cortex_nb.store import chunked_array
+
+    calls = []
+
+    def compute(a, b):
+        calls.append(a)
+        if a == 6 and len(calls) == 3:
+            raise KeyboardInterrupt
+        return np.arange(a, b)[:, None] * np.ones((1, 2))
+
+    with pytest.raises(KeyboardInterrupt):
+        chunked_array(tmp_path / "x.npy", 10, 3, compute, progress=False)
+    out = chunked_array(tmp_path / "x.npy", 10, 3, compute, progress=False)
+    np.testing.assert_array_equal(out, np.arange(10)[:, None] * np.ones((1, 2)))
+    assert calls == [0, 3, 6, 6, 9]  # the two finished chunks were not recomputed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]

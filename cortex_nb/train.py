@@ -1,0 +1,593 @@
+"""One plain PyTorch fit loop reused by every model cortex-nb trains.
+
+Paper: appendix A.1.3 ("Training settings") trains the information extractors CE and RE
+(A.1.1, A.1.2) with Adam (lr 1e-3, weight decay 1e-4), a StepLR schedule (x0.1 every 20
+epochs), cross-entropy, batch size 256, 80 epochs; Table 1 (section 4.2) reports their
+top-1/3/5/10 accuracy. The same loop trains the toy-world stand-ins of the paper's evaluators
+(section 4.1; see ``evaluators.py``).
+
+What the loop guarantees
+------------------------
+* **Data**: ``train_data`` / ``val_data`` are either a tuple of tensors ``(x, y)`` (fast path:
+  one shuffled permutation per epoch from a seeded ``torch.Generator``, batches by indexing, no
+  DataLoader) or a ``torch.utils.data.Dataset`` / ``DataLoader``. ``x`` may be integer token
+  indices (uint16 on disk); ``transform(x_batch)`` runs on the device for every batch (train and
+  validation), e.g. ``lambda t: F.embedding(t.long(), codebook).permute(0, 3, 1, 2)`` turns
+  tokens into token-based embeddings E with one codebook lookup. ``augment`` runs after it on
+  training batches only.
+* **Checkpoints** (``ckpt_dir``): ``last.pt`` after every epoch (model, optimizer, scheduler,
+  history, shuffler / global / CUDA RNG states) and ``best.pt`` (weights of the epoch with the
+  highest validation top-1; ties keep the earlier epoch). Writes are atomic (tmp file +
+  ``os.replace``). An interrupted run resumes from ``last.pt`` and reaches the same final state
+  as an uninterrupted run with the same seed (on the same machine / device). A directory holding
+  a finished run (``last.pt`` with ``epoch == cfg.epochs``) is returned without training.
+* **Non-finite losses**: with ``skip_nonfinite`` a batch whose loss is NaN/Inf takes no optimizer
+  step and leaves BatchNorm running statistics untouched; the count is the ``skipped`` column.
+
+Checkpoint files hold only tensors and plain Python containers: ``torch.load(...,
+weights_only=True)`` reads them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = [
+    "FitConfig",
+    "FitResult",
+    "fit",
+    "evaluate",
+    "predict_logits",
+    "topk_accuracy",
+    "HISTORY_COLUMNS",
+]
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+#: Columns of :attr:`FitResult.history`, one row per epoch (epochs count from 1).
+HISTORY_COLUMNS = (
+    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "skipped",
+)
+
+# Fields of FitConfig that may differ between an interrupted run and its resumption.
+_RESUME_FREE_FIELDS = ("epochs", "device", "progress")
+
+
+@dataclass
+class FitConfig:
+    """Settings of :func:`fit`; defaults follow the paper's A.1.3 except ``epochs``."""
+
+    epochs: int = 10  # total epochs (paper A.1.3: 80 for the ImageNet extractors)
+    lr: float = 1e-3  # Adam initial learning rate (A.1.3)
+    weight_decay: float = 1e-4  # Adam weight decay, L2 added to the gradient (A.1.3)
+    step_size: int = 20  # StepLR: epochs between learning-rate decays (A.1.3)
+    gamma: float = 0.1  # StepLR: decay factor (A.1.3)
+    batch_size: int = 256  # training batch size (A.1.3); validation uses the same
+    seed: int = 0  # seeds the shuffler generator and torch's global RNG (dropout, augmentation)
+    device: str = "cpu"  # where model, batches and ``transform`` run
+    max_steps_per_epoch: int | None = None  # cap on training batches per epoch (quick profiles)
+    skip_nonfinite: bool = True  # skip batches whose loss is NaN/Inf (as the reference code does)
+    progress: bool = True  # tqdm.auto bars (epochs + batches) with loss/acc postfix
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns."""
+
+    model: nn.Module  # the trained model, best-validation weights loaded, in eval mode
+    history: pd.DataFrame  # one row per epoch, columns HISTORY_COLUMNS (lr: the epoch's lr;
+    # seconds: wall time of the epoch incl. validation; skipped: non-finite batches skipped)
+    best_epoch: int  # epoch (1-based) whose weights are loaded; argmax of history.val_acc
+    best_val_acc: float  # validation top-1 accuracy of that epoch (NaN without validation)
+    seconds: float  # wall time spent training, summed over resumed sessions
+
+
+# --------------------------------------------------------------------------------------
+# data plumbing
+# --------------------------------------------------------------------------------------
+
+
+def _as_tensor(a: Any) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(a))
+    return torch.as_tensor(a)
+
+
+def _is_tensor_pair(data: Any) -> bool:
+    return isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data, Dataset)
+
+
+def _n_items(data: Any) -> int | None:
+    if _is_tensor_pair(data):
+        return len(data[0])
+    try:
+        return len(data.dataset) if isinstance(data, DataLoader) else len(data)
+    except TypeError:
+        return None
+
+
+def _check_pair(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = (_as_tensor(data[0]), _as_tensor(data[1]))
+    if len(x) != len(y):
+        raise ValueError(f"{what}: x has {len(x)} items but y has {len(y)}")
+    if y.dtype.is_floating_point:
+        raise ValueError(f"{what}: labels must be integer class indices, got dtype {y.dtype}")
+    return x, y
+
+
+def _batches(
+    data: Any,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    max_steps: int | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield CPU (or wherever the data lives) batches ``(x, y)``.
+
+    Tensor pairs and map-style Datasets: ``perm = torch.randperm(n, generator=generator)`` once
+    per epoch, then consecutive slices of ``batch_size`` indices (the last batch may be smaller).
+    A DataLoader is iterated as it is (its own sampler decides the order; checkpoints keep
+    its ``generator=`` state when it has one, and torch's global RNG, which it uses otherwise).
+    """
+    if _is_tensor_pair(data):
+        x, y = _check_pair(data, "data")
+        n = len(x)
+        if shuffle:
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = None
+        for step, start in enumerate(range(0, n, batch_size)):
+            if max_steps is not None and step >= max_steps:
+                return
+            if order is None:
+                yield x[start : start + batch_size], y[start : start + batch_size]
+            else:
+                idx = order[start : start + batch_size]
+                yield x[idx], y[idx]
+        return
+    if isinstance(data, DataLoader):
+        loader = data
+    elif isinstance(data, Dataset):
+        # same order as the tensor fast path: one randperm per epoch, consecutive slices
+        n = len(data)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        loader = DataLoader(data, batch_sampler=[
+            order[i : i + batch_size].tolist() for i in range(0, n, batch_size)
+        ])
+    else:
+        raise TypeError(
+            "data must be a tuple (x, y) of tensors/arrays, a torch Dataset or a DataLoader; "
+            f"got {type(data).__name__}"
+        )
+    for step, batch in enumerate(loader):
+        if max_steps is not None and step >= max_steps:
+            return
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ValueError("each batch of a Dataset/DataLoader must be (x, y, ...)")
+        yield batch[0], batch[1]
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x.to(device, non_blocking=True)
+
+
+def _progress(iterable=None, **kw):
+    """tqdm.auto bar; ``CORTEX_PROGRESS=text`` forces the plain text bar (headless runs)."""
+    if os.environ.get("CORTEX_PROGRESS", "").lower() == "text":
+        from tqdm import tqdm
+    else:
+        from tqdm.auto import tqdm
+    return tqdm(iterable, **kw)
+
+
+# --------------------------------------------------------------------------------------
+# metrics, evaluation, prediction
+# --------------------------------------------------------------------------------------
+
+
+def topk_accuracy(
+    logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 3, 5, 10)
+) -> dict[int, float]:
+    """Fraction of rows whose label is among the ``k`` highest logits, for each ``k``.
+
+    Table 1 of the paper reports k = 1, 3, 5, 10. ``k`` larger than the number of classes
+    counts every row as correct. Ties between logits are broken by ``torch.topk``.
+    """
+    logits = _as_tensor(logits)
+    labels = _as_tensor(labels).long().to(logits.device)
+    if logits.ndim != 2 or labels.ndim != 1 or len(labels) != len(logits):
+        raise ValueError(
+            f"expected logits (N, C) and labels (N,), got {tuple(logits.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
+    n, c = logits.shape
+    if n == 0:
+        raise ValueError("topk_accuracy of an empty batch")
+    if labels.min() < 0 or labels.max() >= c:
+        raise ValueError(f"labels must lie in [0, {c}), got [{labels.min()}, {labels.max()}]")
+    kmax = min(max(ks), c)
+    top = logits.topk(kmax, dim=1).indices  # (N, kmax), best first
+    hit = top == labels[:, None]
+    cum = hit.cumsum(dim=1).clamp_(max=1).float().mean(dim=0)  # acc@1..kmax
+    return {int(k): float(cum[min(k, c) - 1]) for k in ks}
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    x: Any,
+    transform: Transform | None = None,
+    batch_size: int = 1024,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Logits of ``model`` for every item of ``x`` (tensor/array, or Dataset yielding (x, y)).
+
+    Batched, no grad, eval mode (the model's train/eval mode is restored afterwards). The
+    result is a float tensor on the CPU, rows in input order.
+    """
+    device = torch.device(device) if device is not None else _model_device(model)
+    was_training = model.training
+    model.eval()
+    outs = []
+    try:
+        if isinstance(x, (Dataset, DataLoader)):
+            it = (xb for xb, _ in _batches(x, batch_size, shuffle=False))
+        else:
+            xt = _as_tensor(x)
+            it = (xt[i : i + batch_size] for i in range(0, len(xt), batch_size))
+        for xb in it:
+            xb = _to_device(xb, device)
+            if transform is not None:
+                xb = transform(xb)
+            outs.append(model(xb).float().cpu())
+    finally:
+        model.train(was_training)
+    if not outs:
+        raise ValueError("predict_logits got no items")
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Any,
+    transform: Transform | None = None,
+    batch_size: int = 1024,
+    device: str | torch.device | None = None,
+) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy of ``model`` on ``data`` (batched, no grad, eval).
+
+    Non-finite per-sample losses are kept (the mean is then NaN/Inf): evaluation hides nothing.
+    """
+    device = torch.device(device) if device is not None else _model_device(model)
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    try:
+        for xb, yb in _batches(data, batch_size, shuffle=False):
+            xb, yb = _to_device(xb, device), _to_device(yb, device).long()
+            if transform is not None:
+                xb = transform(xb)
+            logits = model(xb).float()
+            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(1) == yb).sum())
+            n += len(yb)
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluate got no items")
+    return loss_sum / n, correct / n
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raise with the file named
+        raise RuntimeError(
+            f"cannot read checkpoint {path}: {e}. Delete the file (or its directory) to start "
+            "this training afresh."
+        ) from e
+
+
+def _cfg_dict(cfg: FitConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _check_resumable(saved: Mapping, cfg: FitConfig, path: Path) -> None:
+    now = _cfg_dict(cfg)
+    diff = {
+        k: (saved.get(k), now[k])
+        for k in now
+        if k not in _RESUME_FREE_FIELDS and saved.get(k) != now[k]
+    }
+    if diff:
+        lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"{path} was written with a different FitConfig ({lines}). Resume with the same "
+            "settings, pass resume=False to start over, or use another ckpt_dir."
+        )
+
+
+def _loader_generator(data: Any) -> torch.Generator | None:
+    """The ``generator=`` of a user's DataLoader (its shuffling state is checkpointed too)."""
+    return getattr(data, "generator", None) if isinstance(data, DataLoader) else None
+
+
+def _rng_state(shuffler: torch.Generator, device: torch.device, loader_gen=None) -> dict:
+    state = {"shuffler": shuffler.get_state(), "torch": torch.get_rng_state()}
+    if loader_gen is not None:
+        state["loader"] = loader_gen.get_state()
+    if device.type == "cuda" and torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: Mapping, shuffler: torch.Generator, device: torch.device,
+                   loader_gen=None) -> None:
+    shuffler.set_state(state["shuffler"])
+    torch.set_rng_state(state["torch"])
+    if loader_gen is not None and "loader" in state:
+        loader_gen.set_state(state["loader"])
+    if "cuda" in state and device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _history_frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+    return df.astype({"epoch": int, "skipped": int}) if len(df) else df
+
+
+def _finish(model, rows, best_state, best_epoch, best_acc, seconds) -> FitResult:
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(
+        model=model,
+        history=_history_frame(rows),
+        best_epoch=int(best_epoch),
+        best_val_acc=float(best_acc),
+        seconds=float(seconds),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------------------
+
+
+def fit(
+    model: nn.Module,
+    train_data: Any,
+    val_data: Any,
+    cfg: FitConfig,
+    *,
+    ckpt_dir: str | os.PathLike | None = None,
+    transform: Transform | None = None,
+    augment: Transform | None = None,
+    resume: bool = True,
+) -> FitResult:
+    """Train ``model`` with cross-entropy, Adam and StepLR (paper A.1.3); validate every epoch.
+
+    Args:
+        model: any ``nn.Module`` mapping ``transform(x_batch)`` to logits (B, C). Its current
+            weights are the starting point (initialise/seed it before calling).
+        train_data, val_data: ``(x, y)`` tensors/arrays, a Dataset or a DataLoader.
+            ``val_data=None`` trains without validation (best = last epoch).
+        cfg: :class:`FitConfig`.
+        ckpt_dir: where ``best.pt`` / ``last.pt`` live; ``None`` keeps everything in memory.
+        transform: applied on ``cfg.device`` to every batch (train and validation) before the
+            model, e.g. a codebook lookup turning token indices into embeddings.
+        augment: applied on the device after ``transform`` to training batches only (random
+            flips/shifts); draws from torch's global RNG, which checkpoints save.
+        resume: continue from ``ckpt_dir/last.pt`` when present (False: start over and
+            overwrite).
+
+    Returns:
+        :class:`FitResult` with the best-validation weights loaded into ``model``.
+    """
+    if cfg.epochs < 1:
+        raise ValueError(f"cfg.epochs must be >= 1, got {cfg.epochs}")
+    if cfg.batch_size < 1:
+        raise ValueError(f"cfg.batch_size must be >= 1, got {cfg.batch_size}")
+    if _n_items(train_data) == 0:
+        raise ValueError("train_data is empty")
+    if _is_tensor_pair(train_data):
+        train_data = _check_pair(train_data, "train_data")
+    if val_data is not None and _is_tensor_pair(val_data):
+        val_data = _check_pair(val_data, "val_data")
+
+    device = torch.device(cfg.device)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    shuffler = torch.Generator().manual_seed(cfg.seed)
+
+    ckpt = Path(ckpt_dir) if ckpt_dir is not None else None
+    last_path = ckpt / "last.pt" if ckpt else None
+    best_path = ckpt / "best.pt" if ckpt else None
+
+    rows: list[dict] = []
+    start_epoch = 0
+    best_acc, best_epoch, best_state = -math.inf, 0, None  # best_acc NaN: no validation
+    seconds_before = 0.0
+
+    if last_path is not None and resume and last_path.exists():
+        state = _load(last_path)
+        _check_resumable(state["cfg"], cfg, last_path)
+        rows = list(state["history"])
+        best_acc, best_epoch = state["best_val_acc"], state["best_epoch"]
+        seconds_before = state["seconds"]
+        if state["epoch"] >= cfg.epochs:
+            if state["epoch"] > cfg.epochs:
+                warnings.warn(
+                    f"{last_path} holds {state['epoch']} epochs, more than cfg.epochs="
+                    f"{cfg.epochs}; returning the finished run as it is",
+                    stacklevel=2,
+                )
+            best = _load(best_path) if best_path.exists() else {"model": state["model"]}
+            return _finish(model, rows, best["model"], best_epoch, best_acc, seconds_before)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"], shuffler, device, _loader_generator(train_data))
+        start_epoch = state["epoch"]
+        if best_path.exists():
+            best_state = _load(best_path)["model"]
+    else:
+        if last_path is not None and not resume:  # start over: drop the old run's files
+            for f in (last_path, best_path):
+                f.unlink(missing_ok=True)
+        torch.manual_seed(cfg.seed)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(cfg.seed)
+
+    # buffers a forward pass may change (BatchNorm running stats and counters)
+    buffers = list(model.buffers())
+    n_train = _n_items(train_data)
+    steps = None if n_train is None else math.ceil(n_train / cfg.batch_size)
+    if steps is not None and cfg.max_steps_per_epoch is not None:
+        steps = min(steps, cfg.max_steps_per_epoch)
+
+    epoch_bar = _progress(
+        range(start_epoch, cfg.epochs),
+        total=cfg.epochs,
+        initial=start_epoch,
+        desc=f"fit {type(model).__name__}",
+        disable=not cfg.progress,
+        unit="epoch",
+    )
+    t_session = time.perf_counter()
+    for epoch_idx in epoch_bar:
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen, skipped = 0, 0
+        batch_bar = _progress(
+            total=steps, desc=f"epoch {epoch_idx + 1}", leave=False, disable=not cfg.progress,
+            unit="batch", mininterval=1.0,
+        )
+        for xb, yb in _batches(
+            train_data, cfg.batch_size, shuffle=True, generator=shuffler,
+            max_steps=cfg.max_steps_per_epoch,
+        ):
+            xb, yb = _to_device(xb, device), _to_device(yb, device).long()
+            if transform is not None:
+                xb = transform(xb)
+            if augment is not None:
+                xb = augment(xb)
+            saved_buffers = (
+                [b.detach().clone() for b in buffers] if cfg.skip_nonfinite else None
+            )
+            logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb)
+            if cfg.skip_nonfinite and not torch.isfinite(loss):
+                with torch.no_grad():  # undo BatchNorm running-statistics updates
+                    for b, s in zip(buffers, saved_buffers):
+                        b.copy_(s)
+                skipped += 1
+                optimizer.zero_grad(set_to_none=True)
+                batch_bar.update(1)
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                loss_sum += loss.detach().double() * len(yb)
+                correct += (logits.argmax(1) == yb).sum()
+            seen += len(yb)
+            batch_bar.update(1)
+            if cfg.progress and batch_bar.n % 10 == 0:
+                batch_bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        batch_bar.close()
+        scheduler.step()
+
+        train_loss = float(loss_sum) / seen if seen else math.nan
+        train_acc = int(correct) / seen if seen else math.nan
+        if val_data is not None:
+            val_loss, val_acc = evaluate(
+                model, val_data, transform=transform, batch_size=cfg.batch_size, device=device
+            )
+        else:
+            val_loss, val_acc = math.nan, math.nan
+        epoch = epoch_idx + 1
+        rows.append(
+            dict(
+                epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
+                val_acc=val_acc, lr=lr, seconds=time.perf_counter() - t0, skipped=skipped,
+            )
+        )
+        # no validation: the last epoch is the best; ties keep the earlier epoch
+        improved = val_data is None or math.isnan(best_acc) or val_acc > best_acc
+        if improved:
+            best_acc, best_epoch = val_acc, epoch
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            if best_path is not None:
+                _atomic_save({"model": best_state, "epoch": epoch, "val_acc": val_acc}, best_path)
+        elapsed = seconds_before + time.perf_counter() - t_session
+        if last_path is not None:
+            _atomic_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "history": rows,
+                    "best_val_acc": best_acc,
+                    "best_epoch": best_epoch,
+                    "rng": _rng_state(shuffler, device, _loader_generator(train_data)),
+                    "cfg": _cfg_dict(cfg),
+                    "seconds": elapsed,
+                },
+                last_path,
+            )
+        epoch_bar.set_postfix(
+            loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}", val_acc=f"{val_acc:.3f}",
+            refresh=False,
+        )
+    epoch_bar.close()
+    seconds = seconds_before + time.perf_counter() - t_session
+    return _finish(model, rows, best_state, best_epoch, best_acc, seconds)
