@@ -41,7 +41,10 @@ def evaluator_display_names(names) -> list[str]:
 
 
 def setup(cfg: DictConfig) -> None:
-    """Seed, thread count and logging for a stage."""
+    """Seed, thread count, plot style and logging for a stage."""
+    from .figures import set_style
+
+    set_style()
     torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(int(cfg.seed))
     np.random.seed(int(cfg.seed) % 2**32)
