@@ -11,6 +11,8 @@ NBS     := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 OUTS    := $(patsubst notebooks/%.ipynb,$(EXEC)/%.ipynb,$(NBS))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONHASHSEED := 0
+# Small models on few cores: busy-waiting OpenMP threads cost 4-8x when the machine is shared.
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: setup all test unit nbval lab bench clean help
 

@@ -25,14 +25,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torchvision
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
@@ -146,8 +144,9 @@ class Evaluator(nn.Module):
         self.display_name = self.spec.get("display_name", DISPLAY_NAMES.get(self.name, self.name))
         self.categories = self.spec.get("categories")
         self.batch_size = batch_size
-        self.register_buffer("mean", torch.tensor(self.spec["mean"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(self.spec["std"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        for key in ("mean", "std"):  # not in state_dict: the spec carries them
+            value = torch.tensor(self.spec[key], dtype=torch.float32).view(1, 3, 1, 1)
+            self.register_buffer(key, value, persistent=False)
 
     @property
     def n_classes(self) -> int:
@@ -482,14 +481,17 @@ def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float]
     return mean.tolist(), std.tolist()
 
 
-# Measured schedules for ~10k training images (2-core CPU; see the report): each reaches
-# >= 99 % held-out accuracy on ToyBirds. Adam + StepLR as in A.1.3; an "epoch" is capped at
+# Measured schedules for 10k training images (toyworld.sample(10000, 1); validation
+# sample(2000, 2); test sample(2000, 3)). Adam + StepLR as in A.1.3; an "epoch" is capped at
 # ``max_steps_per_epoch`` batches of 64 (a fresh random subset of the training set each
-# epoch), and the learning rate drops x0.1 for the last epoch.
+# epoch), and the learning rate drops x0.1 for the last epoch. Test accuracy / CPU seconds
+# (2 threads, OMP_WAIT_POLICY=PASSIVE, shared machine at load ~4.3, so wall time was ~1.5x):
+#   resnet18 99.95 % / 45 s, resnet34 99.85 % / 61 s, resnet50 99.0 % / 109 s,
+#   vit_p4 99.45 % / 63 s, vit_p8 98.8 % / 21 s.
 TOY_FIT_DEFAULTS: dict[str, dict[str, Any]] = {
     "resnet18": dict(epochs=2, batch_size=64, step_size=1, max_steps_per_epoch=80),
     "resnet34": dict(epochs=2, batch_size=64, step_size=1, max_steps_per_epoch=60),
-    "resnet50": dict(epochs=2, batch_size=64, step_size=1, max_steps_per_epoch=50),
+    "resnet50": dict(epochs=2, batch_size=64, step_size=1, max_steps_per_epoch=70),
     "vit_p4": dict(epochs=3, batch_size=64, step_size=2, max_steps_per_epoch=60),
     "vit_p8": dict(epochs=3, batch_size=64, step_size=2, max_steps_per_epoch=80),
 }

@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .config import profile_hash
+from .evaluators import DISPLAY_NAMES
 from .store import TokenStore, load_json, save_json
 from .tables import mean_ci
 
@@ -32,8 +33,7 @@ __all__ = [
 
 log = logging.getLogger("cortex_nb")
 
-DISPLAY = {"resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50",
-           "vit_b_16": "ViT-B/16", "vit_b_32": "ViT-B/32", "vit_p4": "ViT-P4", "vit_p8": "ViT-P8"}
+DISPLAY = DISPLAY_NAMES  # evaluator names for tables and figures
 
 
 def evaluator_display_names(names) -> list[str]:
@@ -122,8 +122,6 @@ def get_evaluators(cfg: DictConfig) -> dict:
     if cfg.evaluators.source != "toy":
         return ev.load_imagenet_evaluators(names, weights_dir=cfg.evaluators.weights_dir, device=cfg.device,
                                            preprocess=cfg.evaluators.preprocess)
-    from .train import FitConfig
-
     ckpt_dir = _cache(cfg, "evaluators")
     key = profile_hash(cfg, "seed", "world", "evaluators")
     paths = {n: ckpt_dir / f"{n}.pt" for n in names}
@@ -132,11 +130,12 @@ def get_evaluators(cfg: DictConfig) -> dict:
         return {n: ev.load_evaluator(p, device=cfg.device) for n, p in paths.items()}
     train = real_toy_images(cfg, int(cfg.evaluators.n_train), "evaluators-train")
     val = real_toy_images(cfg, int(cfg.evaluators.n_val), "evaluators-val")
-    fit_cfg = FitConfig(**{"seed": int(cfg.seed), "device": cfg.device, "progress": bool(cfg.progress),
-                           **OmegaConf.to_container(cfg.evaluators.fit, resolve=True)})
+    # per-model schedules measured here (evaluators.TOY_FIT_DEFAULTS), the profile's fit overrides on top
+    overrides = {"seed": int(cfg.seed), "device": cfg.device, "progress": bool(cfg.progress),
+                 **OmegaConf.to_container(cfg.evaluators.fit, resolve=True)}
     out = ev.train_toy_evaluators(train=(train.images, train.labels), val=(val.images, val.labels),
-                                  names=names, fit_cfg=fit_cfg, ckpt_dir=ckpt_dir / key,
-                                  n_classes=int(cfg.world.n_classes))
+                                  names=names, ckpt_dir=ckpt_dir / key, n_classes=int(cfg.world.n_classes),
+                                  fit_overrides=overrides)
     report = {n: {"val_acc": float(r.best_val_acc), "seconds": float(r.seconds)} for n, (_, r) in out.items()}
     for n, (e, _) in out.items():
         ev.save_evaluator(e, paths[n])

@@ -483,8 +483,13 @@ def fit(
         if device.type == "cuda":
             torch.cuda.manual_seed(cfg.seed)
 
-    # buffers a forward pass may change (BatchNorm running stats and counters)
-    buffers = list(model.buffers())
+    # buffers a training forward pass changes: running statistics of BatchNorm-like layers
+    buffers = [
+        b
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase)
+        for b in m.buffers(recurse=False)
+    ]
     n_train = _n_items(train_data)
     steps = None if n_train is None else math.ceil(n_train / cfg.batch_size)
     if steps is not None and cfg.max_steps_per_epoch is not None:

@@ -199,9 +199,9 @@ def test_toy_augment_is_a_flip_and_a_replicate_shift():
             for dy in range(-k, k + 1)
             for dx in range(-k, k + 1)
         ]
-        candidates += [c.flip(-1) for c in candidates]  # flip first, then shift: also a shift
+        flipped = F.pad(x[i : i + 1].flip(-1), (k, k, k, k), mode="replicate")[0]
         candidates += [
-            F.pad(x[i : i + 1].flip(-1), (k, k, k, k), mode="replicate")[0, :, k + dy : k + dy + 8, k + dx : k + dx + 8]
+            flipped[:, k + dy : k + dy + 8, k + dx : k + dx + 8]
             for dy in range(-k, k + 1)
             for dx in range(-k, k + 1)
         ]
