@@ -91,7 +91,8 @@ def get_vqgm(cfg: DictConfig):
 
         tok, prior = _toy_configs(cfg)
         out = build_toy_vqgm(_cache(cfg, "vqgm"), tok, prior, seed=int(cfg.seed), device=cfg.device,
-                             n_classes=int(cfg.world.n_classes), progress=bool(cfg.progress))
+                             n_classes=int(cfg.world.n_classes), scene_bias=float(cfg.world.scene_bias),
+                             n_report=int(cfg.vqgm.n_report), progress=bool(cfg.progress))
         return load_vqgm(out["config"], out["ckpt"], device=cfg.device)
     if not cfg.vqgm.config or not cfg.vqgm.ckpt:
         raise CheckpointError(
