@@ -60,3 +60,6 @@ lab: $(STAMP)
 
 clean:
 	rm -rf results/*/cache results/*/executed results/*/timings results/smoke figures/smoke
+
+bench: $(STAMP)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

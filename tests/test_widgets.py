@@ -9,7 +9,6 @@ The data: C = 3 classes, m = 4, K = 20, 8 × 8 images (patch side p = 2).
 """
 import ast
 import io
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -346,44 +345,3 @@ def test_browser_data_glue_with_stand_ins(monkeypatch):
     bd.token_image(19)
     assert len(calls) == 1 and calls[0].shape == (1, M, M) and (calls[0] == 19).all()
     assert TokenBrowser(bd).state()["error"] is None
-
-
-def toy_size_data(seed=0) -> BrowserData:
-    """The toy profile's sizes: N 10 000, m 8, K 512, 10 classes, gallery 500 images of 32 × 32.
-    Ids follow a Zipf-like law with a class-specific order, so a class's top ids fill many images."""
-    rng = np.random.default_rng(seed)
-    N, m, K_, C_, G = 10_000, 8, 512, 10, 500
-    p = 1.0 / np.arange(1, K_ + 1)
-    order = np.stack([rng.permutation(K_) for _ in range(C_)])         # (C, K) each class's favourite ids
-
-    def draw(labels):
-        ranks = rng.choice(K_, size=(len(labels), m, m), p=p / p.sum())
-        return order[labels[:, None, None], ranks].astype(np.uint16)
-
-    labels, g_labels = np.repeat(np.arange(C_), N // C_), np.repeat(np.arange(C_), G // C_)
-    return BrowserData(
-        class_names=[f"species {i}" for i in range(C_)], K=K_, m=m,
-        train_tokens=draw(labels), train_labels=labels,
-        train_tsv={a: rng.random((N, m, m), dtype=np.float32) for a in ("CE", "RE")},
-        gallery_tokens=draw(g_labels), gallery_labels=g_labels,
-        gallery_images=rng.integers(0, 256, (G, 32, 32, 3), dtype=np.uint8),
-        token_image=lambda t: np.full((32, 32, 3), t % 256, np.uint8))
-
-
-def test_toy_size_redraw_time(record_property, capsys):
-    """Reported, not asserted: the time one interaction takes at the toy profile's sizes."""
-    b = TokenBrowser(toy_size_data())
-    times = {"init": b.state()["redraw_s"]}
-    steps = {"class": lambda: (b.class_dropdown, 3), "token": lambda: (b.token_select, b.token_select.options[2][1]),
-             "n (new)": lambda: (b.n_slider, 9), "k": lambda: (b.k_slider, 40),
-             "source frequency": lambda: (b.source_toggle, "frequency")}
-    for name, step in steps.items():
-        w, v = step()
-        t0 = time.perf_counter()
-        w.value = v
-        times[name] = time.perf_counter() - t0
-        assert b.state()["error"] is None
-    for k, v in times.items():
-        record_property(f"redraw_s[{k}]", round(v, 3))
-    with capsys.disabled():
-        print("\ntoken browser redraw (s):", {k: round(v, 3) for k, v in times.items()})
