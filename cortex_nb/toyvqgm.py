@@ -30,15 +30,32 @@ the species-distinctive heads survive reconstruction only after ~10 minutes. The
   ground-truth part masks, and we use them to weight L1 + L2 on head and body pixels. This is a
   legitimate trick of the toy world only (there are no masks for ImageNet): it spends the small
   model's capacity on the part that carries the class, instead of on background texture;
-* Adam with linear warmup + cosine decay, and fresh images every step (infinite data).
+* Adam with linear warmup + cosine decay, fresh images every step (infinite data, no
+  overfitting), and bf16 autocast for the convolutions where the CPU has native bf16
+  (``amp``; 1.7x here, the quantizer and the loss stay fp32; the saved model runs in fp32).
 
 No perceptual or GAN loss: LPIPS' VGG weights cannot be downloaded here.
+
+Measured with the toy defaults (seed 0; AMD EPYC with AVX512-BF16, 2 cores shared with other
+jobs, so the times are single-core CPU seconds): tokenizer 600 steps x 48 images ~290 s, encoding
+24k images ~70 s, prior 1000 steps x 128 sequences ~380 s. On 2000 held-out images: L1 0.070,
+all 512 codes used (perplexity ~430). A ResNet-18 trained on real ToyBirds (100 % on real
+images) recognises 97.6 % of the reconstructions (99.7 % within a head-only pair: heads
+survive), and 84 % of class-conditional prior samples (temperature 1, no top-k; 90 % with
+top_p 0.92). Chance is 10 %.
+
+Example::
+
+    from cortex_nb.toyvqgm import build_toy_vqgm
+    from cortex_nb.vqgm import load_vqgm
+    paths = build_toy_vqgm("results/toy/cache/vqgm", seed=0)   # cached after the first run
+    vq = load_vqgm(paths["config"], paths["ckpt"])
+    tokens = vq.sample([0, 1, 2], seed=0)                         # (3, 8, 8)
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import logging
@@ -46,7 +63,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -137,7 +154,8 @@ class PriorConfig:
     n_head: int = 4                   # attention heads
     n_embd: int = 128                 # width
     n_train: int = 24000              # fresh toy images encoded into training sequences
-    steps: int = 600                  # optimizer steps (~3 epochs of n_train)
+    steps: int = 1000                 # optimizer steps (~5 epochs of n_train; 600: -1 min, samples
+                                      # recognised 71-77% instead of 84-90%)
     batch_size: int = 128             # sequences per step
     lr: float = 2e-3                  # AdamW peak learning rate
     warmup: int = 30                  # linear warmup steps, then cosine decay
@@ -303,7 +321,8 @@ def _kmeans(x: torch.Tensor, K: int, iters: int, generator: torch.Generator) -> 
     """Plain Lloyd k-means of x (N, d) into K centres (empty clusters keep their centre)."""
     pick = torch.randperm(x.shape[0], generator=generator)[:K]
     if pick.numel() < K:  # fewer points than codes: repeat points
-        pick = torch.cat([pick, torch.randint(x.shape[0], (K - pick.numel(),), generator=generator)])
+        extra = torch.randint(x.shape[0], (K - pick.numel(),), generator=generator)
+        pick = torch.cat([pick, extra])
     c = x[pick.to(x.device)].clone()
     for _ in range(iters):
         a = torch.cdist(x, c).argmin(1)
@@ -387,7 +406,8 @@ def build_tokenizer(tok: TokenizerConfig, seed: int = 0) -> torch.nn.Module:
 def _pixel_weights(masks: np.ndarray, tok: TokenizerConfig) -> torch.Tensor:
     """(B, 1, H, W) per-pixel loss weights from ToyBirds part masks."""
     m = torch.as_tensor(masks, dtype=torch.int64)
-    w = 1.0 + tok.head_weight * (m == toyworld.HEAD).float() + tok.body_weight * (m == toyworld.BODY).float()
+    w = (1.0 + tok.head_weight * (m == toyworld.HEAD).float()
+         + tok.body_weight * (m == toyworld.BODY).float())
     return w[:, None]
 
 
@@ -401,7 +421,8 @@ def _tokenizer_batch(tok: TokenizerConfig, seed: int, step: int, device, n_class
 def train_tokenizer(tok: TokenizerConfig, *, seed: int, device: str | torch.device = "cpu",
                     ckpt_dir: str | os.PathLike, progress: bool = True, n_classes: int = 10,
                     scene_bias: float = 0.65,
-                    callback: Callable[[int, dict], None] | None = None) -> tuple[torch.nn.Module, dict]:
+                    callback: Callable[[int, dict], None] | None = None,
+                    ) -> tuple[torch.nn.Module, dict]:
     """Train the toy VQGAN's first stage (taming ``VQModel``) with our own loop; resumable.
 
     Every step renders ``tok.batch_size`` fresh ToyBirds (seed derived from (seed, step)), runs
@@ -437,7 +458,8 @@ def train_tokenizer(tok: TokenizerConfig, *, seed: int, device: str | torch.devi
     model = build_tokenizer(tok, seed).to(device)
     codebook = model.quantize.embedding.weight
     ema = tok.ema_decay > 0
-    params = [p for n, p in model.named_parameters() if not (ema and n == "quantize.embedding.weight")]
+    params = [p for n, p in model.named_parameters()
+              if not (ema and n == "quantize.embedding.weight")]
     if ema:
         codebook.requires_grad_(False)
     opt = torch.optim.Adam(params, lr=tok.lr, betas=(0.9, 0.99))
@@ -458,7 +480,8 @@ def train_tokenizer(tok: TokenizerConfig, *, seed: int, device: str | torch.devi
         ema_s.copy_(state["ema_s"])
         window_z = [z.to(device) for z in state["window_z"]]
         window_hist = state.get("window_hist")
-        step, seconds, restarts, history = state["step"], state["seconds"], state["restarts"], state["history"]
+        step, seconds = state["step"], state["seconds"]
+        restarts, history = state["restarts"], state["history"]
 
     def save() -> None:
         _atomic_save(dict(key=key, model=model.state_dict(), opt=opt.state_dict(),
@@ -527,9 +550,11 @@ def train_tokenizer(tok: TokenizerConfig, *, seed: int, device: str | torch.devi
             seconds += time.perf_counter() - t0
 
             if step % tok.log_every == 0 or step == tok.steps:
-                u = codebook_usage(idx, K) if window_hist is None else _hist_usage(window_hist.cpu())
-                stats = dict(step=step, loss=loss.item(), rec=rec.item(), perplexity=u["perplexity"],
-                             used=u["used"], restarted=n_restart, lr=opt.param_groups[0]["lr"])
+                u = (codebook_usage(idx, K) if window_hist is None
+                     else _hist_usage(window_hist.cpu()))
+                stats = dict(step=step, loss=loss.item(), rec=rec.item(),
+                             perplexity=u["perplexity"], used=u["used"], restarted=n_restart,
+                             lr=opt.param_groups[0]["lr"])
                 history.append(stats)
                 if bar is not None:
                     bar.set_postfix(loss=f"{stats['loss']:.4f}", ppl=f"{u['perplexity']:.0f}",
@@ -553,7 +578,8 @@ def train_tokenizer(tok: TokenizerConfig, *, seed: int, device: str | torch.devi
 
 
 @torch.no_grad()
-def encode_images(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def encode_images(model: torch.nn.Module, images: torch.Tensor,
+                  batch_size: int = 256) -> torch.Tensor:
     """Images (N, 3, 32, 32) in [-1, 1] -> tokens (N, m, m) int64 with a taming ``VQModel``."""
     dev = next(model.parameters()).device
     out = []
@@ -574,7 +600,8 @@ def build_prior(prior: PriorConfig, K: int, m: int, seed: int = 0) -> torch.nn.M
         return _instantiate(_transformer_config(prior, K, m))
 
 
-def prior_logits(gpt: torch.nn.Module, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def prior_logits(gpt: torch.nn.Module, tokens: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token logits and targets exactly as ``Net2NetTransformer.forward`` computes them.
 
     The Labelator cond stage turns a class id c into the single token ``c`` (no offset: class
@@ -598,7 +625,8 @@ def prior_logits(gpt: torch.nn.Module, tokens: torch.Tensor, labels: torch.Tenso
 def train_prior(prior: PriorConfig, tokens: torch.Tensor, labels: torch.Tensor, *, K: int,
                 n_classes: int, seed: int, device: str | torch.device = "cpu",
                 ckpt_dir: str | os.PathLike, progress: bool = True,
-                callback: Callable[[int, dict], None] | None = None) -> tuple[torch.nn.Module, dict]:
+                callback: Callable[[int, dict], None] | None = None,
+                ) -> tuple[torch.nn.Module, dict]:
     """Train the class-conditional prior (taming mingpt ``GPT``) on token sequences; resumable.
 
     Cross-entropy of :func:`prior_logits` (the z part only, as ``Net2NetTransformer``), AdamW
@@ -644,7 +672,8 @@ def train_prior(prior: PriorConfig, tokens: torch.Tensor, labels: torch.Tensor, 
     if state is not None:
         gpt.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        step, seconds, history, recent = state["step"], state["seconds"], state["history"], state.get("recent", [])
+        step, seconds, history = state["step"], state["seconds"], state["history"]
+        recent = state.get("recent", [])
 
     def save() -> None:
         _atomic_save(dict(key=key, model=gpt.state_dict(), opt=opt.state_dict(), step=step,
@@ -678,7 +707,8 @@ def train_prior(prior: PriorConfig, tokens: torch.Tensor, labels: torch.Tensor, 
             seconds += time.perf_counter() - t0
             recent = (recent + [loss.item()])[-prior.log_every:]
             if step % prior.log_every == 0 or step == prior.steps:
-                stats = dict(step=step, loss=sum(recent) / len(recent), lr=opt.param_groups[0]["lr"])
+                stats = dict(step=step, loss=sum(recent) / len(recent),
+                             lr=opt.param_groups[0]["lr"])
                 history.append(stats)
                 if bar is not None:
                     bar.set_postfix(loss=f"{stats['loss']:.3f}")
@@ -787,7 +817,7 @@ def build_toy_vqgm(out_dir: str | os.PathLike, tok: TokenizerConfig | None = Non
     t0 = time.perf_counter()
     tok_key = _hash(dict(part="prior_tokens", v=RECIPE_VERSION, tokenizer=spec["tokenizer"],
                          n_train=prior.n_train, seed=seed, n_classes=n_classes,
-                         scene_bias=scene_bias))          # prior settings may change: not re-encoded
+                         scene_bias=scene_bias))   # other prior settings: not re-encoded
     cached_tokens = _load_state(tok_path, tok_key)
     if cached_tokens is None:
         logger.info("toy VQGM: encoding %d toy images for the prior", prior.n_train)
@@ -812,7 +842,8 @@ def build_toy_vqgm(out_dir: str | os.PathLike, tok: TokenizerConfig | None = Non
     os.close(fd)
     OmegaConf.save(config, tmp)
     os.replace(tmp, paths["config"])
-    save_taming_checkpoint(model, paths["ckpt"], epoch=0, global_step=tok_stats["steps"] + prior_stats["steps"])
+    save_taming_checkpoint(model, paths["ckpt"], epoch=0,
+                           global_step=tok_stats["steps"] + prior_stats["steps"])
 
     report = dict(
         _recon_report(first_stage, tok, seed, n_report, n_classes, scene_bias),

@@ -44,3 +44,24 @@ def test_eval_mode_is_per_sample():
         full = model(x)
         single = torch.cat([model(x[i:i + 1]) for i in range(4)])
     torch.testing.assert_close(full, single, rtol=1e-5, atol=1e-5)
+
+
+def test_embeddings_from_stored_tokens_equal_the_vqgms_own_lookup(tmp_path):
+    """What the extractors train on (stages.embed_fn over stored uint16 ids) is the VQGM's own
+    token-based embedding E: its quantizer's lookup (taming's get_codebook_entry) and vqgm.embed."""
+    import numpy as np
+
+    from cortex_nb.stages import embed_fn
+    from cortex_nb.vqgm import build_from_config, load_vqgm, save_taming_checkpoint, tiny_cin_config
+
+    cfg = tiny_cin_config(n_embed=64, embed_dim=8)
+    model = build_from_config(cfg)
+    save_taming_checkpoint(model, tmp_path / "m.ckpt")
+    vq = load_vqgm(cfg, tmp_path / "m.ckpt")
+    stored = np.random.default_rng(0).integers(0, vq.K, size=(5, vq.m, vq.m)).astype(np.uint16)
+    E = embed_fn(vq.codebook)(torch.from_numpy(stored))
+    assert E.shape == (5, vq.d, vq.m, vq.m)
+    torch.testing.assert_close(E, vq.embed(stored), rtol=0, atol=0)
+    quantizer = vq.model.first_stage_model.quantize
+    own = quantizer.get_codebook_entry(torch.from_numpy(stored.astype(np.int64)).flatten(), (5, vq.m, vq.m, vq.d))
+    torch.testing.assert_close(E, own, rtol=0, atol=0)

@@ -68,6 +68,18 @@ def test_config_has_the_official_cin_structure():
     assert "ckpt_path" not in p and "ckpt_path" not in p.first_stage_config.params
 
 
+@pytest.mark.parametrize("tok, prior", [(V.TokenizerConfig(), V.PriorConfig()),
+                                        (V.SMOKE_TOKENIZER, V.SMOKE_PRIOR)], ids=["toy", "smoke"])
+def test_profile_configs_build_an_8x8_model(tok, prior):
+    model = build_from_config(V.toy_cin_config(tok, prior))
+    assert tok.grid == 8
+    assert model.first_stage_model.quantize.embedding.weight.shape == (tok.n_embed, tok.embed_dim)
+    assert model.transformer.get_block_size() == 8 * 8 + 1
+    x = torch.zeros(1, 3, 32, 32)
+    with torch.no_grad():
+        assert V.encode_images(model.first_stage_model, x).shape == (1, 8, 8)
+
+
 def test_config_rejects_bad_channels_and_classes():
     with pytest.raises(ValueError, match="GroupNorm"):
         V.TokenizerConfig(ch=48)
@@ -227,7 +239,8 @@ def test_tokenizer_resume_equals_uninterrupted(tmp_path):
 
 def test_prior_resume_equals_uninterrupted(tmp_path):
     prior = dataclasses.replace(PRIOR, steps=6, ckpt_every=2)
-    tokens = torch.randint(TOK.n_embed, (40, TOK.grid, TOK.grid), generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(TOK.n_embed, (40, TOK.grid, TOK.grid), generator=g)
     labels = torch.arange(40) % N_CLASSES
     kw = dict(K=TOK.n_embed, n_classes=N_CLASSES, seed=1, progress=False)
     ref, _ = V.train_prior(prior, tokens, labels, ckpt_dir=tmp_path / "a", **kw)
