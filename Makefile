@@ -63,3 +63,17 @@ clean:
 
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Real-browser test of the token browser (notebook 06 in headless Chromium via Voilà + Playwright,
+# tests/browser). Installs Chromium from apt only when /usr/bin/chromium is missing (Playwright's
+# own browser download is not used) and the `browser` extra only when it is not importable.
+CHROMIUM ?= /usr/bin/chromium
+.PHONY: browser-setup browser-test
+browser-setup: $(STAMP)
+	@test -x $(CHROMIUM) || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
+	@$(PY) -c "import playwright.sync_api, voila" 2>/dev/null || $(PY) -m pip install -q -e ".[test,browser]"
+
+browser-test: browser-setup
+	CORTEX_BROWSER_TEST=1 CORTEX_PROFILE=smoke CORTEX_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q tests/browser
