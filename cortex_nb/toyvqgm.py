@@ -86,6 +86,9 @@ __all__ = [
     "codebook_usage",
     "restart_dead_codes",
     "prior_logits",
+    "build_tokenizer",
+    "build_prior",
+    "encode_images",
     "build_toy_vqgm",
 ]
 
