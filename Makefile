@@ -32,6 +32,7 @@ $(STAMP): pyproject.toml
 # Each executed notebook depends on its notebook, the package code, the profile and the
 # previous stage, so `make all` reruns exactly the stages whose inputs changed.
 all: $(OUTS)
+	@if [ "$(PROFILE)" = toy ]; then $(PY) -m cortex_nb.readme toy; fi
 	@echo "done: tables in results/$(PROFILE)/tables, figures in figures/$(PROFILE)"
 
 $(EXEC)/%.ipynb: notebooks/%.ipynb $(SRC) | $(STAMP)

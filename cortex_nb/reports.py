@@ -290,7 +290,7 @@ def fig4(cfg: DictConfig, edits: dict, vqgm, batch: dict, arch: str = "CE", regi
     src, tgt = batch["source"].numpy(), batch["target"].numpy()
     for s in dict.fromkeys(src.tolist()):
         i = int(np.flatnonzero(src == s)[0])
-        toks = r["checkpoints"][pick, i]                                 # (n_steps, m, m)
+        toks = torch.cat([batch["tokens"][i:i + 1], r["checkpoints"][pick, i]])  # original, then checkpoints
         rows.append(vqgm.decode(toks.to(vqgm.device)).cpu())
         labels.append(f"{names[s]} →\n{names[tgt[i]]}")
     images = torch.cat(rows)
@@ -298,8 +298,9 @@ def fig4(cfg: DictConfig, edits: dict, vqgm, batch: dict, arch: str = "CE", regi
     reg = torch.nonzero(central_region_mask(cfg, m))
     box = [(int(reg[:, 1].min()) * p, int(reg[:, 0].min()) * p, (int(reg[:, 1].max()) - int(reg[:, 1].min()) + 1) * p,
             (int(reg[:, 0].max()) - int(reg[:, 0].min()) + 1) * p)] if region == "central" else []
-    fig = image_grid(images, len(pick), row_labels=labels, boxes=[box] * len(images), scale=1.0,
-                     title=f"Token selection ({arch}), steps " + ", ".join(str(int(r['steps'][j])) for j in pick))
+    fig = image_grid(images, len(pick) + 1, row_labels=labels, boxes=[box] * len(images), scale=1.0,
+                     title=f"Token selection ({arch}): original, then argmax P after steps "
+                           + ", ".join(str(int(r['steps'][j])) for j in pick))
     save_figure(fig, cfg.paths.figures, "fig4_editing")
     return fig
 

@@ -1,0 +1,66 @@
+"""Keep README.md's results section equal to the committed tables.
+
+``python -m cortex_nb.readme [PROFILE]`` rewrites the block between the two markers below from
+``results/<profile>/tables/*.md`` and the key figures; ``make all`` runs it at the end, and a test
+checks that the README holds exactly what the tables say.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .config import repo_root
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+# (table file stem, heading) in the order the paper presents them
+TABLES = [
+    ("vqgm_quality", "The toy VQGM (notebook 00)"),
+    ("toy_evaluators", "The toy evaluators (notebook 00)"),
+    ("generated_test_accuracy", "Evaluators on generated test images (notebook 01; Acc and P of Table 2)"),
+    ("table1_extractor_accuracy", "Table 1 (notebook 02)"),
+    ("table2_concept_level", "Table 2 (notebook 04)"),
+    ("localisation", "Ground-truth localisation (notebook 04, beyond the paper)"),
+    ("table3_optimization", "Table 3 (notebook 05)"),
+]
+FIGURES = [
+    ("toyworld", "The toy world"),
+    ("reconstructions", "Reconstructions"),
+    ("fig3_image_level", "Fig. 3: true-class probability vs masked tokens"),
+    ("fig2_token_visualisation", "Fig. 2: the same concept token across images"),
+    ("fig4_editing", "Fig. 4: editing sequences"),
+]
+
+
+def results_block(profile: str = "toy", root: Path | None = None) -> str:
+    """The README's results section, built from the committed tables and figures."""
+    root = root or repo_root()
+    tables = root / "results" / profile / "tables"
+    parts = [START, "", f"Measured with `make all PROFILE={profile}` (tables: `results/{profile}/tables/`).", ""]
+    for stem, heading in TABLES:
+        path = tables / f"{stem}.md"
+        if path.exists():
+            parts += [f"#### {heading}", "", path.read_text().strip(), ""]
+    for stem, caption in FIGURES:
+        if (root / "figures" / profile / f"{stem}.png").exists():
+            parts += [f"![{caption}](figures/{profile}/{stem}.png)", ""]
+    parts.append(END)
+    return "\n".join(parts)
+
+
+def update_readme(profile: str = "toy", root: Path | None = None) -> bool:
+    """Rewrite the results block of README.md; returns whether it changed."""
+    root = root or repo_root()
+    readme = root / "README.md"
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{readme} has no {START} ... {END} block")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = head + results_block(profile, root) + tail
+    readme.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    print("README updated" if update_readme(*(sys.argv[1:2] or ["toy"])) else "README unchanged")
