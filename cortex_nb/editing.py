@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from .config import profile_hash
 from .optimize import central_region, optimize_embeddings, saliency_region, select_tokens
 from .stages import DISPLAY, _cache, load_split, setup
-from .store import load_json, save_json, save_npy
+from .store import save_json, save_npy
 from .tables import mean_ci
 
 __all__ = ["pairs_of", "edit_batch", "run_edits", "score_edits", "table3_frame"]

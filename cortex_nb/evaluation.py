@@ -12,7 +12,6 @@ the paper, ground-truth localisation on the toy world.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

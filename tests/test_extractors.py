@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cortex_nb.extractors import CE, RE, ExtractorConfig, build_extractor, count_parameters, paper_sizes
+from cortex_nb.extractors import CE, RE, ExtractorConfig, build_extractor, paper_sizes
 
 
 @pytest.mark.parametrize("arch", ["CE", "RE"])
