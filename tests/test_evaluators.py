@@ -23,13 +23,10 @@ GREY = 1.0 / 255 / min(E.IMAGENET_STD)
 
 @pytest.fixture(autouse=True)
 def seeded():
-    """Fixed seeds; one intra-op thread (small models; avoids OpenMP spin-waits on a busy box)."""
-    threads = torch.get_num_threads()
+    """Fixed seeds (conftest sets one intra-op thread)."""
     torch.manual_seed(4321)
     np.random.seed(4321)
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

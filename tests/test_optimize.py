@@ -15,12 +15,6 @@ D, M, K, C = 4, 4, 16, 3
 METHODS = {"select_tokens": select_tokens, "optimize_embeddings": optimize_embeddings}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: a second thread only adds synchronisation (conftest resets it per test)."""
-    torch.set_num_threads(1)
-
-
 @pytest.fixture
 def world():
     """codebook (K, d), a tiny conv+BN extractor (random BN statistics, so eval mode matters), tokens."""

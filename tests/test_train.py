@@ -17,14 +17,10 @@ from cortex_nb.train import FitConfig, evaluate, fit, predict_logits, topk_accur
 
 @pytest.fixture(autouse=True)
 def seeded():
-    """Fixed seeds; one intra-op thread: these models are tiny, and on a busy 2-core machine
-    OpenMP's second thread makes each step of a tiny model 100x slower (spin-waiting)."""
-    threads = torch.get_num_threads()
+    """Fixed seeds (conftest sets one intra-op thread)."""
     torch.manual_seed(1234)
     np.random.seed(1234)
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
 
 
 def _blobs(n=96, d=8, k=3, seed=0, noise=1.0):

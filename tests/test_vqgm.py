@@ -92,17 +92,6 @@ def _lightning_extras() -> dict:
     }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is as fast, and far faster on a busy machine
-    (two OpenMP threads on two shared cores: the sampler's small matmuls took ~10 ms each instead
-    of ~10 us, sampling 30-100x slower). Runs after conftest's per-test thread setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(config, randomised model, checkpoint path) with the official files' quirks."""
