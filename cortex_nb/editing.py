@@ -28,7 +28,7 @@ from .stages import DISPLAY, _cache, load_split, setup
 from .store import save_json, save_npy
 from .tables import mean_ci
 
-__all__ = ["pairs_of", "edit_batch", "run_edits", "score_edits", "table3_frame"]
+__all__ = ["pairs_of", "edit_batch", "edit_region", "run_edits", "score_edits", "table3_frame"]
 
 log = logging.getLogger("cortex_nb")
 
@@ -54,7 +54,9 @@ def edit_batch(cfg: DictConfig, vqgm) -> dict:
             "tokens": torch.from_numpy(np.asarray(test.tokens)[idx].astype(np.int64))}
 
 
-def _region(cfg: DictConfig, kind: str, m: int, tsv: np.ndarray | None, idx: np.ndarray) -> torch.Tensor:
+def edit_region(cfg: DictConfig, kind: str, m: int, tsv: np.ndarray | None = None,
+                idx: np.ndarray | None = None) -> torch.Tensor:
+    """The profile's editable region: "central" (m, m) or "saliency" (B, m, m) around each top TSV."""
     size = cfg.optimization.region_size
     if kind == "central":
         return central_region(m, None if size is None else int(size))
@@ -74,7 +76,7 @@ def run_edits(cfg: DictConfig, extractors: dict, vqgm, tsv_test: dict | None = N
     out = {}
     for arch, f in extractors.items():
         for region in regions:
-            reg = _region(cfg, region, int(vqgm.m), None if tsv_test is None else tsv_test[arch], batch["index"])
+            reg = edit_region(cfg, region, int(vqgm.m), None if tsv_test is None else tsv_test[arch], batch["index"])
             for method, fn in METHODS.items():
                 d = _cache(cfg, "editing", key, f"{arch}-{method}-{region}")
                 if (d / "done.json").exists():

@@ -282,6 +282,8 @@ def fig4(cfg: DictConfig, edits: dict, vqgm, batch: dict, arch: str = "CE", regi
          per_pair: int = 1, n_steps: int = 6):
     """Fig. 4: editing sequences (token selection): decoded images at several checkpoints, a row
     per source class of each pair (first image of the class)."""
+    from .editing import edit_region
+
     r = edits[(arch, "token", region)]
     S = len(r["steps"])
     pick = np.unique(np.linspace(0, S - 1, n_steps).round().astype(int))
@@ -295,7 +297,7 @@ def fig4(cfg: DictConfig, edits: dict, vqgm, batch: dict, arch: str = "CE", regi
         labels.append(f"{names[s]} →\n{names[tgt[i]]}")
     images = torch.cat(rows)
     m, p = vqgm.m, vqgm.image_size // vqgm.m
-    reg = torch.nonzero(central_region_mask(cfg, m))
+    reg = torch.nonzero(edit_region(cfg, "central", m))
     box = [(int(reg[:, 1].min()) * p, int(reg[:, 0].min()) * p, (int(reg[:, 1].max()) - int(reg[:, 1].min()) + 1) * p,
             (int(reg[:, 0].max()) - int(reg[:, 0].min()) + 1) * p)] if region == "central" else []
     fig = image_grid(images, len(pick) + 1, row_labels=labels, boxes=[box] * len(images), scale=1.0,
@@ -303,13 +305,6 @@ def fig4(cfg: DictConfig, edits: dict, vqgm, batch: dict, arch: str = "CE", regi
                            + ", ".join(str(int(r['steps'][j])) for j in pick))
     save_figure(fig, cfg.paths.figures, "fig4_editing")
     return fig
-
-
-def central_region_mask(cfg: DictConfig, m: int):
-    from .optimize import central_region
-
-    size = cfg.optimization.region_size
-    return central_region(m, None if size is None else int(size))
 
 
 def fig6(cfg: DictConfig, vqgm):
