@@ -29,6 +29,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# GNU time records each stage's wall seconds and peak resident memory (KiB, the largest process:
+# the notebook's kernel) in results/<profile>/timings/<stage>.txt as "stage seconds maxrss_kib".
+TIME    ?= /usr/bin/time
+
 # Each executed notebook depends on its notebook, the package code, the profile and the
 # previous stage, so `make all` reruns exactly the stages whose inputs changed.
 all: $(OUTS)
@@ -38,12 +42,11 @@ all: $(OUTS)
 $(EXEC)/%.ipynb: notebooks/%.ipynb $(SRC) | $(STAMP)
 	@mkdir -p $(EXEC) results/$(PROFILE)/timings
 	@echo "== $* ($(PROFILE))"
-	@start=$$(date +%s); \
-	$(PY) -m papermill $< $@.tmp.ipynb -p profile $(PROFILE) --cwd notebooks \
+	@$(TIME) -f "$* %e %M" -o results/$(PROFILE)/timings/$*.txt \
+	  $(PY) -m papermill $< $@.tmp.ipynb -p profile $(PROFILE) --cwd notebooks \
 	    --kernel python3 --execution-timeout 7200 --log-output --no-progress-bar \
 	  && mv $@.tmp.ipynb $@ \
-	  && echo "$* $$(( $$(date +%s) - start ))" > results/$(PROFILE)/timings/$*.txt \
-	  && echo "   $* took $$(( $$(date +%s) - start )) s"
+	  && awk '{printf "   %s took %.0f s, peak memory %.0f MiB\n", $$1, $$2, $$3 / 1024}' results/$(PROFILE)/timings/$*.txt
 
 # stage order: every stage needs the caches of the ones before it
 $(foreach i,$(shell seq 2 $(words $(OUTS))),$(eval $(word $(i),$(OUTS)): $(word $(shell expr $(i) - 1),$(OUTS))))

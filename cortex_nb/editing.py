@@ -28,7 +28,7 @@ from .stages import DISPLAY, _cache, load_split, setup
 from .store import save_json, save_npy
 from .tables import mean_ci
 
-__all__ = ["pairs_of", "edit_batch", "edit_region", "run_edits", "score_edits", "table3_frame"]
+__all__ = ["REGION_METHODS", "pairs_of", "edit_batch", "edit_region", "run_edits", "score_edits", "table3_frame"]
 
 log = logging.getLogger("cortex_nb")
 
@@ -63,9 +63,15 @@ def edit_region(cfg: DictConfig, kind: str, m: int, tsv: np.ndarray | None = Non
     return saliency_region(torch.from_numpy(np.asarray(tsv)[idx]), None if size is None else int(size))
 
 
+#: Methods run in each region: both in the paper's central block (Table 3); in the saliency-guided
+#: block (beyond the paper) token selection only, since that table compares regions, not methods.
+REGION_METHODS = {"central": ("embedding", "token"), "saliency": ("token",)}
+
+
 def run_edits(cfg: DictConfig, extractors: dict, vqgm, tsv_test: dict | None = None,
-              regions=("central",)) -> dict:
+              regions=("central",), methods: dict | None = None) -> dict:
     """Run every (extractor, method, region) once over the whole edit batch; cached.
+    ``methods`` maps a region to the methods run there (default :data:`REGION_METHODS`).
     Returns {(arch, method, region): {"final": tokens (B,m,m), "checkpoints": (S, B, m, m),
     "steps": (S,)}} as int tensors (uint16 on disk)."""
     setup(cfg)
@@ -77,7 +83,8 @@ def run_edits(cfg: DictConfig, extractors: dict, vqgm, tsv_test: dict | None = N
     for arch, f in extractors.items():
         for region in regions:
             reg = edit_region(cfg, region, int(vqgm.m), None if tsv_test is None else tsv_test[arch], batch["index"])
-            for method, fn in METHODS.items():
+            for method in (methods or REGION_METHODS)[region]:
+                fn = METHODS[method]
                 d = _cache(cfg, "editing", key, f"{arch}-{method}-{region}")
                 if (d / "done.json").exists():
                     out[(arch, method, region)] = {k: torch.from_numpy(np.load(d / f"{k}.npy").astype(np.int64))
@@ -124,8 +131,10 @@ def score_edits(cfg: DictConfig, edits: dict, evaluators: dict, vqgm) -> pd.Data
     seed = int(cfg.seed)
     rows = []
     for (arch, method, region), r in edits.items():
-        final = _probs(evaluators, vqgm, r["final"], src, tgt)
         ck = [_probs(evaluators, vqgm, t, src, tgt) for t in r["checkpoints"]]
+        # the last checkpoint is the final state when steps is a multiple of record_every: score it once
+        same = len(ck) > 0 and torch.equal(r["checkpoints"][-1], r["final"])
+        final = ck[-1] if same else _probs(evaluators, vqgm, r["final"], src, tgt)
         for name in evaluators:
             p0o, p0t, acc0 = before[name]
             po, pt = final[name]

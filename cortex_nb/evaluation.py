@@ -26,7 +26,7 @@ from .stages import DISPLAY, _cache, embed_fn, load_split, setup
 from .store import chunked_array
 from .tables import mean_ci
 
-__all__ = ["saliency_of", "get_tsv", "image_level", "concept_sets", "concept_level", "localisation",
+__all__ = ["saliency_of", "get_tsv", "random_baseline", "image_level", "concept_sets", "concept_level", "localisation",
            "token_examples"]
 
 log = logging.getLogger("cortex_nb")
@@ -71,40 +71,62 @@ def _score_all(evaluators: dict, images, labels, masks, cfg) -> dict[str, dict]:
                                           fill=cfg.saliency.fill) for name, e in evaluators.items()}
 
 
+def _ci_row(cfg: DictConfig, method: str, n: int, res: dict[str, dict]) -> list[dict]:
+    rows = []
+    for name, r in res.items():
+        ci = mean_ci(r["p_true"], seed=int(cfg.seed))
+        rows.append({"method": method, "evaluator": DISPLAY.get(name, name), "n": n, "p": ci["mean"],
+                     "p_lo": ci["lo"], "p_hi": ci["hi"], "acc": float(np.mean(r["correct"])),
+                     "n_masked": float(np.mean(r["n_masked"]))})
+    return rows
+
+
+def random_baseline(cfg: DictConfig, evaluators: dict, vqgm) -> pd.DataFrame:
+    """Fig. 3's random baseline: n random positions per test image (``saliency.random_seeds``
+    seeds pooled) for every n of the grid, plus the unmasked row (n = 0). It depends on neither
+    the extractor nor the mask mode, so it is computed once and cached (JSON) under cache/fig3/."""
+    from .store import cached
+
+    test = load_split(cfg, "test", vqgm)
+    key = (profile_hash(cfg, "seed", "world", "evaluators", "saliency", "data") + "-" + vqgm.fingerprint()
+           + "-" + "-".join(evaluators))
+
+    def build() -> dict:
+        images, labels = np.asarray(test.images), test.labels
+        none = torch.zeros(len(labels), vqgm.m, vqgm.m, dtype=torch.bool)
+        rows = _ci_row(cfg, "unmasked", 0, _score_all(evaluators, images, labels, none, cfg))
+        for n in masking.image_level_grid(int(vqgm.m)):
+            pooled: dict[str, dict] = {}
+            for s in range(int(cfg.saliency.random_seeds)):
+                gen = torch.Generator().manual_seed(int(cfg.seed) * 7919 + 31 * n + s)
+                mask = masking.mask_random(len(labels), int(vqgm.m), n, generator=gen)
+                for name, r in _score_all(evaluators, images, labels, mask, cfg).items():
+                    acc = pooled.setdefault(name, {"p_true": [], "correct": [], "n_masked": []})
+                    for k in acc:
+                        acc[k].append(r[k])
+            rows += _ci_row(cfg, "random", n, {name: {k: np.concatenate(v) for k, v in r.items()}
+                                               for name, r in pooled.items()})
+        return {"rows": rows}
+
+    return pd.DataFrame(cached(_cache(cfg, "fig3", "random.json"), build, key=key)["rows"])
+
+
 def image_level(cfg: DictConfig, tsvs: dict[str, np.ndarray], evaluators: dict, vqgm,
                 mode: str | None = None) -> pd.DataFrame:
     """Fig. 3: mean true-class probability vs n masked positions, per evaluator, for each
-    extractor's T*_image and for n random positions (``saliency.random_seeds`` seeds pooled).
-    Returns a long frame: method, evaluator, n, p, p_lo, p_hi, acc, n_masked (mean)."""
+    extractor's T*_image and for n random positions (:func:`random_baseline`, shared by both
+    mask modes). Returns a long frame: method, evaluator, n, p, p_lo, p_hi, acc, n_masked (mean)."""
     test = load_split(cfg, "test", vqgm)
     images, labels = np.asarray(test.images), test.labels
     tokens = _tokens(test)
     mode = mode or cfg.saliency.mask_mode
-    grid = masking.image_level_grid(int(vqgm.m))
-    none = torch.zeros(len(labels), vqgm.m, vqgm.m, dtype=torch.bool)
-    rows = []
-
-    def add(method: str, n: int, res: dict[str, dict]):
-        for name, r in res.items():
-            ci = mean_ci(r["p_true"], seed=int(cfg.seed))
-            rows.append({"method": method, "evaluator": DISPLAY.get(name, name), "n": n, "p": ci["mean"],
-                         "p_lo": ci["lo"], "p_hi": ci["hi"], "acc": float(np.mean(r["correct"])),
-                         "n_masked": float(np.mean(r["n_masked"]))})
-
-    add("unmasked", 0, _score_all(evaluators, images, labels, none, cfg))
-    for n in grid:
+    base = random_baseline(cfg, evaluators, vqgm)
+    rows = base[base.method == "unmasked"].to_dict("records")
+    for n in masking.image_level_grid(int(vqgm.m)):
         for arch, tsv in tsvs.items():
             mask = masking.mask_top_n(tokens, torch.from_numpy(np.asarray(tsv)), n, mode=mode)
-            add(arch, n, _score_all(evaluators, images, labels, mask, cfg))
-        pooled: dict[str, dict] = {}
-        for s in range(int(cfg.saliency.random_seeds)):
-            gen = torch.Generator().manual_seed(int(cfg.seed) * 7919 + 31 * n + s)
-            mask = masking.mask_random(len(labels), int(vqgm.m), n, generator=gen)
-            for name, r in _score_all(evaluators, images, labels, mask, cfg).items():
-                acc = pooled.setdefault(name, {"p_true": [], "correct": [], "n_masked": []})
-                for k in acc:
-                    acc[k].append(r[k])
-        add("random", n, {name: {k: np.concatenate(v) for k, v in r.items()} for name, r in pooled.items()})
+            rows += _ci_row(cfg, arch, n, _score_all(evaluators, images, labels, mask, cfg))
+        rows += base[(base.method == "random") & (base.n == n)].to_dict("records")
     df = pd.DataFrame(rows)
     df["mode"] = mode
     return df
