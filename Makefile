@@ -6,7 +6,8 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.cortex-installed
 EXEC    := results/$(PROFILE)/executed
-SRC     := $(wildcard cortex_nb/*.py) cortex_nb/profiles/$(PROFILE).yaml
+SRC     := $(wildcard cortex_nb/*.py)
+DEPS    := results/$(PROFILE)/deps
 NBS     := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 OUTS    := $(patsubst notebooks/%.ipynb,$(EXEC)/%.ipynb,$(NBS))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -33,16 +34,21 @@ $(STAMP): pyproject.toml
 # the notebook's kernel) in results/<profile>/timings/<stage>.txt as "stage seconds maxrss_kib".
 TIME    ?= /usr/bin/time
 
-# Each executed notebook depends on its notebook, the package code, the profile and the
-# previous stage, so `make all` reruns exactly the stages whose inputs changed.
+# Each executed notebook depends on its notebook, the profile, the previous stage and the
+# cortex_nb modules its kernel imported the last time it ran (recorded in $(DEPS)/<stage>.mk by
+# cortex_nb.deps; before a stage has run once, every module counts), so `make all` reruns exactly
+# the stages whose inputs changed, and the stages after them.
+stage_src = $(if $(wildcard $(DEPS)/$(1).mk),,$(SRC))
+-include $(wildcard $(DEPS)/*.mk)
+.SECONDEXPANSION:
 all: $(OUTS)
 	@if [ "$(PROFILE)" = toy ]; then $(PY) -m cortex_nb.readme toy; fi
 	@echo "done: tables in results/$(PROFILE)/tables, figures in figures/$(PROFILE)"
 
-$(EXEC)/%.ipynb: notebooks/%.ipynb $(SRC) | $(STAMP)
-	@mkdir -p $(EXEC) results/$(PROFILE)/timings
+$(EXEC)/%.ipynb: notebooks/%.ipynb cortex_nb/profiles/$(PROFILE).yaml $$(call stage_src,$$*) | $(STAMP)
+	@mkdir -p $(EXEC) results/$(PROFILE)/timings $(DEPS)
 	@echo "== $* ($(PROFILE))"
-	@$(TIME) -f "$* %e %M" -o results/$(PROFILE)/timings/$*.txt \
+	@CORTEX_STAGE_DEPS=$(abspath $(DEPS))/$*.mk:$@ $(TIME) -f "$* %e %M" -o results/$(PROFILE)/timings/$*.txt \
 	  $(PY) -m papermill $< $@.tmp.ipynb -p profile $(PROFILE) --cwd notebooks \
 	    --kernel python3 --execution-timeout 7200 --log-output --no-progress-bar \
 	  && mv $@.tmp.ipynb $@ \
@@ -63,7 +69,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
 clean:
-	rm -rf results/*/cache results/*/executed results/*/timings results/smoke figures/smoke
+	rm -rf results/*/cache results/*/executed results/*/timings results/*/deps results/smoke figures/smoke
 
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -18,6 +18,9 @@ from .extractors import ExtractorConfig, build_extractor
 from .optimize import OptimResult, central_region, optimize_embeddings, select_tokens
 from .saliency import TokenSaliency, concept_tokens, frequency_baseline, class_vs_rest_baseline, top_n_positions
 from .vqgm import VQGM, load_vqgm
+from .deps import record_on_exit as _record_stage_deps
+
+_record_stage_deps()  # only under `make all` (CORTEX_STAGE_DEPS): see cortex_nb.deps
 
 __all__ = [
     "load_profile", "PROFILES", "ProfileError", "stages", "reports",

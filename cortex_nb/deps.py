@@ -1,0 +1,62 @@
+"""Which package modules a pipeline stage really used, for `make all`'s incremental rule.
+
+`make all` runs each notebook with ``CORTEX_STAGE_DEPS=<file>:<target>`` in the environment.
+Importing :mod:`cortex_nb` then registers an exit hook in the notebook's kernel that writes a
+Make rule ``<target>: cortex_nb/a.py cortex_nb/b.py ...`` listing every ``cortex_nb`` module the
+kernel imported (lazy imports inside functions included, since they are in ``sys.modules`` by
+the end), plus an empty rule per file so a deleted module never breaks `make` (as ``gcc -MP``).
+The Makefile includes these files: a stage reruns when its notebook, the profile or one of *its*
+modules changed. Until a stage has run once (no file yet) every module counts.
+
+Without the variable (nbval, JupyterLab, tests) nothing is registered.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["ENV", "loaded_module_files", "make_rule", "record_on_exit"]
+
+ENV = "CORTEX_STAGE_DEPS"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def loaded_module_files(modules: dict | None = None) -> list[Path]:
+    """Source files of the ``cortex_nb`` modules present in ``modules`` (default ``sys.modules``)."""
+    out = set()
+    for name, mod in list((sys.modules if modules is None else modules).items()):
+        if name != "cortex_nb" and not name.startswith("cortex_nb."):
+            continue
+        f = getattr(mod, "__file__", None)
+        if f and Path(f).resolve().parent == PACKAGE_DIR:
+            out.add(Path(f).resolve())
+    return sorted(out)
+
+
+def make_rule(target: str, files: list[Path], root: Path) -> str:
+    """``target: f1 f2`` followed by ``f1:`` / ``f2:`` empty rules; paths relative to ``root``."""
+    rel = [os.path.relpath(f, root) for f in files]
+    return f"{target}: {' '.join(rel)}\n" + "".join(f"{r}:\n" for r in rel)
+
+
+def _write(path: Path, target: str) -> None:
+    from .store import atomic_path
+
+    root = PACKAGE_DIR.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(make_rule(target, loaded_module_files(), root))
+
+
+def record_on_exit() -> bool:
+    """Register the exit hook when ``$CORTEX_STAGE_DEPS`` is ``<file>:<make target>``."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return False
+    path, sep, target = spec.rpartition(":")
+    if not sep or not path or not target:
+        raise ValueError(f"{ENV} must be '<file>:<make target>', got {spec!r}")
+    atexit.register(_write, Path(path), target)
+    return True
