@@ -47,7 +47,9 @@ def _tokens(store) -> torch.Tensor:
 def get_tsv(cfg: DictConfig, arch: str, extractor, vqgm, split: str, variant: str | None = None) -> np.ndarray:
     """TSV (N, m, m) float32 of every image of ``split`` for its own label, under ``arch``.
     Cached as .npy under cache/tsv/, computed in resumable chunks; the SmoothGrad noise of each
-    chunk is seeded by (profile seed, chunk start), so results do not depend on interruptions."""
+    chunk is seeded by (profile seed, chunk start), so results do not depend on interruptions.
+    Under torchrun every rank calls this and computes its share of the chunks
+    (:func:`cortex_nb.store.chunked_array`); the result equals a single process's."""
     setup(cfg)
     variant = variant or cfg.saliency.variant
     store = load_split(cfg, split, vqgm)

@@ -8,10 +8,16 @@ Each stage takes a profile (``load_profile``) and builds what it needs when it i
 - :func:`get_evaluators` — the classifiers that judge decoded images (the paper's pretrained
   ResNet18/50, ViT-B/16, B/32, or their toy stand-ins trained on real toy images).
 - :func:`generate_dataset` — the synthetic dataset of §4.1.1 as token stores.
+- :func:`get_extractors`, :func:`extractor_accuracy` — CE / RE (§3.2, A.1) and Table 1.
+
+Every stage also runs under ``torchrun`` (see :mod:`cortex_nb.distributed`): caches that one
+process builds (the toy VQGM, the toy evaluators) are built by rank 0 while the others wait;
+shards, TSV chunks and training batches are split between the ranks.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -41,15 +47,18 @@ def evaluator_display_names(names) -> list[str]:
 
 
 def setup(cfg: DictConfig) -> None:
-    """Seed, thread count, plot style and logging for a stage."""
+    """Seed, thread count, plot style and logging for a stage. With N processes on the machine
+    (torchrun) each uses ``max(1, cfg.threads // N)`` threads and log lines name their rank."""
+    from . import distributed
     from .figures import set_style
 
     set_style()
-    torch.set_num_threads(int(cfg.threads))
+    torch.set_num_threads(distributed.threads_per_process(int(cfg.threads)))
     torch.manual_seed(int(cfg.seed))
     np.random.seed(int(cfg.seed) % 2**32)
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        who = f" [rank {os.environ.get('RANK', '0')}]" if distributed.launched() else ""
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s{who} %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
 def _cache(cfg: DictConfig, *parts: str) -> Path:
@@ -83,8 +92,11 @@ def get_vqgm(cfg: DictConfig):
     ``cache/vqgm``) and saves them in taming's format; imagenet: reads ``vqgm.config`` and
     ``vqgm.ckpt`` (or $CORTEX_VQGM_CONFIG / $CORTEX_VQGM_CKPT).
     """
+    from . import distributed
     from .vqgm import CheckpointError, load_vqgm
 
+    if cfg.vqgm.source == "toy" and distributed.active():  # torchrun: rank 0 trains, the others load
+        return distributed.main_first(lambda: get_vqgm(cfg))
     setup(cfg)
     if cfg.vqgm.source == "toy":
         from .toyvqgm import build_toy_vqgm
@@ -116,8 +128,11 @@ def real_toy_images(cfg: DictConfig, n: int, purpose: str):
 def get_evaluators(cfg: DictConfig) -> dict:
     """``{name: Evaluator}``: toy stand-ins trained on real toy images (cached), or the
     torchvision pretrained classifiers for imagenet (offline: a clear error naming the file)."""
+    from . import distributed
     from . import evaluators as ev
 
+    if cfg.evaluators.source == "toy" and distributed.active():  # torchrun: rank 0 trains, the others load
+        return distributed.main_first(lambda: get_evaluators(cfg))
     setup(cfg)
     names = list(cfg.evaluators.names)
     if cfg.evaluators.source != "toy":
@@ -151,7 +166,8 @@ def _split_labels(n_classes: int, per_class: int) -> np.ndarray:
 def generate_dataset(cfg: DictConfig, vqgm=None, splits=("train", "val", "test")) -> dict[str, TokenStore]:
     """Sample the class-balanced train/val/test splits from the VQGM's class-conditional prior
     (CORTEX §4.1.1) and store them as token indices; the test split also stores its decoded
-    images (uint8). Resumable and cached: see :class:`cortex_nb.store.TokenStore`."""
+    images (uint8). Resumable and cached: see :class:`cortex_nb.store.TokenStore`. Under torchrun
+    every rank calls this and makes its share of the shards; rank 0 writes the final arrays."""
     from .figures import to_uint8
 
     setup(cfg)
@@ -266,7 +282,10 @@ def extractor_config(cfg: DictConfig, arch: str, vqgm):
 def get_extractors(cfg: DictConfig, vqgm=None, *, archs=None) -> dict:
     """``{arch: FitResult}`` for CE and RE trained on the synthetic train split (validated on
     val; best epoch by validation top-1 kept; resumable from ``cache/extractors/<arch>/last.pt``).
-    A finished run is loaded, not retrained. Each result's ``.model`` is in eval mode on the device."""
+    A finished run is loaded, not retrained. Each result's ``.model`` is in eval mode on the device.
+    Under torchrun every rank calls this: :func:`cortex_nb.train.fit` trains data-parallel (DDP, a
+    slice of each global batch per rank, see :mod:`cortex_nb.distributed`) and only rank 0 writes
+    checkpoints."""
     from .extractors import build_extractor
     from .train import FitConfig, fit
 

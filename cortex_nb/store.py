@@ -11,12 +11,21 @@ A split lives in one directory::
 embedding files. Writes are atomic (temporary file + ``os.replace``) and generation is sharded:
 each shard is written whole or not at all and is deterministic in (seed, split, shard index),
 so killing a run and rerunning it loses and duplicates nothing.
+
+Data parallel (``torchrun``, see :mod:`cortex_nb.distributed`): in :meth:`TokenStore.generate`
+and :func:`chunked_array` rank 0 decides what is missing and broadcasts it, rank r makes the
+missing shards (chunks) at positions p with p % N == r, a barrier, rank 0 concatenates and writes
+the final arrays and meta.json, a barrier, every rank opens the result. Since a shard depends only
+on (seed, split, index) the result is the same for every N; a rank that dies leaves its finished
+shards, and a rerun with any N (1 included) makes only the missing ones. One process: no barrier,
+no group, the same code.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -29,6 +38,9 @@ __all__ = [
     "TokenStore", "TokenStoreError", "atomic_path", "save_npy", "save_json", "load_json",
     "cached", "shard_seed", "chunked_array",
 ]
+
+
+log = logging.getLogger("cortex_nb")
 
 
 class TokenStoreError(ValueError):
@@ -164,22 +176,32 @@ class TokenStore:
         """
         from tqdm.auto import tqdm
 
+        from . import distributed
+
         path = Path(path)
         labels = np.asarray(labels, dtype=np.int64)
         meta = {**meta, "n": int(len(labels)), "shard_size": int(shard_size), "seed": int(seed), "split": split}
-        if (path / "meta.json").exists():
-            old = load_json(path / "meta.json")
-            if old.get("complete") and {k: old.get(k) for k in meta} == meta:
-                return cls.open(path)
-            # settings changed or incomplete: stale shards from other settings must not be mixed in
-            if {k: old.get(k) for k in meta} != meta:
-                _clear(path)
         shard_dir = path / "shards"
-        shard_dir.mkdir(parents=True, exist_ok=True)
-        save_json(path / "meta.json", {**meta, "complete": False})
         n_shards = (len(labels) + shard_size - 1) // shard_size
-        todo = [i for i in range(n_shards) if not (shard_dir / f"{i:05d}.npz").exists()]
-        for i in tqdm(todo, desc=f"generate {split}", disable=not progress or None, unit="shard"):
+        todo: list[int] | None = None  # None: a complete store with these settings exists
+        if distributed.is_main():  # one rank inspects and prepares; the others follow its decision
+            old = load_json(path / "meta.json") if (path / "meta.json").exists() else None
+            same = old is not None and {k: old.get(k) for k in meta} == meta
+            if not (same and old.get("complete")):
+                if old is not None and not same:  # stale shards from other settings must not be mixed in
+                    _clear(path)
+                shard_dir.mkdir(parents=True, exist_ok=True)
+                save_json(path / "meta.json", {**meta, "complete": False})
+                todo = [i for i in range(n_shards) if not (shard_dir / f"{i:05d}.npz").exists()]
+        todo = distributed.broadcast_object(todo)
+        if todo is None:
+            return cls.open(path)
+        if distributed.is_main() and len(todo) < n_shards:
+            log.info("generate %s: making %d of %d shards (%d already done)", split, len(todo), n_shards,
+                     n_shards - len(todo))
+        mine = distributed.owned(todo)  # data parallel: this rank's share of the missing shards
+        for i in tqdm(mine, desc=f"generate {split}", disable=not progress or not distributed.is_main() or None,
+                      unit="shard"):
             chunk = labels[i * shard_size:(i + 1) * shard_size]
             out = make_shard(chunk, shard_seed(seed, split, i))
             toks = np.asarray(out["tokens"])
@@ -190,20 +212,32 @@ class TokenStore:
             with atomic_path(shard_dir / f"{i:05d}.npz") as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, **arrays)
-        parts = [np.load(shard_dir / f"{i:05d}.npz") for i in range(n_shards)]
-        tokens = np.concatenate([p["tokens"] for p in parts]).astype(np.uint16)
-        got_labels = np.concatenate([p["labels"] for p in parts])
-        if not np.array_equal(got_labels, labels):
-            raise TokenStoreError(f"shards in {shard_dir} do not match the requested labels; delete {path} and rerun")
-        save_npy(path / "tokens.npy", tokens)
-        save_npy(path / "labels.npy", labels)
-        if all("images" in p for p in parts):
-            save_npy(path / "images.npy", np.concatenate([p["images"] for p in parts]))
-        save_json(path / "meta.json", {**meta, "complete": True})
-        for i in range(n_shards):
-            (shard_dir / f"{i:05d}.npz").unlink()
-        shard_dir.rmdir()
+            distributed.fault_point("shard")
+        distributed.barrier()  # every shard exists
+        if distributed.is_main():
+            parts = [np.load(shard_dir / f"{i:05d}.npz") for i in range(n_shards)]
+            tokens = np.concatenate([p["tokens"] for p in parts]).astype(np.uint16)
+            got_labels = np.concatenate([p["labels"] for p in parts])
+            if not np.array_equal(got_labels, labels):
+                raise TokenStoreError(f"shards in {shard_dir} do not match the requested labels; delete {path} and rerun")
+            save_npy(path / "tokens.npy", tokens)
+            save_npy(path / "labels.npy", labels)
+            if all("images" in p for p in parts):
+                save_npy(path / "images.npy", np.concatenate([p["images"] for p in parts]))
+            save_json(path / "meta.json", {**meta, "complete": True})
+            for i in range(n_shards):
+                (shard_dir / f"{i:05d}.npz").unlink()
+            _remove_dir(shard_dir)
+        distributed.barrier()  # the final arrays exist
         return cls.open(path)
+
+
+def _remove_dir(d: Path) -> None:
+    """Remove a finished shard directory, with the temporary files of writes that a killed
+    process (SIGTERM/SIGKILL: no cleanup) left behind."""
+    for f in d.glob(".*.tmp"):
+        f.unlink(missing_ok=True)
+    d.rmdir()
 
 
 def _clear(path: Path) -> None:
@@ -222,25 +256,36 @@ def chunked_array(path: str | os.PathLike, n: int, chunk: int, compute: Callable
 
     Finished chunks are kept in ``<path>.parts/``; when all exist they are concatenated into
     ``path`` (.npy, atomic) and removed. An interrupted computation loses at most one chunk.
-    Returns the array (memory-mapped from ``path``).
+    Returns the array (memory-mapped from ``path``). Under torchrun every rank calls this with
+    the same arguments and computes its share of the missing chunks (module docstring); with
+    chunk-deterministic ``compute`` the result does not depend on the number of ranks.
     """
     from tqdm.auto import tqdm
 
+    from . import distributed
+
     path = Path(path)
-    if path.exists():
-        arr = np.load(path, mmap_mode="r")
-        if len(arr) == n:
-            return arr
-        path.unlink()
     parts = path.with_name(path.name + ".parts")
-    parts.mkdir(parents=True, exist_ok=True)
     starts = list(range(0, n, chunk))
-    todo = [s for s in starts if not (parts / f"{s:09d}.npy").exists()]
-    for s in tqdm(todo, desc=desc, disable=not progress or None, unit="chunk"):
+    todo: list[int] | None = None  # None: the finished array exists
+    if distributed.is_main():  # one rank inspects and prepares; the others follow its decision
+        if not (path.exists() and len(np.load(path, mmap_mode="r")) == n):
+            path.unlink(missing_ok=True)  # absent, or made for another n
+            parts.mkdir(parents=True, exist_ok=True)
+            todo = [s for s in starts if not (parts / f"{s:09d}.npy").exists()]
+    todo = distributed.broadcast_object(todo)
+    if todo is None:
+        return np.load(path, mmap_mode="r")
+    for s in tqdm(distributed.owned(todo), desc=desc, disable=not progress or not distributed.is_main() or None,
+                  unit="chunk"):
         save_npy(parts / f"{s:09d}.npy", np.asarray(compute(s, min(s + chunk, n))))
-    arr = np.concatenate([np.load(parts / f"{s:09d}.npy") for s in starts]) if starts else np.zeros((0,))
-    save_npy(path, arr)
-    for s in starts:
-        (parts / f"{s:09d}.npy").unlink()
-    parts.rmdir()
+        distributed.fault_point("shard")
+    distributed.barrier()  # every chunk exists
+    if distributed.is_main():
+        arr = np.concatenate([np.load(parts / f"{s:09d}.npy") for s in starts]) if starts else np.zeros((0,))
+        save_npy(path, arr)
+        for s in starts:
+            (parts / f"{s:09d}.npy").unlink()
+        _remove_dir(parts)
+    distributed.barrier()  # the final array exists
     return np.load(path, mmap_mode="r")
