@@ -72,7 +72,12 @@ clean:
 	rm -rf results/*/cache results/*/executed results/*/timings results/*/deps results/smoke figures/smoke
 
 bench: $(STAMP)
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@start=$$(date +%s); \
+	for b in benchmarks/bench_*.py benchmarks/widgets_redraw.py; do \
+	  echo "== $$b"; $(PY) $$b $(BENCH_ARGS) || exit 1; \
+	done; \
+	$(PY) benchmarks/report.py || exit 1; \
+	echo "make bench took $$(( $$(date +%s) - start )) s (results/benchmarks.md)"
 
 # Real-browser test of the token browser (notebook 06 in headless Chromium via Voilà + Playwright,
 # tests/browser). Installs Chromium from apt only when /usr/bin/chromium is missing (Playwright's
