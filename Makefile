@@ -73,7 +73,7 @@ clean:
 
 bench: $(STAMP)
 	@start=$$(date +%s); \
-	for b in benchmarks/bench_*.py benchmarks/widgets_redraw.py; do \
+	for b in benchmarks/bench_*.py benchmarks/widgets_redraw.py benchmarks/paper_scale.py; do \
 	  echo "== $$b"; $(PY) $$b $(BENCH_ARGS) || exit 1; \
 	done; \
 	$(PY) benchmarks/report.py || exit 1; \

@@ -119,7 +119,8 @@ def _probs(evaluators: dict, vqgm, tokens: torch.Tensor, source, target) -> dict
 
 def score_edits(cfg: DictConfig, edits: dict, evaluators: dict, vqgm) -> pd.DataFrame:
     """Per evaluator x (arch, method, region) x protocol: ΔP_orig, ΔP_targ (paired per image, 95 %
-    bootstrap intervals), plus Acc_orig, P_orig, P_targ before editing (from the stored test images)."""
+    bootstrap intervals), plus Acc_orig, P_orig, P_targ before editing (from the stored test images).
+    Protocols: "final" everywhere, "best-of-checkpoints" in the central region (the paper's)."""
     batch = edit_batch(cfg, vqgm)
     src, tgt = batch["source"], batch["target"]
     test_images = np.asarray(load_split(cfg, "test", vqgm).images)[batch["index"]]
@@ -131,19 +132,20 @@ def score_edits(cfg: DictConfig, edits: dict, evaluators: dict, vqgm) -> pd.Data
     seed = int(cfg.seed)
     rows = []
     for (arch, method, region), r in edits.items():
-        ck = [_probs(evaluators, vqgm, t, src, tgt) for t in r["checkpoints"]]
+        # best-of-checkpoints is the reference's protocol for the paper's (central) region only
+        ck = [_probs(evaluators, vqgm, t, src, tgt) for t in r["checkpoints"]] if region == "central" else []
         # the last checkpoint is the final state when steps is a multiple of record_every: score it once
         same = len(ck) > 0 and torch.equal(r["checkpoints"][-1], r["final"])
         final = ck[-1] if same else _probs(evaluators, vqgm, r["final"], src, tgt)
         for name in evaluators:
             p0o, p0t, acc0 = before[name]
-            po, pt = final[name]
-            # best-of-checkpoints (the reference): per image, the checkpoint with the highest P(target)
-            cko = np.stack([c[name][0] for c in ck])                    # (S, B)
-            ckt = np.stack([c[name][1] for c in ck])
-            best = ckt.argmax(0)
-            bo, bt = cko[best, np.arange(len(best))], ckt[best, np.arange(len(best))]
-            for protocol, (qo, qt) in (("final", (po, pt)), ("best-of-checkpoints", (bo, bt))):
+            protocols = {"final": final[name]}
+            if ck:  # best-of-checkpoints (the reference): per image, the checkpoint with the highest P(target)
+                cko = np.stack([c[name][0] for c in ck])                # (S, B)
+                ckt = np.stack([c[name][1] for c in ck])
+                best = ckt.argmax(0)
+                protocols["best-of-checkpoints"] = (cko[best, np.arange(len(best))], ckt[best, np.arange(len(best))])
+            for protocol, (qo, qt) in protocols.items():
                 do, dt = mean_ci(qo - p0o, seed=seed), mean_ci(qt - p0t, seed=seed)
                 rows.append({"evaluator": DISPLAY.get(name, name), "extractor": arch, "method": method,
                              "region": region, "protocol": protocol, "n": len(src),
