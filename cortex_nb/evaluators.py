@@ -35,7 +35,7 @@ import torchvision
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from .train import FitConfig, FitResult, fit
+from .train import FitConfig, FitResult, eval_mode, fit
 
 __all__ = [
     "EVALUATOR_NAMES",
@@ -180,12 +180,8 @@ class Evaluator(nn.Module):
         x = torch.as_tensor(images)
         if x.ndim == 3:
             x = x[None]
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             out = [self(x[i : i + bs]).float().cpu() for i in range(0, len(x), bs)]
-        finally:
-            self.train(was_training)
         if not out:
             return torch.empty(0, self.n_classes)
         return torch.cat(out)

@@ -72,6 +72,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .train import eval_mode
+
 __all__ = ["OptimResult", "select_tokens", "optimize_embeddings", "nearest_tokens",
            "central_region", "saliency_region"]
 
@@ -220,13 +222,8 @@ def _hard_gumbel_softmax(P: torch.Tensor, gumbels: torch.Tensor, tau: float):
 def _eval_mode(f: nn.Module):
     """f in eval mode for the run, its mode restored afterwards. Gradients are taken only w.r.t. the
     optimised tensor (``autograd.grad``), so nothing accumulates in f's parameters."""
-    was_training = f.training
-    f.eval()
-    try:
-        with torch.enable_grad():
-            yield f
-    finally:
-        f.train(was_training)
+    with eval_mode(f), torch.enable_grad():
+        yield f
 
 
 def _objective(f, E, target, alpha):

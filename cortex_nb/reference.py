@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .train import eval_mode
+
 __all__ = ["evaluate_masked_reference", "mask_image_pil", "sample_uncached", "tsv_reference"]
 
 
@@ -69,26 +71,20 @@ def tsv_reference(
     if noise.shape != (N, *E.shape):
         raise ValueError(f"noise must have shape {(N, *E.shape)}, got {tuple(noise.shape)}")
 
-    modes = [mod.training for mod in f.modules()]
-    f.eval()
     out_tsv = []
-    try:
-        with torch.enable_grad():
-            for s in range(0, B, batch_size):
-                Eb, zb, tb = E[s:s + batch_size], noise[:, s:s + batch_size], t[s:s + batch_size]
-                sigma = alpha * (Eb.max() - Eb.min())                  # one σ for the whole batch
-                grad = torch.zeros_like(Eb)
-                for i in range(N):                                      # loop over noise samples
-                    X = (Eb + sigma * zb[i]).requires_grad_(True)
-                    logits = f(X)
-                    for b in range(Eb.shape[0]):                        # one backward per sample
-                        (g,) = torch.autograd.grad(logits[b, tb[b]], X, create_graph=True)
-                        grad[b] += g[b].detach()
-                    del logits, X
-                out_tsv.append((grad / N).amax(dim=1))                  # signed max over channels
-    finally:
-        for mod, was_training in zip(f.modules(), modes):
-            mod.training = was_training
+    with eval_mode(f), torch.enable_grad():
+        for s in range(0, B, batch_size):
+            Eb, zb, tb = E[s:s + batch_size], noise[:, s:s + batch_size], t[s:s + batch_size]
+            sigma = alpha * (Eb.max() - Eb.min())                      # one σ for the whole batch
+            grad = torch.zeros_like(Eb)
+            for i in range(N):                                          # loop over noise samples
+                X = (Eb + sigma * zb[i]).requires_grad_(True)
+                logits = f(X)
+                for b in range(Eb.shape[0]):                            # one backward per sample
+                    (g,) = torch.autograd.grad(logits[b, tb[b]], X, create_graph=True)
+                    grad[b] += g[b].detach()
+                del logits, X
+            out_tsv.append((grad / N).amax(dim=1))                      # signed max over channels
     return torch.cat(out_tsv) if out_tsv else E.new_zeros(0, *E.shape[2:])
 
 
@@ -162,21 +158,16 @@ def evaluate_masked_reference(
     masks = np.asarray(masks, dtype=bool)
     h, w = size
     device = next(net.parameters()).device
-    was_training = net.training
-    net.eval()
     p_true, correct = [], []
-    try:
-        with torch.no_grad():
-            for i in range(len(images)):
-                img = mask_image_pil(images[i], masks[i])
-                if img.size != (w, h):
-                    img = img.resize((w, h), resample=2)               # PIL.Image.BILINEAR
-                x = TF.normalize(TF.to_tensor(img), list(mean), list(std))
-                p = net(x[None].to(device)).float().softmax(1)[0].cpu()
-                p_true.append(float(p[labels[i]]))
-                correct.append(bool(int(p.argmax()) == labels[i]))
-    finally:
-        net.train(was_training)
+    with eval_mode(net), torch.no_grad():
+        for i in range(len(images)):                                    # one image at a time, as the scripts
+            img = mask_image_pil(images[i], masks[i])
+            if img.size != (w, h):
+                img = img.resize((w, h), resample=2)                   # PIL.Image.BILINEAR
+            x = TF.normalize(TF.to_tensor(img), list(mean), list(std))
+            p = net(x[None].to(device)).float().softmax(1)[0].cpu()
+            p_true.append(float(p[labels[i]]))
+            correct.append(bool(int(p.argmax()) == labels[i]))
     return {"p_true": np.asarray(p_true, dtype=np.float64), "correct": np.asarray(correct, dtype=bool),
             "n_masked": masks.reshape(len(masks), -1).sum(1)}
 

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .train import eval_mode
+
 __all__ = [
     "TokenSaliency", "Sigma", "Reduce", "Output",
     "top_n_positions", "positions_to_mask",
@@ -175,19 +177,13 @@ class TokenSaliency:
         step = self.chunk_size or N * B
 
         grad_sum = torch.zeros_like(E)                                 # (B, d, m, m)
-        modes = [mod.training for mod in self.extractor.modules()]
-        self.extractor.eval()
-        try:
-            with torch.enable_grad():
-                for s in range(0, N * B, step):
-                    b = row_b[s:s + step]
-                    X = (E[b] + sigma[b, None, None, None] * z[s:s + step]).requires_grad_(True)
-                    y = self._target_output(X, t[b]).sum()
-                    (g,) = torch.autograd.grad(y, X)                   # (rows, d, m, m), one pass
-                    grad_sum.index_add_(0, b, g)
-        finally:
-            for mod, was_training in zip(self.extractor.modules(), modes):
-                mod.training = was_training
+        with eval_mode(self.extractor), torch.enable_grad():
+            for s in range(0, N * B, step):
+                b = row_b[s:s + step]
+                X = (E[b] + sigma[b, None, None, None] * z[s:s + step]).requires_grad_(True)
+                y = self._target_output(X, t[b]).sum()
+                (g,) = torch.autograd.grad(y, X)                       # (rows, d, m, m), one pass
+                grad_sum.index_add_(0, b, g)
         return grad_sum / N
 
     def attribute(

@@ -59,6 +59,7 @@ import math
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -77,6 +78,7 @@ __all__ = [
     "evaluate",
     "predict_logits",
     "topk_accuracy",
+    "eval_mode",
     "HISTORY_COLUMNS",
 ]
 
@@ -253,6 +255,19 @@ def topk_accuracy(
     return {int(k): float(cum[min(k, c) - 1]) for k in ks}
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode inside the block; afterwards every submodule gets back the mode it
+    had (also when a caller keeps some submodules, e.g. frozen BatchNorm, in eval mode)."""
+    modes = [m.training for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, was_training in zip(model.modules(), modes):
+            m.training = was_training
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
@@ -267,10 +282,8 @@ def predict_logits(
     result is a float tensor on the CPU, rows in input order.
     """
     device = torch.device(device) if device is not None else _model_device(model)
-    was_training = model.training
-    model.eval()
     outs = []
-    try:
+    with eval_mode(model):
         if isinstance(x, (Dataset, DataLoader)):
             it = (xb for xb, _ in _batches(x, batch_size, shuffle=False))
         else:
@@ -281,8 +294,6 @@ def predict_logits(
             if transform is not None:
                 xb = transform(xb)
             outs.append(model(xb).float().cpu())
-    finally:
-        model.train(was_training)
     if not outs:
         raise ValueError("predict_logits got no items")
     return torch.cat(outs)
@@ -310,10 +321,8 @@ def evaluate(
 def _evaluate_sums(model, data, transform, batch_size, device) -> tuple[float, int, int]:
     """(sum of cross-entropy, correct count, item count) of ``model`` on ``data``."""
     device = torch.device(device) if device is not None else _model_device(model)
-    was_training = model.training
-    model.eval()
     loss_sum, correct, n = 0.0, 0, 0
-    try:
+    with eval_mode(model):
         for xb, yb in _batches(data, batch_size, shuffle=False):
             xb, yb = _to_device(xb, device), _to_device(yb, device).long()
             if transform is not None:
@@ -322,8 +331,6 @@ def _evaluate_sums(model, data, transform, batch_size, device) -> tuple[float, i
             loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
             n += len(yb)
-    finally:
-        model.train(was_training)
     return loss_sum, correct, n
 
 

@@ -290,3 +290,17 @@ def test_topk_accuracy_matches_torchmetrics():
     for k in (1, 3, 5, 10):
         ref = tm.multiclass_accuracy(logits, labels, num_classes=c, top_k=k, average="micro")
         assert ours[k] == pytest.approx(ref.item(), abs=1e-6), k
+
+
+def test_eval_mode_restores_every_submodule_mode():
+    from cortex_nb.train import eval_mode
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Dropout(0.5))
+    net.train()
+    net[1].eval()                                    # a caller's frozen BatchNorm
+    with eval_mode(net) as m:
+        assert m is net and not any(x.training for x in net.modules())
+    assert [x.training for x in net.modules()] == [True, True, False, True]
+    with pytest.raises(RuntimeError), eval_mode(net):
+        raise RuntimeError("restored on errors too")
+    assert [x.training for x in net.modules()] == [True, True, False, True]
