@@ -323,13 +323,14 @@ def test_sizes_from_profile_match_defaults():
     assert S.sizes_from_profile(load_profile("imagenet")) == S.default_sizes()
 
 
-def test_benchmark_quick_smoke(tmp_path):
+def test_benchmark_quick_smoke(tmp_path, monkeypatch):
     """benchmarks/paper_scale.py --quick runs end to end and writes its JSON and Markdown."""
     import importlib.util
     import json
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_scale.py"
+    monkeypatch.syspath_prepend(str(path.parent))   # as `python benchmarks/paper_scale.py`: _common importable
     spec = importlib.util.spec_from_file_location("paper_scale_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
