@@ -421,6 +421,25 @@ def _tokenizer_batch(tok: TokenizerConfig, seed: int, step: int, device, n_class
     return toyworld.to_tensor(b.images).to(device), _pixel_weights(b.masks, tok).to(device)
 
 
+
+def _end_step(step: int, cfg, stats: Callable[[], dict], history: list, bar, callback, save: Callable[[], None],
+              postfix: Callable[[dict], dict]) -> None:
+    """After optimizer step ``step`` (counted from 1) of either toy loop: every ``cfg.log_every``
+    steps and at the last one append ``stats()`` to history, show ``postfix(stats)`` on the bar and
+    call ``callback(step, stats)``; advance the bar; every ``cfg.ckpt_every`` steps and at the
+    last one ``save()``."""
+    if step % cfg.log_every == 0 or step == cfg.steps:
+        row = stats()
+        history.append(row)
+        if bar is not None:
+            bar.set_postfix(**postfix(row))
+        if callback is not None:
+            callback(step, row)
+    if bar is not None:
+        bar.update(1)
+    if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        save()
+
 def train_tokenizer(tok: TokenizerConfig, *, seed: int, device: str | torch.device = "cpu",
                     ckpt_dir: str | os.PathLike, progress: bool = True, n_classes: int = 10,
                     scene_bias: float = 0.65,
@@ -552,22 +571,15 @@ def train_tokenizer(tok: TokenizerConfig, *, seed: int, device: str | torch.devi
             step += 1
             seconds += time.perf_counter() - t0
 
-            if step % tok.log_every == 0 or step == tok.steps:
+            def row_stats() -> dict:
                 u = (codebook_usage(idx, K) if window_hist is None
                      else _hist_usage(window_hist.cpu()))
-                stats = dict(step=step, loss=loss.item(), rec=rec.item(),
-                             perplexity=u["perplexity"], used=u["used"], restarted=n_restart,
-                             lr=opt.param_groups[0]["lr"])
-                history.append(stats)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{stats['loss']:.4f}", ppl=f"{u['perplexity']:.0f}",
-                                    used=u["used"])
-                if callback is not None:
-                    callback(step, stats)
-            if bar is not None:
-                bar.update(1)
-            if step % tok.ckpt_every == 0 or step == tok.steps:
-                save()
+                return dict(step=step, loss=loss.item(), rec=rec.item(),
+                            perplexity=u["perplexity"], used=u["used"], restarted=n_restart,
+                            lr=opt.param_groups[0]["lr"])
+
+            _end_step(step, tok, row_stats, history, bar, callback, save,
+                      lambda r: dict(loss=f"{r['loss']:.4f}", ppl=f"{r['perplexity']:.0f}", used=r["used"]))
     finally:
         if bar is not None:
             bar.close()
@@ -709,18 +721,9 @@ def train_prior(prior: PriorConfig, tokens: torch.Tensor, labels: torch.Tensor, 
             step += 1
             seconds += time.perf_counter() - t0
             recent = (recent + [loss.item()])[-prior.log_every:]
-            if step % prior.log_every == 0 or step == prior.steps:
-                stats = dict(step=step, loss=sum(recent) / len(recent),
-                             lr=opt.param_groups[0]["lr"])
-                history.append(stats)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{stats['loss']:.3f}")
-                if callback is not None:
-                    callback(step, stats)
-            if bar is not None:
-                bar.update(1)
-            if step % prior.ckpt_every == 0 or step == prior.steps:
-                save()
+            _end_step(step, prior, lambda: dict(step=step, loss=sum(recent) / len(recent),
+                                                lr=opt.param_groups[0]["lr"]),
+                      history, bar, callback, save, lambda r: dict(loss=f"{r['loss']:.3f}"))
     finally:
         if bar is not None:
             bar.close()
