@@ -21,6 +21,10 @@ vqgm and evaluators are built by rank 0 while the others wait. Results equal a s
 (token stores and TSVs exactly; extractor weights up to float rounding). Rank 0 writes tables and
 final files and prints; each process uses max(1, threads // N) torch threads. A crashed run
 resumes when rerun, with any N. Details: the docstring of cortex_nb.distributed.
+
+Errors you can fix (a bad profile value, a missing or damaged file, a results directory that
+cannot be written) are printed as one line plus the fix, exit status 2; --debug shows the
+traceback. The results directory is checked for writing before any work starts.
 """
 from __future__ import annotations
 
@@ -36,12 +40,18 @@ SPLITS = ("train", "val", "test")
 
 
 def _parse_sets(items: list[str]) -> dict:
+    from .errors import UserError
+
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        out[key] = yaml.safe_load(value)
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}", fix="e.g. --set data.n_train=100")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise UserError(f"--set {item!r}: the value is not valid YAML ({e.problem})",
+                            fix="quote strings, write lists as [1, 2]") from None
     return out
 
 
@@ -56,15 +66,31 @@ def parser() -> argparse.ArgumentParser:
                     help="override a profile key, e.g. --set data.n_train=100 (repeatable)")
     ap.add_argument("--split", action="extend", nargs="+", choices=SPLITS, default=None,
                     help="tsv: the splits to compute (default: train test)")
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import distributed
-    from .config import load_profile
+    """Run one stage; a :class:`~cortex_nb.errors.UserError` becomes one line plus its fix on
+    stderr and exit status 2 (with ``--debug``, the traceback)."""
+    from .errors import UserError
 
     args = parser().parse_args(argv)
+    try:
+        return _main(args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e.one_line()}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
+    from . import distributed
+    from .config import ensure_writable, load_profile
+
     cfg = load_profile(args.profile, **_parse_sets(args.set))
+    ensure_writable(cfg)
     with distributed.session(cfg.device):
         t0 = time.perf_counter()
         summary = _run(args, cfg)

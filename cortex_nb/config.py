@@ -13,6 +13,8 @@ Environment variables (for the imagenet profile's checkpoints, see README):
 """
 from __future__ import annotations
 
+from .errors import UserError
+
 import hashlib
 import json
 import os
@@ -21,7 +23,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["load_profile", "PROFILES", "ProfileError", "repo_root", "profile_hash", "resolve_device"]
+__all__ = ["load_profile", "PROFILES", "ProfileError", "repo_root", "profile_hash", "resolve_device",
+           "ensure_writable"]
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 PROFILES = tuple(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
@@ -35,8 +38,9 @@ ENV_KEYS = {
 }
 
 
-class ProfileError(ValueError):
-    """An unknown profile, or an override that names a key the profile does not have."""
+class ProfileError(UserError, ValueError):
+    """An unknown profile, an override that names a key the profile does not have, a value outside
+    what the key allows (:mod:`cortex_nb.schema`), or a results directory that cannot be written."""
 
 
 def repo_root() -> Path:
@@ -58,9 +62,10 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ProfileError(f"device={device!r} but no CUDA device is visible; use device=auto or cpu")
+        raise ProfileError(f"device={device!r} but no CUDA device is visible",
+                           fix="--set device=auto (or cpu), or unset CORTEX_DEVICE")
     if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ProfileError(f"device={device!r}: expected auto, cpu or cuda[:N]")
+        raise ProfileError(f"device={device!r}: expected auto, cpu or cuda[:N]", fix="--set device=auto")
     return device
 
 
@@ -71,26 +76,40 @@ def _set_override(cfg: DictConfig, key: str, value: Any, name: str) -> None:
     if not isinstance(parent, DictConfig) or leaf not in parent:
         where, known = (parent_key, parent.keys()) if isinstance(parent, DictConfig) else ("the top level", cfg.keys())
         raise ProfileError(f"profile {name!r} has no key {dotted!r}; keys under {where or 'the top level'}: "
-                           + ", ".join(sorted(map(str, known))))
+                           + ", ".join(sorted(map(str, known))), fix="check the key's spelling")
     OmegaConf.update(cfg, dotted, value, merge=False)
+
+
+def _refuse(name: str):
+    def refuse(key: str, value: Any, allowed: str) -> ProfileError:
+        how = (f"override the section's keys one by one, e.g. --set {key}.KEY=VALUE" if allowed.startswith("a section")
+               else f"--set {key}=VALUE (CLI), load_profile({name!r}, **{{{key!r}: VALUE}}) (Python)")
+        return ProfileError(f"profile {name!r}: {key} = {value!r} is not allowed; expected {allowed}",
+                            fix=f"{how}, or edit cortex_nb/profiles/{name}.yaml")
+    return refuse
 
 
 def load_profile(name: str | None = None, **overrides: Any) -> DictConfig:
     """Load a profile by name (default: $CORTEX_PROFILE or 'toy') and apply overrides.
 
     Returns a read-only DictConfig with resolved ``paths`` (absolute) and ``device``.
-    Raises ProfileError for an unknown profile or override key.
+    Raises ProfileError for an unknown profile or override key, or a value that
+    :func:`cortex_nb.schema.validate` refuses (wrong type, out of range, unknown name).
     """
     name = name or os.environ.get("CORTEX_PROFILE", "toy")
     path = PROFILE_DIR / f"{name}.yaml"
     if not path.exists():
-        raise ProfileError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)} (files in {PROFILE_DIR})")
+        raise ProfileError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)} (files in {PROFILE_DIR})",
+                           fix="--profile " + (PROFILES[0] if PROFILES else "toy"))
     cfg = OmegaConf.load(path)
     for env, key in ENV_KEYS.items():
         if os.environ.get(env) and OmegaConf.select(cfg, key, default="__missing__") in (None, "auto"):
             OmegaConf.update(cfg, key, os.environ[env], merge=False)
     for key, value in overrides.items():
         _set_override(cfg, key, value, name)
+    from .schema import validate
+
+    validate(OmegaConf.to_container(cfg, resolve=True), _refuse(name))
     root = repo_root()
     results = root / "results" / cfg.name
     cfg.paths = {
@@ -121,3 +140,21 @@ def profile_hash(cfg: DictConfig | dict, *keys: str) -> str:
     sub = {k: get(container, k) for k in keys} if keys else container
     blob = json.dumps(sub, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def ensure_writable(cfg: DictConfig) -> None:
+    """Create the profile's results, cache, tables and figures directories and check that each
+    can be written, so that an unwritable place is reported before any work starts (not as an
+    ``OSError`` from deep inside the first checkpoint save, minutes in)."""
+    import tempfile
+
+    for key in ("results", "cache", "tables", "figures"):
+        d = Path(cfg.paths[key])
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=d):
+                pass
+        except OSError as e:
+            raise ProfileError(f"cannot write to the {key} directory {d}: {e.strerror or e}",
+                               fix=f"make {d} writable, or set CORTEX_RESULTS to a writable directory "
+                                   "(results/ and figures/ go there)") from None

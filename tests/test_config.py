@@ -60,3 +60,87 @@ def test_profile_hash_changes_with_the_named_keys_only():
     a, b = load_profile("toy"), load_profile("toy", **{"data.n_test": 3})
     assert profile_hash(a, "vqgm") == profile_hash(b, "vqgm")
     assert profile_hash(a, "data") != profile_hash(b, "data")
+
+
+# --- validation (cortex_nb.schema) ---------------------------------------------------------
+
+from cortex_nb.schema import SCHEMA  # noqa: E402
+
+
+def _leaves(tree, prefix=""):
+    out = set()
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and SCHEMA.get(key) is None:
+            out |= _leaves(v, key + ".")
+        else:
+            out.add(key)
+    return out
+
+
+@pytest.mark.parametrize("name", ["toy", "smoke", "imagenet"])
+def test_schema_covers_exactly_the_profiles_keys(name):
+    from omegaconf import OmegaConf
+
+    from cortex_nb.config import PROFILE_DIR
+
+    tree = OmegaConf.to_container(OmegaConf.load(PROFILE_DIR / f"{name}.yaml"))
+    assert _leaves(tree) == set(SCHEMA)
+
+
+@pytest.mark.parametrize("key", sorted(k for k, rule in SCHEMA.items() if rule.kind not in ("str", "section")))
+def test_every_checked_key_refuses_a_wrong_type_naming_key_and_value(key):
+    with pytest.raises(ProfileError) as e:
+        load_profile("smoke", **{key: "surely-not-valid"})
+    assert f"{key} = 'surely-not-valid' is not allowed; expected" in str(e.value)
+    assert e.value.fix  # every refusal says how to fix it
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("data.shard_size", 0, "an integer >= 1"),
+    ("data.n_test", -3, "an integer >= 1"),
+    ("threads", 0, "an integer >= 1"),
+    ("world.scene_bias", 1.5, "a number >= 0 and <= 1"),
+    ("data.top_p", 0, "a number > 0 and <= 1 (or null)"),
+    ("extractors.lr", 0.0, "a number > 0"),
+    ("extractors.archs", [], "a non-empty list of CE, RE"),
+    ("extractors.archs", ["CE", "CE"], "a non-empty list of CE, RE"),
+    ("progress", 1, "true or false"),
+    ("seed", True, "an integer >= 0"),
+    ("optimization.pairs", [[3, 3]], "a non-empty list of [source, target] class pairs"),
+    ("optimization.pairs", [[0, 12]], "classes in [0, world.n_classes) = [0, 10)"),
+    ("vqgm.tokenizer.steps", 0, "an integer >= 1"),
+    ("vqgm.tokenizer.ch_mult", [1, "x"], "a non-empty list of integers >= 1"),
+    ("vqgm.prior.lr", -1.0, "a number > 0"),
+    ("evaluators.fit.epochs", 0, "an integer >= 1"),
+])
+def test_out_of_range_values_are_refused(key, value, allowed):
+    with pytest.raises(ProfileError, match="expected " + __import__("re").escape(allowed)):
+        load_profile("smoke", **{key: value})
+
+
+def test_a_section_replaced_by_a_value_is_refused():
+    with pytest.raises(ProfileError, match=r"data = 1 is not allowed; expected a section") as e:
+        load_profile("smoke", data=1)
+    assert "--set data.KEY=VALUE" in e.value.fix
+
+
+def test_valid_overrides_still_load():
+    cfg = load_profile("smoke", **{"data.top_k": 5, "data.top_p": 0.9, "extractors.fc": None,
+                                    "optimization.pairs": [[1, 0]], "vqgm.tokenizer.ch_mult": [1, 2, 2]})
+    assert (cfg.data.top_k, cfg.optimization.pairs[0][0]) == (5, 1)
+
+
+def test_imagenet_may_have_empty_toy_sections_but_toy_evaluators_need_images():
+    load_profile("imagenet")  # n_train 0 and empty tokenizer/prior are fine where nothing is trained
+    with pytest.raises(ProfileError, match=r"evaluators.n_train = 0 .*toy evaluators are trained here"):
+        load_profile("smoke", **{"evaluators.n_train": 0})
+
+
+def test_ensure_writable_creates_the_directories(tmp_path, monkeypatch):
+    from cortex_nb.config import ensure_writable
+
+    monkeypatch.setenv("CORTEX_RESULTS", str(tmp_path))
+    cfg = load_profile("smoke")
+    ensure_writable(cfg)
+    assert all(__import__("pathlib").Path(cfg.paths[k]).is_dir() for k in ("results", "cache", "tables", "figures"))
