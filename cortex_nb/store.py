@@ -8,9 +8,16 @@ A split lives in one directory::
     <dir>/meta.json    K, m, codebook fingerprint, sampler settings, seed, counts, complete
 
 512 bytes a sample on the 16 x 16 ImageNet grid, against 256 KiB for the reference's float32
-embedding files. Writes are atomic (temporary file + ``os.replace``) and generation is sharded:
-each shard is written whole or not at all and is deterministic in (seed, split, shard index),
-so killing a run and rerunning it loses and duplicates nothing.
+embedding files. Writes are atomic (temporary file + ``os.replace``; the file gets the mode an
+ordinary ``open`` would, 0o666 & ~umask) and generation is sharded: each shard is written whole or
+not at all and is deterministic in (seed, split, shard index), so killing a run and rerunning it
+loses and duplicates nothing.
+
+A store is the user's data (hours of sampling): a damaged or inconsistent one (unreadable
+meta.json or array, arrays of different lengths, a token id outside [0, K), a label outside
+[0, n_classes)) is refused with a :class:`TokenStoreError` that names the file and the value and
+says how to remake it; nothing deletes it automatically. Cache files (:func:`cached`,
+:func:`chunked_array`) are ours: a corrupt one is rebuilt with a warning.
 
 Data parallel (``torchrun``, see :mod:`cortex_nb.distributed`): in :meth:`TokenStore.generate`
 and :func:`chunked_array` rank 0 decides what is missing and broadcasts it, rank r makes the
@@ -22,12 +29,15 @@ no group, the same code.
 """
 from __future__ import annotations
 
+from .errors import UserError
+
 import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -36,27 +46,51 @@ import numpy as np
 
 __all__ = [
     "TokenStore", "TokenStoreError", "atomic_path", "save_npy", "save_json", "load_json",
-    "cached", "shard_seed", "chunked_array",
+    "load_cache_json", "cached", "shard_seed", "chunked_array",
 ]
 
 
 log = logging.getLogger("cortex_nb")
 
 
-class TokenStoreError(ValueError):
-    """A token store that is incomplete, out of range, or does not match the VQGM."""
+class TokenStoreError(UserError, ValueError):
+    """A token store that is incomplete, damaged, out of range, or does not match the VQGM."""
+
+
+_GENERATE_HOW = "the generate stage (notebook 01 or `python -m cortex_nb generate --profile P`)"
+
+
+def _regenerate_fix(store: Path) -> str:
+    """The fix for a damaged store: remake it whole (its parts cannot be trusted one by one)."""
+    return f"delete {store} and rerun {_GENERATE_HOW}"
+
+
+def _current_umask() -> int:
+    """The process umask. Python can read it only by setting it, and it is process-global, so
+    take it from /proc/self/status (Linux >= 4.7) when there; else set and restore it at once,
+    setting the strict 0o077 meanwhile so a file another thread makes in that window is private."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it into place atomically.
-    On error the temporary file is removed and ``path`` is untouched."""
+    On error the temporary file is removed and ``path`` is untouched. The final file gets
+    0o666 & ~umask, as with ``open``; mkstemp's 0600 would hide outputs from group/others."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_current_umask())  # after the write: a writer may have recreated tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -89,14 +123,35 @@ def _jsonable(x: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
+_MISSING = object()
+
+
+def _read_cache(path: Path, default: Any) -> Any:
+    """The JSON at ``path``; ``default`` when absent or corrupt (a cache is ours to rebuild)."""
+    if not path.exists():
+        return default
+    try:
+        return load_json(path)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError: a torn or damaged file
+        log.warning("cache file %s is corrupt (%s): rebuilding it", path, e)
+        return default
+
+
+def load_cache_json(path: str | os.PathLike) -> Any:
+    """The JSON at ``path``, or None when it is missing or corrupt (logged as a warning).
+    For cache files and stamps, which can be rebuilt; user data goes through :func:`load_json`,
+    which raises."""
+    return _read_cache(Path(path), None)
+
+
 def cached(path: str | os.PathLike, build: Callable[[], Any], *, key: str | None = None) -> Any:
     """Return the JSON stored at ``path`` if it exists (and its ``_key`` equals ``key``),
-    else call ``build()``, store its JSON-able result atomically and return it."""
+    else call ``build()``, store its JSON-able result atomically and return it. A corrupt
+    file counts as missing."""
     path = Path(path)
-    if path.exists():
-        obj = load_json(path)
-        if key is None or (isinstance(obj, dict) and obj.get("_key") == key):
-            return obj
+    obj = _read_cache(path, _MISSING)
+    if obj is not _MISSING and (key is None or (isinstance(obj, dict) and obj.get("_key") == key)):
+        return obj
     obj = build()
     if key is not None:
         obj = {**obj, "_key": key}
@@ -133,34 +188,62 @@ class TokenStore:
         return len(self.labels)
 
     @staticmethod
-    def validate_tokens(tokens: np.ndarray, K: int, m: int, where: str = "tokens") -> None:
-        """Raise TokenStoreError unless tokens is (N, m, m) with every id in [0, K)."""
+    def validate_tokens(tokens: np.ndarray, K: int, m: int, where: str = "tokens", fix: str = "") -> None:
+        """Raise TokenStoreError unless tokens is (N, m, m) with every id in [0, K). Call it
+        before any cast to uint16: there a -1 would silently become 65535."""
         if tokens.ndim != 3 or tokens.shape[1:] != (m, m):
-            raise TokenStoreError(f"{where}: grid {tuple(tokens.shape[1:])} but the VQGM's token grid is {m} x {m}")
-        if tokens.size and int(tokens.max()) >= K:
-            bad = int(tokens.max())
-            raise TokenStoreError(f"{where}: token id {bad} is outside the codebook (K = {K}); "
-                                  "was this store made with another VQGM?")
+            raise TokenStoreError(f"{where}: grid {tuple(tokens.shape[1:])} but the VQGM's token grid is {m} x {m}",
+                                  fix=fix)
+        if not tokens.size:
+            return
+        lo = int(tokens.min()) if tokens.dtype.kind != "u" else 0  # one pass less over a uint16 memmap
+        hi = int(tokens.max())
+        if lo < 0 or hi >= K:
+            raise TokenStoreError(f"{where}: token id {lo if lo < 0 else hi} is outside the codebook (K = {K}); "
+                                  "was this store made with another VQGM?", fix=fix)
+
+    @staticmethod
+    def validate_labels(labels: np.ndarray, n_classes: int | None, where: str = "labels", fix: str = "") -> None:
+        """Raise TokenStoreError unless labels is (N,) with every label in [0, n_classes)
+        (only >= 0 when n_classes is None: old stores' meta lacks it)."""
+        if labels.ndim != 1:
+            raise TokenStoreError(f"{where}: labels have shape {labels.shape}, not (N,)", fix=fix)
+        if not labels.size:
+            return
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or (n_classes is not None and hi >= n_classes):
+            span = f"[0, {n_classes})" if n_classes is not None else "[0, n_classes)"
+            raise TokenStoreError(f"{where}: label {lo if lo < 0 else hi} is outside {span}", fix=fix)
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, K: int | None = None, m: int | None = None,
              fingerprint: str | None = None) -> "TokenStore":
-        """Open a complete split; check K, m and the codebook fingerprint when given."""
+        """Open a complete split; check K, m and the codebook fingerprint when given, and that the
+        files are readable and agree (lengths, id and label ranges) — a refusal says which file."""
         path = Path(path)
-        meta_path = path / "meta.json"
-        if not meta_path.exists():
-            raise TokenStoreError(f"no token store at {path} (missing meta.json): run the generate stage "
-                                  "(notebook 01 or `python -m cortex_nb generate --profile P`)")
-        meta = load_json(meta_path)
+        meta = _read_meta(path)
+        if meta is None:
+            raise TokenStoreError(f"no token store at {path} (missing meta.json)", fix=f"run {_GENERATE_HOW}")
         if not meta.get("complete"):
-            raise TokenStoreError(f"token store {path} is incomplete: rerun the generate stage to finish it")
+            raise TokenStoreError(f"token store {path} is incomplete", fix=f"rerun {_GENERATE_HOW} to finish it")
+        fix = _regenerate_fix(path)
         if fingerprint is not None and meta.get("fingerprint") != fingerprint:
             raise TokenStoreError(
                 f"token store {path} was made with codebook {meta.get('fingerprint')} but the loaded VQGM's is "
-                f"{fingerprint}: delete the store or load the VQGM it was made with")
-        tokens = np.load(path / "tokens.npy", mmap_mode="r")
-        labels = np.load(path / "labels.npy")
-        cls.validate_tokens(tokens, K if K is not None else meta["K"], m if m is not None else meta["m"], str(path / "tokens.npy"))
+                f"{fingerprint}", fix=f"load the VQGM it was made with, or {fix}")
+        K = K if K is not None else _meta_int(meta, "K", path)
+        m = m if m is not None else _meta_int(meta, "m", path)
+        tokens = _load_npy(path / "tokens.npy", fix, mmap=True)  # (N, m, m) uint16
+        labels = _load_npy(path / "labels.npy", fix)  # (N,) int64
+        cls.validate_tokens(tokens, K, m, str(path / "tokens.npy"), fix)
+        _check_rows(path / "labels.npy", len(labels), len(tokens), fix)
+        if (path / "images.npy").exists():  # header only: catches truncation and a wrong N
+            _check_rows(path / "images.npy", len(_load_npy(path / "images.npy", fix, mmap=True)), len(tokens), fix)
+        if isinstance(meta.get("n"), int) and meta["n"] != len(tokens):
+            raise TokenStoreError(f"{path / 'tokens.npy'} holds {len(tokens)} rows but {path / 'meta.json'} "
+                                  f"says n = {meta['n']}", fix=fix)
+        n_classes = meta.get("n_classes")
+        cls.validate_labels(labels, n_classes if isinstance(n_classes, int) else None, str(path / "labels.npy"), fix)
         return cls(path, tokens, labels, meta)
 
     @classmethod
@@ -173,19 +256,21 @@ class TokenStore:
         shard. Finished shards in ``path/shards/`` are reused; when all exist they are concatenated
         into the final arrays and meta.json is written with ``complete: true`` (last, atomically).
         If a complete store with the same ``meta`` already exists it is returned untouched.
+        Bad arguments (no labels, shard_size < 1, labels outside [0, meta["n_classes"])) are
+        refused before anything is created; a corrupt meta.json or shard is refused, not deleted.
         """
         from tqdm.auto import tqdm
 
         from . import distributed
 
         path = Path(path)
-        labels = np.asarray(labels, dtype=np.int64)
+        labels = _check_generate_args(labels, shard_size, meta, split)  # (N,) int64; every rank, before any I/O
         meta = {**meta, "n": int(len(labels)), "shard_size": int(shard_size), "seed": int(seed), "split": split}
         shard_dir = path / "shards"
         n_shards = (len(labels) + shard_size - 1) // shard_size
         todo: list[int] | None = None  # None: a complete store with these settings exists
         if distributed.is_main():  # one rank inspects and prepares; the others follow its decision
-            old = load_json(path / "meta.json") if (path / "meta.json").exists() else None
+            old = _read_meta(path)
             same = old is not None and {k: old.get(k) for k in meta} == meta
             if not (same and old.get("complete")):
                 if old is not None and not same:  # stale shards from other settings must not be mixed in
@@ -203,23 +288,19 @@ class TokenStore:
         for i in tqdm(mine, desc=f"generate {split}", disable=not progress or not distributed.is_main() or None,
                       unit="shard"):
             chunk = labels[i * shard_size:(i + 1) * shard_size]
-            out = make_shard(chunk, shard_seed(seed, split, i))
-            toks = np.asarray(out["tokens"])
-            cls.validate_tokens(toks, meta["K"], meta["m"], f"shard {i}")
-            arrays = {"tokens": toks.astype(np.uint16), "labels": chunk}
-            if "images" in out:
-                arrays["images"] = np.asarray(out["images"], dtype=np.uint8)
+            arrays = _checked_shard(make_shard(chunk, shard_seed(seed, split, i)), chunk, meta, f"shard {i} of {path}")
             with atomic_path(shard_dir / f"{i:05d}.npz") as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, **arrays)
             distributed.fault_point("shard")
         distributed.barrier()  # every shard exists
         if distributed.is_main():
-            parts = [np.load(shard_dir / f"{i:05d}.npz") for i in range(n_shards)]
+            parts = [_read_shard(shard_dir / f"{i:05d}.npz") for i in range(n_shards)]
             tokens = np.concatenate([p["tokens"] for p in parts]).astype(np.uint16)
             got_labels = np.concatenate([p["labels"] for p in parts])
             if not np.array_equal(got_labels, labels):
-                raise TokenStoreError(f"shards in {shard_dir} do not match the requested labels; delete {path} and rerun")
+                raise TokenStoreError(f"shards in {shard_dir} do not match the requested labels",
+                                      fix=_regenerate_fix(path))
             save_npy(path / "tokens.npy", tokens)
             save_npy(path / "labels.npy", labels)
             if all("images" in p for p in parts):
@@ -230,6 +311,91 @@ class TokenStore:
             _remove_dir(shard_dir)
         distributed.barrier()  # the final arrays exist
         return cls.open(path)
+
+
+def _read_meta(store: Path) -> dict | None:
+    """A store's meta.json as a dict; None when absent; TokenStoreError when unreadable."""
+    meta_path = store / "meta.json"
+    if not meta_path.exists():
+        return None
+    try:
+        meta = load_json(meta_path)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise TokenStoreError(f"{meta_path} is not valid JSON ({e})", fix=_regenerate_fix(store)) from e
+    if not isinstance(meta, dict):
+        raise TokenStoreError(f"{meta_path} holds a JSON {type(meta).__name__}, not a token store's meta object",
+                              fix=_regenerate_fix(store))
+    return meta
+
+
+def _meta_int(meta: dict, key: str, store: Path) -> int:
+    """meta[key] as an int, or a TokenStoreError naming meta.json."""
+    if not isinstance(meta.get(key), int):
+        raise TokenStoreError(f"{store / 'meta.json'}: {key!r} is {meta.get(key)!r}, not an integer",
+                              fix=_regenerate_fix(store))
+    return meta[key]
+
+
+def _load_npy(f: Path, fix: str, *, mmap: bool = False) -> np.ndarray:
+    """np.load, with a missing, truncated or corrupt file refused by name (np.load's own errors,
+    e.g. 'mmap length is greater than file size', do not say which file)."""
+    try:
+        return np.load(f, mmap_mode="r" if mmap else None)
+    except FileNotFoundError as e:
+        raise TokenStoreError(f"{f} is missing although meta.json says the store is complete", fix=fix) from e
+    except (ValueError, OSError, EOFError) as e:
+        raise TokenStoreError(f"{f} is unreadable ({e}): truncated or corrupt", fix=fix) from e
+
+
+def _check_rows(f: Path, rows: int, n_tokens: int, fix: str) -> None:
+    if rows != n_tokens:
+        raise TokenStoreError(f"{f} holds {rows} rows but tokens.npy holds {n_tokens}", fix=fix)
+
+
+def _check_generate_args(labels: Any, shard_size: Any, meta: dict, split: str) -> np.ndarray:
+    """Refuse what cannot make a store (before any directory exists); return labels as (N,) int64."""
+    if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
+        raise TokenStoreError(f"generate {split}: shard_size must be a positive integer, got {shard_size!r}",
+                              fix="set data.shard_size to a positive integer (e.g. --set data.shard_size=64)")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not len(labels):
+        raise TokenStoreError(f"generate {split}: no labels (labels have shape {labels.shape}), nothing to generate",
+                              fix=f"set world.n_classes and data.n_{split} (samples per class) to positive integers")
+    labels = labels.astype(np.int64)
+    n_classes = meta.get("n_classes")
+    TokenStore.validate_labels(labels, n_classes if isinstance(n_classes, int) else None, f"generate {split}",
+                               fix="pass labels that are class indices in [0, meta['n_classes'])")
+    return labels
+
+
+def _checked_shard(out: dict, chunk: np.ndarray, meta: dict, where: str) -> dict[str, np.ndarray]:
+    """make_shard's output as the arrays to save, after checking ids (before the uint16 cast) and
+    row counts: a bad shard is never written."""
+    fix = ("make_shard must return one (m, m) grid of ids in [0, K) per label, with K and m as in meta; "
+           "nothing was written for this shard")
+    toks = np.asarray(out["tokens"])
+    TokenStore.validate_tokens(toks, meta["K"], meta["m"], where, fix)
+    arrays = {"tokens": toks.astype(np.uint16), "labels": chunk}
+    if "images" in out:
+        arrays["images"] = np.asarray(out["images"], dtype=np.uint8)
+    for name, a in arrays.items():
+        if len(a) != len(chunk):
+            raise TokenStoreError(f"{where}: make_shard returned {len(a)} {name} for {len(chunk)} labels", fix=fix)
+    return arrays
+
+
+def _read_shard(f: Path) -> dict[str, np.ndarray]:
+    """All arrays of one finished shard (file closed after), or a TokenStoreError naming it: a
+    truncated or corrupt shard is the user's to delete (only that shard is then remade)."""
+    try:
+        with np.load(f) as z:
+            arrays = {k: z[k] for k in z.files}
+        if "tokens" not in arrays or "labels" not in arrays:
+            raise ValueError(f"it holds {sorted(arrays)}, not tokens and labels")
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise TokenStoreError(f"shard file {f} is unreadable ({e}): truncated or corrupt",
+                              fix=f"delete {f} and rerun {_GENERATE_HOW}; only that shard is remade") from e
+    return arrays
 
 
 def _remove_dir(d: Path) -> None:
@@ -248,6 +414,18 @@ def _clear(path: Path) -> None:
     if shard_dir.exists():
         for f in shard_dir.iterdir():
             f.unlink()
+
+
+def _cached_rows(path: Path) -> int | None:
+    """Rows of the finished array at ``path``; None when absent or unreadable (logged: it is a
+    cache, recomputed from its chunks)."""
+    if not path.exists():
+        return None
+    try:
+        return len(np.load(path, mmap_mode="r"))
+    except (ValueError, OSError, EOFError, TypeError) as e:  # TypeError: len() of a 0-d array
+        log.warning("cached array %s is unreadable (%s): recomputing it", path, e)
+        return None
 
 
 def chunked_array(path: str | os.PathLike, n: int, chunk: int, compute: Callable[[int, int], np.ndarray],
@@ -269,8 +447,8 @@ def chunked_array(path: str | os.PathLike, n: int, chunk: int, compute: Callable
     starts = list(range(0, n, chunk))
     todo: list[int] | None = None  # None: the finished array exists
     if distributed.is_main():  # one rank inspects and prepares; the others follow its decision
-        if not (path.exists() and len(np.load(path, mmap_mode="r")) == n):
-            path.unlink(missing_ok=True)  # absent, or made for another n
+        if _cached_rows(path) != n:
+            path.unlink(missing_ok=True)  # absent, corrupt, or made for another n
             parts.mkdir(parents=True, exist_ok=True)
             todo = [s for s in starts if not (parts / f"{s:09d}.npy").exists()]
     todo = distributed.broadcast_object(todo)

@@ -135,3 +135,167 @@ def test_chunked_array_resumes_and_equals_one_shot(tmp_path):
     np.testing.assert_array_equal(out, np.arange(10)[:, None] * np.ones((1, 2)))
     assert calls == [0, 3, 6, 6, 9]  # the two finished chunks were not recomputed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+
+
+# --- umask: atomically written files get 0o666 & ~umask, as open() would give them -------------------------
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
+    from cortex_nb.store import save_json
+
+    old = os.umask(umask)
+    try:
+        save_npy(tmp_path / "a.npy", np.arange(3))
+        save_json(tmp_path / "b.json", {"x": 1})
+        with atomic_path(tmp_path / "c.bin") as tmp:
+            tmp.write_bytes(b"c")
+        with open(tmp_path / "plain", "w"):  # what an ordinary write gets, for comparison
+            pass
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"a.npy": mode, "b.json": mode, "c.bin": mode, "plain": mode}
+
+
+# --- token stores: damaged or wrong stores are refused with the file, the value and a fix ----------------------
+
+def _store(tmp_path, labels=(0, 1, 2), meta=None, shard_size=8):
+    return TokenStore.generate(tmp_path / "s", np.asarray(labels), make_shard_fn([]), meta=meta or META,
+                               shard_size=shard_size, seed=0, split="t", progress=False)
+
+
+def _regenerate_fix(path):
+    return f"delete {path} and rerun the generate stage (notebook 01 or `python -m cortex_nb generate --profile P`)"
+
+
+def test_negative_token_ids_are_refused_before_the_uint16_cast(tmp_path):
+    def negative(labels, seed):  # int64, as the VQGM's sampler returns; -1 would become 65535
+        return {"tokens": np.full((len(labels), 4, 4), -1)}
+    with pytest.raises(TokenStoreError, match="token id -1 is outside the codebook"):
+        TokenStore.generate(tmp_path / "s", np.arange(3), negative, meta=META, shard_size=8, seed=0, split="t",
+                            progress=False)
+    assert list((tmp_path / "s" / "shards").iterdir()) == []
+
+
+def test_open_refuses_negative_ids_in_a_signed_tokens_file(tmp_path):
+    st = _store(tmp_path)
+    save_npy(st.path / "tokens.npy", np.asarray(st.tokens, dtype=np.int64) - 1)  # some ids are now -1
+    with pytest.raises(TokenStoreError, match=r"tokens.npy: token id -1 is outside") as e:
+        TokenStore.open(st.path)
+    assert e.value.fix == _regenerate_fix(st.path)
+
+
+def test_out_of_range_tokens_on_disk_carry_the_regenerate_hint(tmp_path):
+    st = _store(tmp_path)
+    with pytest.raises(TokenStoreError, match="outside the codebook") as e:
+        TokenStore.open(st.path, K=10)
+    assert e.value.fix == _regenerate_fix(st.path)
+
+
+@pytest.mark.parametrize("name, array", [("labels.npy", np.array([0, 1])), ("labels.npy", np.array([0, 1, 2, 2])),
+                                         ("images.npy", np.zeros((2, 8, 8, 3), np.uint8))])
+def test_open_refuses_arrays_of_another_length(tmp_path, name, array):
+    st = _store(tmp_path)
+    save_npy(st.path / name, array)
+    with pytest.raises(TokenStoreError, match=rf"{name} holds {len(array)} rows but tokens.npy holds 3") as e:
+        TokenStore.open(st.path)
+    assert str(st.path / name) in e.value.message and e.value.fix == _regenerate_fix(st.path)
+
+
+def test_open_refuses_a_label_outside_n_classes(tmp_path):
+    st = _store(tmp_path, meta={**META, "n_classes": 10})
+    save_npy(st.path / "labels.npy", np.array([0, 99, 2]))
+    with pytest.raises(TokenStoreError, match=r"labels.npy: label 99 is outside \[0, 10\)") as e:
+        TokenStore.open(st.path)
+    assert e.value.fix == _regenerate_fix(st.path)
+
+
+@pytest.mark.parametrize("labels", [[0, 99, 2], [0, -1, 2]])
+def test_generate_refuses_bad_labels_before_creating_anything(tmp_path, labels):
+    with pytest.raises(TokenStoreError, match=rf"label {labels[1]} is outside \[0, 10\)"):
+        _store(tmp_path, labels=labels, meta={**META, "n_classes": 10})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["tokens.npy", "labels.npy", "images.npy"])
+def test_open_refuses_a_truncated_npy_naming_it(tmp_path, name):
+    st = _store(tmp_path)
+    f = st.path / name
+    f.write_bytes(f.read_bytes()[: f.stat().st_size - 20])
+    with pytest.raises(TokenStoreError, match=rf"{name} is unreadable") as e:
+        TokenStore.open(st.path)
+    assert str(f) in e.value.message and e.value.fix == _regenerate_fix(st.path)
+
+
+def test_corrupt_meta_json_is_refused_by_open_and_generate_and_left_alone(tmp_path):
+    st = _store(tmp_path)
+    (st.path / "meta.json").write_text('{"K": 50, "m"')
+    before = sorted(p.name for p in st.path.iterdir())
+    for attempt in (lambda: TokenStore.open(st.path), lambda: _store(tmp_path)):
+        with pytest.raises(TokenStoreError, match=r"meta.json is not valid JSON") as e:
+            attempt()
+        assert str(st.path / "meta.json") in e.value.message and e.value.fix == _regenerate_fix(st.path)
+    assert sorted(p.name for p in st.path.iterdir()) == before  # the user's store is not touched
+
+
+def test_a_truncated_shard_is_named_on_resume_and_kept(tmp_path):
+    labels = np.arange(6)
+    calls = []
+    ok = make_shard_fn(calls)
+
+    def crashing(lab, seed):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return ok(lab, seed)
+
+    with pytest.raises(KeyboardInterrupt):
+        TokenStore.generate(tmp_path / "s", labels, crashing, meta=META, shard_size=2, seed=0, split="t",
+                            progress=False)
+    shard = tmp_path / "s" / "shards" / "00001.npz"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(TokenStoreError, match=r"shard file .*00001.npz is unreadable") as e:
+        _store(tmp_path, labels=labels, shard_size=2)
+    assert e.value.fix.startswith(f"delete {shard} and rerun the generate stage")
+    assert sorted(p.name for p in (tmp_path / "s" / "shards").iterdir()) == ["00000.npz", "00001.npz", "00002.npz"]
+    assert not (tmp_path / "s" / "tokens.npy").exists()
+    shard.unlink()  # the fix works: only that shard is remade
+    calls2 = []
+    st = TokenStore.generate(tmp_path / "s", labels, make_shard_fn(calls2), meta=META, shard_size=2, seed=0, split="t",
+                             progress=False)
+    assert len(calls2) == 1 and len(st) == 6
+
+
+@pytest.mark.parametrize("kw, match", [({"shard_size": 0}, "shard_size must be a positive integer, got 0"),
+                                       ({"shard_size": -2}, "shard_size must be a positive integer, got -2"),
+                                       ({"labels": []}, "no labels")])
+def test_generate_refuses_bad_sizes_before_creating_anything(tmp_path, kw, match):
+    args = {"labels": [0, 1, 2], "shard_size": 2, **kw}
+    with pytest.raises(TokenStoreError, match=match):
+        _store(tmp_path, **args)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cached_rebuilds_a_corrupt_cache_file(tmp_path, caplog):
+    from cortex_nb.store import load_json
+
+    (tmp_path / "c.json").write_text('{"v": 1, "_key"')
+    with pytest.raises(json.JSONDecodeError):
+        load_json(tmp_path / "c.json")  # load_json itself still refuses
+    with caplog.at_level("WARNING", logger="cortex_nb"):
+        assert cached(tmp_path / "c.json", lambda: {"v": 2}, key="a") == {"v": 2, "_key": "a"}
+    assert load_json(tmp_path / "c.json") == {"v": 2, "_key": "a"}
+    assert any("c.json" in r.getMessage() and "rebuilding" in r.getMessage() for r in caplog.records)
+
+
+def test_chunked_array_recomputes_a_truncated_cached_array(tmp_path, caplog):
+    from cortex_nb.store import chunked_array
+
+    f = tmp_path / "x.npy"
+    chunked_array(f, 10, 4, lambda a, b: np.arange(a, b), progress=False)
+    f.write_bytes(f.read_bytes()[:-8])
+    calls = []
+    with caplog.at_level("WARNING", logger="cortex_nb"):
+        out = chunked_array(f, 10, 4, lambda a, b: calls.append(a) or np.arange(a, b), progress=False)
+    np.testing.assert_array_equal(out, np.arange(10))
+    assert calls == [0, 4, 8] and sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+    assert any("x.npy" in r.getMessage() and "recomputing" in r.getMessage() for r in caplog.records)
