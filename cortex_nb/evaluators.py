@@ -18,11 +18,18 @@ Two families share one wrapper, :class:`Evaluator` (classifier + its preprocessi
 
 Images enter as taming's float ``(B, 3, H, W)`` in [-1, 1] or as uint8 ``(B, H, W, 3)`` /
 ``(B, 3, H, W)``; :meth:`Evaluator.predict_proba` returns softmax probabilities (B, C) on the CPU.
+
+Files are checked before ``torch.load`` (which checks nothing: flipped bytes load as altered
+weights): a torchvision file against the SHA-256 prefix in its name (``check_hash``), a toy
+evaluator against the ``<file>.sha256`` sidecar :func:`save_evaluator` writes, and anything
+else through its zip CRCs (:func:`cortex_nb.vqgm.verify_file`). A damaged or unreadable file is
+a :class:`cortex_nb.vqgm.CheckpointError` naming it and what to do.
 """
 
 from __future__ import annotations
 
-import hashlib
+from .errors import UserError
+
 import os
 import re
 from pathlib import Path
@@ -36,6 +43,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from .train import FitConfig, FitResult, eval_mode, fit
+from .vqgm import CheckpointError, file_sha256, rebuild_fix, save_with_checksum, verify_file
 
 __all__ = [
     "EVALUATOR_NAMES",
@@ -204,8 +212,9 @@ class Evaluator(nn.Module):
 # --------------------------------------------------------------------------------------
 
 
-class WeightsUnavailableError(FileNotFoundError):
-    """A pretrained weights file is not on disk (cortex-nb never downloads)."""
+class WeightsUnavailableError(UserError, FileNotFoundError):
+    """A weights file (pretrained, or a toy evaluator's) is not on disk (cortex-nb never
+    downloads)."""
 
 
 def _weights_enum(name: str, weights: str | None):
@@ -254,20 +263,37 @@ def _find_weights(name: str, weights: str | None, weights_dir) -> Path:
 _HASH_RE = re.compile(r"-([a-f0-9]+)\.")
 
 
-def _check_hash(path: Path) -> None:
+def _redownload_fix(path: Path, url: str) -> str:
+    return (f"the file is damaged (truncated or altered): delete {path} and download it again "
+            f"from {url}")
+
+
+def _check_hash(path: Path, url: str) -> bool:
+    """Verify the SHA-256 prefix torchvision puts in the file name; False if there is none."""
     m = _HASH_RE.search(path.name)
     if not m:
-        return
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    if not digest.hexdigest().startswith(m.group(1)):
-        raise RuntimeError(
+        return False
+    digest = file_sha256(path)
+    if not digest.startswith(m.group(1)):
+        raise CheckpointError(
             f"{path} does not match the SHA-256 prefix {m.group(1)} in its name (got "
-            f"{digest.hexdigest()[:len(m.group(1))]}...): the file is corrupt or not torchvision's. "
-            "Re-download it, or pass check_hash=False to load it anyway."
+            f"{digest[:len(m.group(1))]}...): the file is damaged or not torchvision's",
+            fix=f"delete it and download it again from {url}, or pass check_hash=False to load "
+                f"it anyway",
         )
+    return True
+
+
+def _torch_load(path: Path, fix: str) -> Any:
+    """``torch.load(weights_only=True)``; any failure -> CheckpointError naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, not a torch file, foreign objects...
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"cannot read {path} ({path.stat().st_size} bytes): {type(e).__name__}: {first}",
+            fix=fix,
+        ) from e
 
 
 def imagenet_spec(name: str, weights_obj=None, preprocess: str = "torchvision") -> dict:
@@ -316,18 +342,22 @@ def load_imagenet_evaluator(
     The file is the one ``weights.url`` ends with (``weights_file(name)``), looked up in
     ``weights_dir`` then ``torch.hub.get_dir()/checkpoints``; missing ->
     :class:`WeightsUnavailableError` naming the file, its URL and the directory to put it in.
-    ``check_hash`` verifies the SHA-256 prefix torchvision puts in the file name.
+    ``check_hash`` verifies the SHA-256 prefix torchvision puts in the file name; without it
+    (or without a prefix) the file's zip CRCs are checked. A damaged file, or one that does not
+    fit the architecture -> :class:`CheckpointError` naming the file and its URL.
     """
     w = _weights_enum(name, weights)
     path = _find_weights(name, weights, weights_dir)
-    if check_hash:
-        _check_hash(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    fix = _redownload_fix(path, w.url)
+    if not (check_hash and _check_hash(path, w.url)):
+        verify_file(path, damaged_fix=fix, mismatch_fix=fix)
+    state = _torch_load(path, fix)
     model = torchvision.models.get_model(name, weights=None, num_classes=len(w.meta["categories"]))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise RuntimeError(f"{path} does not fit torchvision's {name}: {e}") from e
+        raise CheckpointError(f"{path} does not fit torchvision's {name}: {e}",
+                              fix=f"put torchvision's file from {w.url} there") from e
     ev = Evaluator(model, imagenet_spec(name, w, preprocess), batch_size=batch_size)
     return ev.to(device).eval()
 
@@ -556,29 +586,40 @@ def train_toy_evaluators(
 # --------------------------------------------------------------------------------------
 
 
+_EVALUATORS_STAGE = "the evaluators stage (`python -m cortex_nb evaluators --profile P`)"
+
+
 def save_evaluator(ev: Evaluator, path: str | os.PathLike) -> Path:
-    """Write ``{"spec": ..., "state_dict": ...}`` atomically (``torch.load(weights_only=True)``
-    reads it)."""
+    """Write ``{"spec": ..., "state_dict": ...}`` (``torch.load(weights_only=True)`` reads it)
+    atomically through :func:`cortex_nb.store.atomic_path`, with its SHA-256 in the sidecar
+    ``<path>.sha256`` that :func:`load_evaluator` verifies."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in ev.model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save({"spec": dict(ev.spec), "state_dict": state, "format": 1}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_with_checksum({"spec": dict(ev.spec), "state_dict": state, "format": 1}, path)
     return path
 
 
 def load_evaluator(path: str | os.PathLike, device: str | torch.device = "cpu") -> Evaluator:
-    """Rebuild an Evaluator written by :func:`save_evaluator` (eval mode, on ``device``)."""
+    """Rebuild an Evaluator written by :func:`save_evaluator` (eval mode, on ``device``).
+
+    The file is checked first (:func:`cortex_nb.vqgm.verify_file`: its sidecar's SHA-256 when
+    there is one, else its zip CRCs); missing -> :class:`WeightsUnavailableError`, damaged or
+    not an evaluator file -> :class:`CheckpointError`, each saying how to remake it.
+    """
     path = Path(path)
+    fix = rebuild_fix(path, _EVALUATORS_STAGE)
     if not path.is_file():
-        raise FileNotFoundError(f"no evaluator file {path}; train it (train_toy_evaluators) first")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    spec = blob["spec"]
+        raise WeightsUnavailableError(
+            f"no evaluator file {path}",
+            fix=f"train it (train_toy_evaluators, or {_EVALUATORS_STAGE}) first",
+        )
+    verify_file(path, damaged_fix=f"the file is damaged (truncated or altered): {fix}",
+                mismatch_fix=fix)
+    blob = _torch_load(path, fix)
+    spec = blob.get("spec") if isinstance(blob, dict) else None
+    if not isinstance(spec, dict) or "state_dict" not in blob:
+        raise CheckpointError(f"{path} is not an evaluator file (no 'spec' and 'state_dict')",
+                              fix=fix)
     if spec.get("kind") == "toy":
         ev = build_toy_evaluator(
             spec["arch"], n_classes=spec["n_classes"], image_size=spec["image_size"],
@@ -591,5 +632,6 @@ def load_evaluator(path: str | os.PathLike, device: str | torch.device = "cpu") 
     try:
         ev.model.load_state_dict(blob["state_dict"])
     except RuntimeError as e:
-        raise RuntimeError(f"{path}: weights do not fit the {spec['arch']} it names: {e}") from e
+        raise CheckpointError(f"{path}: weights do not fit the {spec['arch']} it names: {e}",
+                              fix=fix) from e
     return ev.to(device).eval()

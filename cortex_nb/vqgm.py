@@ -31,6 +31,15 @@ What the released taming files contain, and how the loader copes (one test each)
     * import-time breakages of taming on Lightning 2 / recent transformers / torch 2:
       :mod:`cortex_nb._taming_compat`.
 
+A config is as dangerous as a pickle: building the model imports and calls every ``target`` it
+names. Unless trusted (``vqgm.trust_checkpoint=true`` / ``trust_checkpoint=True``), every
+``target`` anywhere in the config must be one of taming's own classes that class-conditional
+configs use (:data:`MODEL_TARGETS`; outside ``model:`` also the data-module and Lightning
+classes of :data:`OTHER_TARGETS`, which we never instantiate), checked before anything is
+imported. Files are checked before ``torch.load``: against their ``<file>.sha256`` sidecar when
+there is one (we write one beside every toy checkpoint), else through the CRCs of torch's zip
+archive (torch itself does not check them, so flipped bytes load silently).
+
 Structure of taming's class-conditional ImageNet config (``configs/*-project.yaml`` shipped
 with the ``cin_transformer`` checkpoint), which :func:`tiny_cin_config` reproduces at toy size::
 
@@ -64,6 +73,8 @@ with the ``cin_transformer`` checkpoint), which :func:`tiny_cin_config` reproduc
 
 from __future__ import annotations
 
+from .errors import UserError
+
 import argparse
 import collections
 import contextlib
@@ -76,7 +87,8 @@ import os
 import pathlib
 import pickle
 import re
-import tempfile
+import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -87,6 +99,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ._taming_compat import filter_top_k_top_p, import_taming, taming_import_shims
+from .store import atomic_path
 
 __all__ = [
     "VQGM",
@@ -98,9 +111,19 @@ __all__ = [
     "tiny_cin_config",
     "CheckpointError",
     "ConfigMismatchError",
+    "ConfigNotFoundError",
     "TokenRangeError",
     "CKPT_ENV_VAR",
     "CONFIG_ENV_VAR",
+    "MODEL_TARGETS",
+    "OTHER_TARGETS",
+    "TRUST_HOW",
+    "checksum_path",
+    "file_sha256",
+    "rebuild_fix",
+    "save_with_checksum",
+    "verify_file",
+    "write_checksum",
 ]
 
 logger = logging.getLogger(__name__)
@@ -120,20 +143,78 @@ LOSS_PREFIXES = ("first_stage_model.loss.", "cond_stage_model.loss.")
 
 _QUANTIZE_BUDGET = 1 << 24  # max elements of one (rows x K) distance block in quantize()
 
+#: how to say "I trust this file" (profile/CLI and Python); every trust refusal names both
+TRUST_HOW = (
+    "set vqgm.trust_checkpoint=true (CLI: --set vqgm.trust_checkpoint=true; "
+    "Python: load_vqgm(..., trust_checkpoint=True))"
+)
+
+
+def _taming(module: str, *names: str) -> set[str]:
+    return {f"taming.{module}.{n}" for n in names}
+
+
+#: ``target`` values a config may name anywhere, the model included: taming's own classes that
+#: its released configs (class-conditional ImageNet and the others) and our toy configs use.
+#: Instantiating them runs only taming's constructors (a ``ckpt_path`` in them is dropped by
+#: :func:`sanitize_config` or read by torch.load with weights_only).
+MODEL_TARGETS: frozenset[str] = frozenset(
+    _taming("models.cond_transformer", "Net2NetTransformer")
+    | _taming("models.vqgan", "VQModel", "VQNoDiscModel", "GumbelVQ", "VQSegmentationModel")
+    | _taming("modules.transformer.mingpt", "GPT", "DummyGPT", "CodeGPT")
+    | _taming("modules.transformer.permuter", "Identity", "Subsample", "ZCurve", "SpiralOut",
+              "SpiralIn", "Random", "AlternateParsing")
+    | _taming("modules.util", "Labelator", "SOSProvider")
+    | _taming("modules.misc.coord", "CoordStage")
+    # VQLPIPSWithDiscriminator is replaced by DummyLoss before anything is built
+    | _taming("modules.losses.vqperceptual", "DummyLoss", "VQLPIPSWithDiscriminator")
+    | _taming("modules.losses.segmentation", "BCELoss", "BCELossWithQuant")
+    | _taming("lr_scheduler", "LambdaWarmUpCosineScheduler")  # GumbelVQ's temperature
+)
+
+#: ``target`` values allowed only outside ``model:`` (the data and Lightning sections of a
+#: project.yaml, which we never instantiate): taming's data module and datasets, and the
+#: callbacks/loggers taming's main.py writes. Their constructors download or read datasets, so
+#: they are refused inside the model, where they would be built.
+OTHER_TARGETS: frozenset[str] = frozenset(
+    {"main.DataModuleFromConfig", "taming.main.DataModuleFromConfig"}
+    | {f"{m}.{c}" for m in ("main", "taming.main")
+       for c in ("SetupCallback", "ImageLogger", "LearningRateMonitor", "CUDACallback")}
+    | {"pytorch_lightning.callbacks.ModelCheckpoint",
+       "pytorch_lightning.callbacks.LearningRateMonitor",
+       "pytorch_lightning.loggers.WandbLogger", "pytorch_lightning.loggers.TestTubeLogger"}
+    | _taming("data.imagenet", "ImageNetTrain", "ImageNetValidation", "ImageNetTrainWithDepth",
+              "ImageNetValidationWithDepth", "RINTrainWithDepth", "RINValidationWithDepth",
+              "DRINExamples", "ImageNetScaleTrain", "ImageNetScaleValidation",
+              "ImageNetEdgesTrain", "ImageNetEdgesValidation")
+    | _taming("data.custom", "CustomTrain", "CustomTest")
+    | _taming("data.faceshq", "CelebAHQTrain", "CelebAHQValidation", "FFHQTrain",
+              "FFHQValidation", "FacesHQTrain", "FacesHQValidation")
+    | _taming("data.coco", "Examples", "CocoImagesAndCaptionsTrain",
+              "CocoImagesAndCaptionsValidation")
+    | _taming("data.ade20k", "Examples", "ADE20kTrain", "ADE20kValidation")
+    | _taming("data.sflckr", "Examples")
+    | _taming("data.base", "ImagePaths", "NumpyPaths")
+)
+
 
 # --------------------------------------------------------------------------------------------
 # errors
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, unreadable, or holds objects we refuse to unpickle."""
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(UserError, ValueError):
     """The config does not describe the model stored in the checkpoint (or is unsupported)."""
 
 
-class TokenRangeError(ValueError):
+class ConfigNotFoundError(UserError, FileNotFoundError):
+    """The taming config file named is not on disk."""
+
+
+class TokenRangeError(UserError, ValueError):
     """Token ids outside [0, K), or a token grid that is not (B, m, m)."""
 
 
@@ -231,6 +312,121 @@ def _safe_globals() -> list[Any]:
     return list(_safe_globals_cached())
 
 
+# --------------------------------------------------------------------------------------------
+# file integrity: checksum sidecars, and the zip CRCs that torch.load does not check
+
+_CHUNK = 4 << 20  # 4 MiB reads: hashing or CRC-checking a 1 GB file takes ~1-2 s
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+#: what to do about a damaged file nobody recorded a checksum for
+DAMAGED_FIX = "the file is damaged (truncated or altered): re-download / delete it and rerun"
+
+
+def checksum_path(path: str | os.PathLike) -> Path:
+    """The SHA-256 sidecar of ``path``: ``<file>.sha256``, the hex digest on one line."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checksum(path: str | os.PathLike, digest: str | None = None) -> Path:
+    """Write ``path``'s SHA-256 sidecar atomically (computing the digest unless given)."""
+    side = checksum_path(path)
+    text = (digest or file_sha256(path)) + "\n"
+    with atomic_path(side) as tmp:
+        tmp.write_text(text)
+    return side
+
+
+def rebuild_fix(path: str | os.PathLike, how: str = "the stage that builds it") -> str:
+    """The fix for a file that no longer matches its sidecar: remake both."""
+    return f"delete {path} (and {checksum_path(path)}) and rerun {how}"
+
+
+def _recorded_sha256(path: Path, fix: str) -> str:
+    """The digest in ``path``'s sidecar (its first word, so ``sha256sum`` output works too)."""
+    side = checksum_path(path)
+    try:
+        words = side.read_text().split()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot read checksum file {side} of {path}: {exc}",
+                              fix=fix) from exc
+    word = words[0].lower() if words else ""
+    if not _HEX64.fullmatch(word):
+        raise CheckpointError(
+            f"checksum file {side} of {path} holds no SHA-256 hex digest (starts with "
+            f"{word[:40]!r})", fix=fix)
+    return word
+
+
+def _check_sidecar(path: Path, fix: str) -> bool:
+    """Compare ``path`` with its sidecar; False if there is none, raise on a mismatch."""
+    if not checksum_path(path).is_file():
+        return False
+    want = _recorded_sha256(path, fix)
+    got = file_sha256(path)
+    if got != want:
+        raise CheckpointError(
+            f"{path} does not match its checksum file {checksum_path(path)}: its SHA-256 is "
+            f"{got}, but {want} was recorded when it was saved (the file was altered or "
+            f"damaged since)", fix=fix)
+    return True
+
+
+def _check_zip_crcs(path: Path, damaged_fix: str) -> bool:
+    """Read every member of a zip-format torch file so that :mod:`zipfile` checks its CRC-32.
+
+    torch.load does not check them: a file with flipped bytes loads with altered weights.
+    Legacy (pre-1.6, non-zip) torch files carry no CRCs and are skipped (False), as is anything
+    that is not a zip at all (truncated, empty): torch.load then fails and names the file.
+    """
+    if not zipfile.is_zipfile(path):
+        return False
+    where = "the directory of its zip archive"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                where = f"member {info.filename!r} of its zip archive"
+                with zf.open(info) as fh:
+                    while fh.read(_CHUNK):
+                        pass
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        raise CheckpointError(
+            f"{path} is damaged: {where} fails the zip CRC-32 check "
+            f"({type(exc).__name__}: {exc})", fix=damaged_fix) from exc
+    return True
+
+
+def verify_file(
+    path: str | os.PathLike, *, damaged_fix: str = DAMAGED_FIX, mismatch_fix: str | None = None,
+) -> str:
+    """Check a file before torch.load reads it; return what was checked.
+
+    * a ``<file>.sha256`` sidecar exists (we write one beside every file we save): the file's
+      SHA-256 must equal it ("sha256"); a mismatch names both digests, with ``mismatch_fix``
+      (default :func:`rebuild_fix`: delete the file and its sidecar, rerun the stage that builds
+      it). A matching digest makes the CRC check redundant.
+    * else, a zip-format torch file: every member's CRC-32 ("crc"); a bad one names the member,
+      with ``damaged_fix``.
+    * else (legacy non-zip torch file, or not a zip at all): nothing ("none").
+
+    Raises:
+        CheckpointError: as above.
+    """
+    path = Path(path)
+    if _check_sidecar(path, mismatch_fix or rebuild_fix(path)):
+        return "sha256"
+    return "crc" if _check_zip_crcs(path, damaged_fix) else "none"
+
+
 def _ckpt_hint(path: Path) -> str:
     return (
         f"put the file at {path}, or set the profile's VQGM checkpoint path "
@@ -276,8 +472,19 @@ def _unsafe_globals(path: Path, exc: BaseException) -> list[str]:
     return sorted(set(names))
 
 
+_VQGM_DAMAGED_FIX = (
+    "the file is damaged (truncated or altered): re-download it (an official checkpoint), or "
+    "delete it and rerun the vqgm stage that builds it (the toy model)"
+)
+_VQGM_REBUILD = "the vqgm stage that builds it (`python -m cortex_nb vqgm --profile P`)"
+
+
 def _read_checkpoint(path: Path, trust_checkpoint: bool) -> Any:
-    """torch.load with weights_only=True and our allow-list, or weights_only=False if trusted."""
+    """Check the file (:func:`verify_file`), then torch.load it with weights_only=True and our
+    allow-list, or weights_only=False if trusted."""
+    checked = verify_file(path, damaged_fix=_VQGM_DAMAGED_FIX,
+                          mismatch_fix=rebuild_fix(path, _VQGM_REBUILD))
+    logger.debug("checkpoint %s: integrity check %s", path, checked)
     try:
         if trust_checkpoint:
             return torch.load(path, map_location="cpu", weights_only=False)
@@ -289,9 +496,9 @@ def _read_checkpoint(path: Path, trust_checkpoint: bool) -> Any:
         if names:
             raise CheckpointError(
                 f"refusing to unpickle {path}: it holds objects that are not plain data: "
-                f"{', '.join(names)}. A checkpoint can carry code; only if you trust this file "
-                f"(e.g. you downloaded it from the official source and checked its checksum) "
-                f"load it with load_vqgm(..., trust_checkpoint=True)"
+                f"{', '.join(names)}. A checkpoint can carry code",
+                fix="only load checkpoints you trust (e.g. downloaded from the official source, "
+                    f"checksum checked); to allow it {TRUST_HOW}",
             ) from exc
         size = path.stat().st_size
         msg = str(exc).strip()
@@ -299,10 +506,9 @@ def _read_checkpoint(path: Path, trust_checkpoint: bool) -> Any:
         first = (detail.group(1) if detail else msg.splitlines()[0] if msg else "")[:200]
         raise CheckpointError(
             f"cannot read checkpoint {path} ({size} bytes): the file looks truncated or corrupt "
-            f"({type(exc).__name__}: {first}). Download it again and compare its checksum; "
-            f"{_ckpt_hint(path)}"
-            + (". If the file is intact and you trust it, trust_checkpoint=True may read it"
-               if refused else "")
+            f"({type(exc).__name__}: {first})",
+            fix=f"{_VQGM_DAMAGED_FIX}; {_ckpt_hint(path)}"
+            + (f". If the file is intact and you trust it, {TRUST_HOW}" if refused else ""),
         ) from exc
 
 
@@ -328,42 +534,99 @@ def _extract_state_dict(obj: Any, path: Path) -> "OrderedDict[str, torch.Tensor]
 # config handling
 
 
-def _as_model_config(config: Any) -> DictConfig:
-    """A private copy of the ``model:`` node of a taming config (path, dict or OmegaConf)."""
+def _load_config(config: Any) -> tuple[DictConfig, str]:
+    """(a private copy of the whole taming config, where it came from for messages)."""
     if isinstance(config, (str, os.PathLike)):
         path = Path(config).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(
-                f"taming config not found: {path}; point the profile's VQGM config (or the "
-                f"environment variable {CONFIG_ENV_VAR}) at the project.yaml shipped with the "
-                f"checkpoint"
+            raise ConfigNotFoundError(
+                f"taming config not found: {path}",
+                fix=f"point the profile's VQGM config (vqgm.config, or the environment variable "
+                    f"{CONFIG_ENV_VAR}) at the project.yaml shipped with the checkpoint",
             )
-        cfg = OmegaConf.load(path)
-    elif isinstance(config, DictConfig):
-        cfg = OmegaConf.create(OmegaConf.to_container(config, resolve=True))
-    elif isinstance(config, Mapping):
-        cfg = OmegaConf.create(copy.deepcopy(dict(config)))
-    else:
-        raise TypeError(f"config must be a path, dict or OmegaConf DictConfig, got {type(config)}")
-    model = cfg.model if "model" in cfg else cfg
+        return OmegaConf.load(path), f" {path}"
+    if isinstance(config, DictConfig):
+        return OmegaConf.create(OmegaConf.to_container(config, resolve=True)), ""
+    if isinstance(config, Mapping):
+        return OmegaConf.create(copy.deepcopy(dict(config))), ""
+    raise TypeError(f"config must be a path, dict or OmegaConf DictConfig, got {type(config)}")
+
+
+def _untrusted_targets(node: Any, where: str, allowed: frozenset[str]) -> list[tuple[str, Any]]:
+    """(key path, value) of every ``target`` key under ``node`` (mappings and lists, at any
+    depth) whose value is not in ``allowed``."""
+    found: list[tuple[str, Any]] = []
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key == "target":
+                if not (isinstance(value, str) and value in allowed):
+                    found.append((path, value))
+            else:
+                found += _untrusted_targets(value, path, allowed)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            found += _untrusted_targets(value, f"{where}[{i}]", allowed)
+    return found
+
+
+def _refuse_untrusted_targets(
+    cfg: DictConfig, model: Mapping, has_model: bool, source: str
+) -> None:
+    """A config is as dangerous as a pickle: building it imports and calls every ``target``.
+
+    Checked on the plain (resolved) containers, before anything is imported: inside the model,
+    :data:`MODEL_TARGETS` only; elsewhere (data, Lightning sections, never instantiated by us)
+    also :data:`OTHER_TARGETS`.
+    """
+    bad = _untrusted_targets(model, "model" if has_model else "", MODEL_TARGETS)
+    if has_model:
+        rest = OmegaConf.to_container(cfg, resolve=False)
+        rest.pop("model", None)
+        bad += _untrusted_targets(rest, "", MODEL_TARGETS | OTHER_TARGETS)
+    if bad:
+        listing = "; ".join(f"{path} = {value!r}" for path, value in bad)
+        raise ConfigMismatchError(
+            f"refusing the taming config{source}: {listing} (allowed without trust: taming's "
+            f"own classes that its configs use; inside model: not its data-module or Lightning "
+            f"classes). Building the model would import and call it: a config can run code, "
+            f"like a pickle",
+            fix=f"only load configs you trust; to allow it {TRUST_HOW}",
+        )
+
+
+def _as_model_config(config: Any, trust_checkpoint: bool = False) -> DictConfig:
+    """A private copy of the ``model:`` node of a taming config (path, dict or OmegaConf),
+    its targets checked against the allow-list unless ``trust_checkpoint``."""
+    cfg, source = _load_config(config)
+    has_model = isinstance(cfg, DictConfig) and "model" in cfg
+    model = cfg.model if has_model else cfg
     if not isinstance(model, DictConfig) or "target" not in model:
         raise ConfigMismatchError(
-            "config has neither a top-level 'model:' with a 'target' nor a 'target' itself; "
-            "expected a taming project.yaml"
+            f"config{source} has neither a top-level 'model:' with a 'target' nor a 'target' "
+            f"itself; expected a taming project.yaml"
         )
-    return OmegaConf.create(OmegaConf.to_container(model, resolve=True))
+    plain = OmegaConf.to_container(model, resolve=True)
+    if not trust_checkpoint:
+        _refuse_untrusted_targets(cfg, plain, has_model, source)
+    return OmegaConf.create(plain)
 
 
-def sanitize_config(config: Any) -> tuple[DictConfig, list[str]]:
+def sanitize_config(
+    config: Any, *, trust_checkpoint: bool = False
+) -> tuple[DictConfig, list[str]]:
     """Return (model config safe to instantiate offline, list of what was changed).
 
+    * refuses (:class:`ConfigMismatchError`) any ``target`` outside the allow-list
+      (:data:`MODEL_TARGETS`, :data:`OTHER_TARGETS`; module docstring) unless
+      ``trust_checkpoint``: building the model would import and call it;
     * drops ``ckpt_path`` at the top level and inside ``first_stage_config`` /
       ``cond_stage_config`` (the full checkpoint holds those weights; the files named there are
       usually not on the user's disk, and taming would ``torch.load`` them at construction);
     * replaces any first/cond-stage ``lossconfig`` by ``DummyLoss`` (``VQLPIPSWithDiscriminator``
       downloads VGG weights when constructed, and losses are not needed for inference).
     """
-    model = _as_model_config(config)
+    model = _as_model_config(config, trust_checkpoint)
     changed: list[str] = []
     params = model.setdefault("params", {})
     if params.get("ckpt_path") is not None:
@@ -413,17 +676,21 @@ def _check_supported(model_cfg: DictConfig) -> None:
         )
 
 
-def build_from_config(config: Any) -> torch.nn.Module:
+def build_from_config(config: Any, *, trust_checkpoint: bool = False) -> torch.nn.Module:
     """Instantiate the taming model described by ``config`` (sanitised, no weights loaded).
 
     Args:
         config: path to a taming YAML, a dict, or an OmegaConf config, with a top-level
             ``model:`` (or the ``model`` node itself).
+        trust_checkpoint: allow ``target`` classes outside the allow-list (their code runs!).
 
     Returns:
         The ``Net2NetTransformer`` (randomly initialised) in eval mode.
+
+    Raises:
+        ConfigMismatchError: a ``target`` outside the allow-list, without trust.
     """
-    model_cfg, changed = sanitize_config(config)
+    model_cfg, changed = sanitize_config(config, trust_checkpoint=trust_checkpoint)
     for msg in changed:
         logger.info("taming config: %s", msg)
     return _instantiate(model_cfg)
@@ -469,14 +736,16 @@ def save_taming_checkpoint(
 
     The file holds ``{"epoch", "global_step", "pytorch-lightning_version", "state_dict",
     "optimizer_states": [], "lr_schedulers": [], "callbacks": {}}`` plus ``extra`` (e.g.
-    ``hyper_parameters``). Written to a temporary file in the same directory and moved into
-    place with ``os.replace``, so readers never see a partial file.
+    ``hyper_parameters``). Written through :func:`cortex_nb.store.atomic_path` (a temporary
+    file beside it, fsynced, moved into place), so readers never see a partial file, and its
+    SHA-256 goes to the sidecar ``<path>.sha256`` that :func:`load_vqgm` verifies. The old
+    sidecar is removed just before the move and the new one written just after it: a crash in
+    between leaves a file without sidecar (then checked by its zip CRCs), never a wrong one.
 
     Returns:
         The path written.
     """
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = OrderedDict((k, v.detach().cpu()) for k, v in model.state_dict().items())
     ckpt: dict[str, Any] = {
         "epoch": int(epoch),
@@ -491,18 +760,25 @@ def save_taming_checkpoint(
         if "state_dict" in extra:
             raise ValueError("extra must not replace 'state_dict'")
         ckpt.update(extra)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(ckpt, fh)
+    save_with_checksum(ckpt, path)
+    return path
+
+
+def save_with_checksum(obj: Any, path: str | os.PathLike) -> str:
+    """torch.save ``obj`` to ``path`` atomically (fsynced) and write its ``.sha256`` sidecar.
+
+    A failed save leaves ``path`` and its sidecar as they were. Returns the hex digest.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+        digest = file_sha256(tmp)
+        checksum_path(path).unlink(missing_ok=True)  # stale from here until written below
+    write_checksum(path, digest)
+    return digest
 
 
 # --------------------------------------------------------------------------------------------
@@ -616,18 +892,22 @@ def load_vqgm(
         config: the taming YAML (path, dict or OmegaConf) with a top-level ``model:``.
         ckpt: path to the Lightning checkpoint (``None``: the ``CORTEX_VQGM_CKPT`` env var).
         device: where the model lives.
-        trust_checkpoint: load with ``weights_only=False`` (arbitrary code can run!). Only for
-            files you trust; the default allow-lists the plain types Lightning files hold.
+        trust_checkpoint: load with ``weights_only=False`` and build any ``target`` the config
+            names (arbitrary code can run!). Only for files you trust; the default allow-lists
+            the plain types Lightning files hold and taming's own config targets. Profiles:
+            ``vqgm.trust_checkpoint`` (CLI ``--set vqgm.trust_checkpoint=true``).
 
     Returns:
         A :class:`VQGM` in eval mode with frozen parameters.
 
     Raises:
-        CheckpointError: missing / truncated / corrupt file, or objects we will not unpickle.
-        ConfigMismatchError: config and checkpoint describe different models.
+        CheckpointError: missing / truncated / damaged file (checksum sidecar or zip CRC, see
+            :func:`verify_file`), or objects we will not unpickle.
+        ConfigMismatchError: config and checkpoint describe different models, or the config
+            names a ``target`` outside the allow-list (checked before anything is imported).
     """
     path = _resolve_ckpt_path(ckpt)
-    model_cfg, changed = sanitize_config(config)
+    model_cfg, changed = sanitize_config(config, trust_checkpoint=trust_checkpoint)
     _check_supported(model_cfg)
     for msg in changed:
         logger.info("taming config: %s", msg)

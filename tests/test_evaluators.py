@@ -15,6 +15,8 @@ import torchvision.transforms as T
 from PIL import Image
 
 from cortex_nb import evaluators as E
+from cortex_nb.errors import UserError
+from cortex_nb.vqgm import CheckpointError
 from cortex_nb.train import FitConfig
 
 # one grey level after normalisation (PIL rounds its resized uint8 image; we resize in float)
@@ -133,9 +135,13 @@ def test_fake_weights_load_offline(tmp_path, empty_hub, no_network):
         direct = fake(ev2.preprocess(img)).softmax(1)
     torch.testing.assert_close(ev2.predict_proba(img), direct)
 
-    # a file whose SHA-256 does not match its name is refused by default
-    with pytest.raises(RuntimeError, match="SHA-256"):
+    # a file whose SHA-256 does not match its name is refused by default, as a user error
+    with pytest.raises(UserError, match="SHA-256 prefix f37072fd") as err:
         E.load_imagenet_evaluator("resnet18")
+    assert isinstance(err.value, RuntimeError)  # what it always was
+    assert "resnet18-f37072fd.pth" in err.value.message
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in err.value.fix
+    assert "check_hash=False" in err.value.fix
 
 
 # ------------------------------------------------------------------ predict_proba
@@ -254,3 +260,95 @@ def test_train_toy_evaluators_trains_saves_and_resumes(tmp_path):
         augment=lambda x: (_ for _ in ()).throw(AssertionError("retrained")),
     )
     torch.testing.assert_close(again["vit_p8"][0].predict_proba(val[0]), loaded.predict_proba(val[0]))
+
+
+# ------------------------------------------------------------------ damaged files
+
+
+def _flip_bytes_in_tensor(path, tensor, n=64):
+    """Flip ``n`` bytes inside ``tensor``'s stored data in ``path``; return the zip member."""
+    import struct
+    import zipfile
+
+    data = bytearray(path.read_bytes())
+    raw = tensor.detach().contiguous().numpy().tobytes()
+    at = data.find(raw)
+    assert at > 0 and len(raw) > n
+    for i in range(at, at + n):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:
+                                                           info.header_offset + 30])
+            start = info.header_offset + 30 + name_len + extra_len
+            if start <= at < start + info.file_size:
+                return info.filename
+    raise AssertionError("tensor bytes not inside a member")
+
+
+def test_save_evaluator_writes_sidecar_atomically(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    ev = _toy("vit_p8")
+    old = os.umask(0o022)
+    try:
+        path = E.save_evaluator(ev, tmp_path / "ev.pt")
+    finally:
+        os.umask(old)
+    side = tmp_path / "ev.pt.sha256"
+    assert side.read_text() == hashlib.sha256(path.read_bytes()).hexdigest() + "\n"
+    assert path.stat().st_mode & 0o777 == 0o644  # store.atomic_path: 0o666 & ~umask
+    first, first_sum = path.read_bytes(), side.read_text()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        E.save_evaluator(_toy("vit_p4"), path)
+    assert path.read_bytes() == first and side.read_text() == first_sum
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev.pt", "ev.pt.sha256"]
+
+
+def test_damaged_evaluator_file_is_refused(tmp_path):
+    import hashlib
+
+    ev = _toy("resnet18")
+    path = E.save_evaluator(ev, tmp_path / "resnet18.pt")
+    recorded = (tmp_path / "resnet18.pt.sha256").read_text().strip()
+    member = _flip_bytes_in_tensor(path, ev.model.state_dict()["layer4.1.conv2.weight"])
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    # with its sidecar: the SHA-256 check names both digests
+    with pytest.raises(CheckpointError) as err:
+        E.load_evaluator(path)
+    assert recorded in err.value.message and actual in err.value.message
+    assert f"delete {path} (and {path}.sha256)" in err.value.fix
+    # without (a file from elsewhere): the zip CRC check names the damaged member
+    (tmp_path / "resnet18.pt.sha256").unlink()
+    with pytest.raises(CheckpointError) as err:
+        E.load_evaluator(path)
+    assert str(path) in err.value.message and repr(member) in err.value.message
+    assert err.value.fix.startswith(f"the file is damaged (truncated or altered): delete {path}")
+    assert "rerun the evaluators stage" in err.value.fix
+
+
+def test_damaged_torchvision_weights_unhashed_fail_the_crc(tmp_path, empty_hub, no_network):
+    torch.manual_seed(0)
+    fake = torchvision.models.resnet18(weights=None)
+    wdir = tmp_path / "w"
+    wdir.mkdir()
+    path = wdir / "resnet18-f37072fd.pth"
+    torch.save(fake.state_dict(), path)
+    member = _flip_bytes_in_tensor(path, fake.state_dict()["fc.weight"])
+    with pytest.raises(CheckpointError) as err:
+        E.load_imagenet_evaluator("resnet18", weights_dir=wdir, check_hash=False)
+    assert str(path) in err.value.message and repr(member) in err.value.message
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in err.value.fix
+
+
+def test_missing_evaluator_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="nothere.pt") as err:
+        E.load_evaluator(tmp_path / "nothere.pt")
+    assert isinstance(err.value, FileNotFoundError) and "train" in err.value.fix

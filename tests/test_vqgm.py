@@ -437,7 +437,10 @@ def test_untrusted_object_refused_then_loaded_when_trusted(tiny, tmp_path):
     save_taming_checkpoint(model, path, extra={"hyper_parameters": {"obj": _Payload()}})
     with pytest.raises(CheckpointError, match="trust_checkpoint=True") as e:
         load_vqgm(cfg, path)
-    assert "_Payload" in str(e.value) and str(path) in str(e.value)
+    assert "_Payload" in e.value.message and str(path) in e.value.message
+    # both ways to say "I trust it": the profile/CLI key and the Python argument
+    assert "--set vqgm.trust_checkpoint=true" in e.value.fix
+    assert "load_vqgm(..., trust_checkpoint=True)" in e.value.fix
     v = load_vqgm(cfg, path, trust_checkpoint=True)
     assert torch.equal(v.codebook, model.state_dict()[CODEBOOK_KEY])
 
@@ -503,7 +506,7 @@ def test_token_validation(vq):
 def test_save_is_atomic(tiny, tmp_path, monkeypatch):
     _, model, _ = tiny
     path = save_taming_checkpoint(model.first_stage_model, tmp_path / "a.ckpt", epoch=1)
-    first = path.read_bytes()
+    first, first_sum = path.read_bytes(), (tmp_path / "a.ckpt.sha256").read_text()
     # a plain checkpoint without extras is readable with stock weights_only loading
     assert torch.load(path, weights_only=True)["epoch"] == 1
 
@@ -514,6 +517,215 @@ def test_save_is_atomic(tiny, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_taming_checkpoint(model.first_stage_model, path, epoch=2)
     assert path.read_bytes() == first
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt"]
+    assert (tmp_path / "a.ckpt.sha256").read_text() == first_sum  # still the file's checksum
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "a.ckpt.sha256"]
     with pytest.raises(ValueError, match="state_dict"):
         save_taming_checkpoint(model, tmp_path / "b.ckpt", extra={"state_dict": {}})
+
+
+# ----------------------------------------------------------------------------- hostile configs
+
+TRUST_FIX = "--set vqgm.trust_checkpoint=true"
+
+
+@pytest.fixture
+def hostile_module(tmp_path, monkeypatch):
+    """A module on sys.path whose import, and whose function, each leave a marker file.
+
+    Returns (module name, import marker, call marker). A config target naming
+    ``<module>.run`` must be refused before the module is imported, let alone called.
+    """
+    name = f"cortex_hostile_{tmp_path.name.replace('-', '_')}"
+    imported, called = tmp_path / "imported.marker", tmp_path / "called.marker"
+    (tmp_path / f"{name}.py").write_text(
+        "import pathlib\n"
+        f"pathlib.Path({str(imported)!r}).write_text('imported')\n"
+        "def run(*args, **kwargs):\n"
+        f"    pathlib.Path({str(called)!r}).write_text('called')\n"
+        "    raise RuntimeError('hostile code ran')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name, imported, called
+    sys.modules.pop(name, None)
+
+
+def _with_target(cfg, keys, target):
+    """A plain copy of ``cfg`` with ``{'target': target}`` (or a target) put at ``keys``."""
+    c = OmegaConf.to_container(cfg)
+    node = c
+    for k in keys[:-1]:
+        node = node[k]
+    if keys[-1] == "target":
+        node["target"] = target
+    else:
+        node[keys[-1]] = {"target": target, "params": {"args": ["touch", "/tmp/pwned"]}}
+    return c
+
+
+_HOSTILE_PLACES = [
+    ("model", "params", "permuter_config"),
+    ("model", "params", "transformer_config", "target"),
+    ("model", "params", "first_stage_config", "target"),
+    ("model", "params", "first_stage_config", "params", "lossconfig", "target"),
+]
+
+
+@pytest.mark.parametrize("keys", _HOSTILE_PLACES, ids=lambda k: ".".join(k))
+def test_hostile_config_target_is_refused_before_anything_is_imported(tiny, hostile_module, keys):
+    cfg, _, path = tiny
+    name, imported, called = hostile_module
+    hostile = _with_target(cfg, keys, f"{name}.run")
+    where = ".".join(keys) + ("" if keys[-1] == "target" else ".target")
+    for attempt in (lambda: load_vqgm(hostile, path), lambda: build_from_config(hostile)):
+        with pytest.raises(ConfigMismatchError) as e:
+            attempt()
+        msg = str(e.value)
+        assert f"{where} = '{name}.run'" in msg, msg
+        assert "only load configs you trust" in e.value.fix
+        assert TRUST_FIX in e.value.fix and "load_vqgm(..., trust_checkpoint=True)" in e.value.fix
+    assert not imported.exists() and not called.exists()
+    assert name not in sys.modules
+
+
+def test_hostile_target_in_a_list_outside_the_model_is_refused(tiny, hostile_module):
+    """Every target counts, lists included, even in sections we never instantiate."""
+    cfg, _, path = tiny
+    name, imported, called = hostile_module
+    c = OmegaConf.to_container(cfg)
+    c["data"]["params"]["wrap"] = [{"target": "taming.data.imagenet.ImageNetTrain"},
+                                   {"target": f"{name}.run"}]
+    where = rf"data\.params\.wrap\[1\]\.target = '{name}\.run'"
+    with pytest.raises(ConfigMismatchError, match=where):
+        load_vqgm(c, path)
+    assert not imported.exists() and not called.exists()
+
+
+def test_data_targets_are_not_allowed_inside_the_model(tiny):
+    """A data-module class would be instantiated if it stood in the model: refused there."""
+    cfg, _, path = tiny
+    c = _with_target(cfg, ("model", "params", "permuter_config"), "main.DataModuleFromConfig")
+    where = r"model\.params\.permuter_config\.target = 'main\.DataModuleFromConfig'"
+    with pytest.raises(ConfigMismatchError, match=where):
+        load_vqgm(c, path)
+
+
+def test_unknown_config_target_loads_only_when_trusted(tiny, tmp_path, monkeypatch):
+    cfg, model, path = tiny
+    (tmp_path / "my_permuter.py").write_text(
+        "import torch\n"
+        "class Reverse(torch.nn.Module):\n"
+        "    def forward(self, x, reverse=False):\n"
+        "        return x.flip(1)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "my_permuter" not in sys.modules
+    c = _with_target(cfg, ("model", "params", "permuter_config"), "my_permuter.Reverse")
+    del c["model"]["params"]["permuter_config"]["params"]
+    yaml = tmp_path / "project.yaml"
+    OmegaConf.save(OmegaConf.create(c), yaml)
+    with pytest.raises(ConfigMismatchError, match=str(yaml)) as e:
+        load_vqgm(yaml, path)
+    assert "model.params.permuter_config.target = 'my_permuter.Reverse'" in str(e.value)
+    assert "my_permuter" not in sys.modules
+    try:
+        v = load_vqgm(yaml, path, trust_checkpoint=True)
+    finally:
+        sys.modules.pop("my_permuter", None)
+    assert type(v.model.permuter).__name__ == "Reverse"
+    assert torch.equal(v.codebook, model.state_dict()[CODEBOOK_KEY])
+    # taming's own permuter, named explicitly as in released configs, needs no trust
+    ok = _with_target(cfg, ("model", "params", "permuter_config"),
+                      "taming.modules.transformer.permuter.Identity")
+    del ok["model"]["params"]["permuter_config"]["params"]
+    assert type(load_vqgm(ok, path).model.permuter).__name__ == "Identity"
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+
+def _flip_bytes_in_tensor(path, tensor, n=64):
+    """Flip ``n`` bytes inside ``tensor``'s stored data in ``path``; return the zip member."""
+    import struct
+    import zipfile
+
+    data = bytearray(path.read_bytes())
+    raw = tensor.detach().contiguous().numpy().tobytes()
+    at = data.find(raw)
+    assert at > 0 and len(raw) > n
+    for i in range(at, at + n):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:
+                                                           info.header_offset + 30])
+            start = info.header_offset + 30 + name_len + extra_len
+            if start <= at < start + info.file_size:
+                return info.filename
+    raise AssertionError("tensor bytes not inside a member")
+
+
+def test_save_writes_a_checksum_sidecar(tiny, tmp_path):
+    import hashlib
+
+    _, model, _ = tiny
+    path = save_taming_checkpoint(model, tmp_path / "model.ckpt")
+    side = tmp_path / "model.ckpt.sha256"
+    assert side.read_text() == hashlib.sha256(path.read_bytes()).hexdigest() + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt", "model.ckpt.sha256"]
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_flipped_bytes_without_sidecar_fail_the_crc_check(tiny, tmp_path, trust):
+    cfg, model, _ = tiny
+    path = save_taming_checkpoint(model, tmp_path / "model.ckpt")
+    (tmp_path / "model.ckpt.sha256").unlink(missing_ok=True)  # as official files: no checksum
+    key = "first_stage_model.decoder.conv_out.weight"
+    member = _flip_bytes_in_tensor(path, model.state_dict()[key])
+    with pytest.raises(CheckpointError) as e:
+        load_vqgm(cfg, path, trust_checkpoint=trust)
+    assert str(path) in e.value.message and repr(member) in e.value.message
+    assert "CRC" in e.value.message
+    assert e.value.fix.startswith("the file is damaged (truncated or altered): re-download")
+
+
+def test_flipped_bytes_with_sidecar_fail_the_sha256_check(tiny, tmp_path):
+    import hashlib
+
+    cfg, model, _ = tiny
+    path = save_taming_checkpoint(model, tmp_path / "model.ckpt")
+    recorded = (tmp_path / "model.ckpt.sha256").read_text().strip()
+    _flip_bytes_in_tensor(path, model.state_dict()["transformer.tok_emb.weight"])
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(CheckpointError) as e:
+        load_vqgm(cfg, path)
+    assert recorded in e.value.message and actual in e.value.message
+    assert str(path) in e.value.message
+    assert f"delete {path} (and {path}.sha256)" in e.value.fix and "rerun" in e.value.fix
+    # an intact but different checkpoint under the old sidecar is refused the same way
+    save_taming_checkpoint(model, tmp_path / "other.ckpt", epoch=3)
+    (tmp_path / "other.ckpt").replace(path)
+    with pytest.raises(CheckpointError, match=recorded):
+        load_vqgm(cfg, path)
+
+
+def test_legacy_non_zip_checkpoint_still_loads(tiny, tmp_path):
+    """The CRC check applies to torch's zip format only; legacy files load as before."""
+    cfg, model, _ = tiny
+    path = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": model.state_dict()}, path, _use_new_zipfile_serialization=False)
+    v = load_vqgm(cfg, path)
+    assert torch.equal(v.codebook, model.state_dict()[CODEBOOK_KEY])
+
+
+def test_saved_checkpoint_gets_the_umask_mode(tiny, tmp_path):
+    import os
+
+    _, model, _ = tiny
+    old = os.umask(0o022)
+    try:
+        path = save_taming_checkpoint(model.first_stage_model, tmp_path / "a.ckpt")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "a.ckpt.sha256").stat().st_mode & 0o777 == 0o644
