@@ -7,7 +7,8 @@ then quantise). The edited tokens are decoded and every evaluator scores P(origi
 P(target class) before and after (eq. 10).
 
 All images of all pairs are optimised in ONE batched run per (extractor, method, region): the
-target is per image. Results are cached (token indices only) under cache/editing/.
+target is per image. Results are cached (token indices only) under cache/editing/, one directory
+per run named by :func:`edit_key`.
 
 Two protocols are reported: the **final state** (ours, default) and, labelled as such, the
 reference's **best-of-checkpoints** (per image and evaluator, the checkpoint with the highest
@@ -22,13 +23,13 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from .config import profile_hash
 from .optimize import central_region, optimize_embeddings, saliency_region, select_tokens
-from .stages import DISPLAY, _cache, load_split, setup
+from .stages import DISPLAY, _cache, array_key, digest, load_split, section, setup, store_key, weights_key
 from .store import save_json, save_npy
 from .tables import mean_ci
 
-__all__ = ["REGION_METHODS", "pairs_of", "edit_batch", "edit_region", "run_edits", "score_edits", "table3_frame"]
+__all__ = ["REGION_METHODS", "pairs_of", "edit_key", "edit_batch", "edit_region", "run_edits", "score_edits",
+           "table3_frame"]
 
 log = logging.getLogger("cortex_nb")
 
@@ -68,6 +69,24 @@ def edit_region(cfg: DictConfig, kind: str, m: int, tsv: np.ndarray | None = Non
 REGION_METHODS = {"central": ("embedding", "token"), "saliency": ("token",)}
 
 
+#: optimization keys that a run does not read: which regions run is decided by the caller
+_EDIT_IGNORES = ("saliency_region",)
+#: settings that only token selection reads
+_TOKEN_ONLY = ("tau", "init")
+
+
+def edit_key(cfg: DictConfig, extractor, test, method: str, region: str, tsv: np.ndarray | None = None) -> str:
+    """Key of one (extractor, method, region) run over the edit batch: the extractor's weights,
+    the test split (tokens, labels; its meta covers the codebook), the optimisation settings the
+    method reads, the seed, the TSV rows that place a saliency region, and, for token selection,
+    the device its Gumbel noise is drawn on."""
+    drop = _EDIT_IGNORES + (() if method == "token" else _TOKEN_ONLY)
+    return digest({"extractor": weights_key(extractor), "test": store_key(test), "method": method, "region": region,
+                   "optimization": section(cfg, "optimization", drop=drop), "seed": int(cfg.seed),
+                   "tsv": array_key(tsv) if region == "saliency" else None,
+                   "device": torch.device(cfg.device).type if method == "token" else None})
+
+
 def run_edits(cfg: DictConfig, extractors: dict, vqgm, tsv_test: dict | None = None,
               regions=("central",), methods: dict | None = None) -> dict:
     """Run every (extractor, method, region) once over the whole edit batch; cached.
@@ -78,14 +97,15 @@ def run_edits(cfg: DictConfig, extractors: dict, vqgm, tsv_test: dict | None = N
     o = cfg.optimization
     batch = edit_batch(cfg, vqgm)
     codebook = vqgm.codebook.to(cfg.device)
-    key = profile_hash(cfg, "seed", "extractors", "optimization", "data", "saliency") + "-" + vqgm.fingerprint()
+    test = load_split(cfg, "test", vqgm)
     out = {}
     for arch, f in extractors.items():
         for region in regions:
             reg = edit_region(cfg, region, int(vqgm.m), None if tsv_test is None else tsv_test[arch], batch["index"])
             for method in (methods or REGION_METHODS)[region]:
                 fn = METHODS[method]
-                d = _cache(cfg, "editing", key, f"{arch}-{method}-{region}")
+                tsv = None if region != "saliency" else np.asarray(tsv_test[arch])[batch["index"]]
+                d = _cache(cfg, "editing", f"{arch}-{method}-{region}-{edit_key(cfg, f, test, method, region, tsv)}")
                 if (d / "done.json").exists():
                     out[(arch, method, region)] = {k: torch.from_numpy(np.load(d / f"{k}.npy").astype(np.int64))
                                                    for k in ("final", "checkpoints", "steps")}

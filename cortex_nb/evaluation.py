@@ -18,16 +18,16 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from . import masking
-from .config import profile_hash
+from . import distributed, masking
 from .saliency import (TokenSaliency, class_vs_rest_baseline, concept_tokens, frequency_baseline,
                        top_n_positions)
-from .stages import DISPLAY, _cache, embed_fn, load_split, setup
+from .stages import (DISPLAY, _cache, digest, embed_fn, evaluators_key, load_split, section, setup, store_key,
+                     weights_key)
 from .store import chunked_array
 from .tables import mean_ci
 
-__all__ = ["saliency_of", "get_tsv", "random_baseline", "image_level", "concept_sets", "concept_level", "localisation",
-           "token_examples"]
+__all__ = ["saliency_of", "tsv_key", "random_baseline_key", "get_tsv", "random_baseline", "image_level", "concept_sets",
+           "concept_level", "localisation", "token_examples"]
 
 log = logging.getLogger("cortex_nb")
 
@@ -38,6 +38,29 @@ def saliency_of(cfg: DictConfig, extractor, variant: str | None = None) -> Token
     variant = variant or s.variant
     make = TokenSaliency.paper if variant == "paper" else TokenSaliency.reference
     return make(extractor, n_samples=int(s.n_samples), alpha=float(s.alpha), chunk_size=s.chunk_rows)
+
+
+#: saliency keys that TSVs do not read (masking, concept sets, localisation; the variant is an
+#: argument of get_tsv): a key missing here only costs a needless recompute, never a stale TSV
+_TSV_IGNORES = ("variant", "mask_mode", "fill", "random_seeds", "n_concept", "k_concept", "n_localisation",
+                "head_fraction")
+
+
+def tsv_key(cfg: DictConfig, extractor, store, variant: str) -> str:
+    """Key of the TSVs of ``store`` under ``extractor``: the extractor's weights, the split
+    (its meta covers the VQGM whose codebook embeds the tokens), the variant, the SmoothGrad
+    settings (chunk included: each chunk's noise is seeded by its start), the seed, and the
+    device the noise is drawn on."""
+    return digest({"extractor": weights_key(extractor), "store": store_key(store), "variant": variant,
+                   "saliency": section(cfg, "saliency", drop=_TSV_IGNORES), "seed": int(cfg.seed),
+                   "device": torch.device(cfg.device).type})
+
+
+def random_baseline_key(cfg: DictConfig, evaluators: dict, test) -> str:
+    """Key of Fig. 3's random baseline: the test split (images, labels, grid), the evaluators,
+    the seed and the saliency settings it reads (seeds per n, fill); masks are drawn on the CPU."""
+    return digest({"test": store_key(test), "evaluators": evaluators_key(evaluators), "seed": int(cfg.seed),
+                   "saliency": {k: cfg.saliency[k] for k in ("random_seeds", "fill")}})
 
 
 def _tokens(store) -> torch.Tensor:
@@ -53,7 +76,8 @@ def get_tsv(cfg: DictConfig, arch: str, extractor, vqgm, split: str, variant: st
     setup(cfg)
     variant = variant or cfg.saliency.variant
     store = load_split(cfg, split, vqgm)
-    key = profile_hash(cfg, "seed", "extractors", "saliency", "data") + "-" + vqgm.fingerprint()
+    # rank 0's key on every rank: the ranks must agree on the path even if their weights differed by a bit
+    key = distributed.broadcast_object(tsv_key(cfg, extractor, store, variant))
     path = _cache(cfg, "tsv", f"{arch}-{key}", f"{split}-{variant}.npy")
     ts = saliency_of(cfg, extractor, variant)
     embed = embed_fn(vqgm.codebook.to(cfg.device))
@@ -90,8 +114,7 @@ def random_baseline(cfg: DictConfig, evaluators: dict, vqgm) -> pd.DataFrame:
     from .store import cached
 
     test = load_split(cfg, "test", vqgm)
-    key = (profile_hash(cfg, "seed", "world", "evaluators", "saliency", "data") + "-" + vqgm.fingerprint()
-           + "-" + "-".join(evaluators))
+    key = random_baseline_key(cfg, evaluators, test)
 
     def build() -> dict:
         images, labels = np.asarray(test.images), test.labels

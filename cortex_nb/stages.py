@@ -16,9 +16,13 @@ shards, TSV chunks and training batches are split between the ranks.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import shutil
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +30,16 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import profile_hash
 from .evaluators import DISPLAY_NAMES
-from .store import TokenStore, load_json, save_json
+from .store import TokenStore, load_cache_json, save_json
 from .tables import mean_ci
 
 __all__ = [
-    "setup", "class_names", "get_vqgm", "get_evaluators", "generate_dataset", "load_split",
+    "setup", "class_names", "get_vqgm", "check_n_classes", "get_evaluators", "generate_dataset", "load_split",
     "evaluator_scores", "vqgm_report", "evaluator_display_names", "real_toy_images",
     "embed_fn", "extractor_config", "get_extractors", "extractor_accuracy",
+    "digest", "section", "weights_key", "vqgm_key", "evaluators_key", "array_key", "store_meta", "store_key",
+    "evaluators_cache_key", "quality_key", "extractor_key",
 ]
 
 log = logging.getLogger("cortex_nb")
@@ -47,11 +52,15 @@ def evaluator_display_names(names) -> list[str]:
 
 
 def setup(cfg: DictConfig) -> None:
-    """Seed, thread count, plot style and logging for a stage. With N processes on the machine
-    (torchrun) each uses ``max(1, cfg.threads // N)`` threads and log lines name their rank."""
+    """Seed, thread count, plot style and logging for a stage; the results directories are checked
+    for writing first (:func:`cortex_nb.config.ensure_writable`), so a read-only place fails before
+    any work. With N processes on the machine (torchrun) each uses ``max(1, cfg.threads // N)``
+    threads and log lines name their rank."""
     from . import distributed
+    from .config import ensure_writable
     from .figures import set_style
 
+    ensure_writable(cfg)
     set_style()
     torch.set_num_threads(distributed.threads_per_process(int(cfg.threads)))
     torch.manual_seed(int(cfg.seed))
@@ -59,6 +68,114 @@ def setup(cfg: DictConfig) -> None:
     if not logging.getLogger().handlers:
         who = f" [rank {os.environ.get('RANK', '0')}]" if distributed.launched() else ""
         logging.basicConfig(level=logging.INFO, format=f"%(asctime)s{who} %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+# --------------------------------------------------------------------------------------
+# cache keys: each cache is named by a digest of exactly what its result depends on
+# --------------------------------------------------------------------------------------
+#
+# A key covers (1) the profile values the stage reads, and (2) the keys of the artifacts it
+# consumes -- the VQGM's weights (:func:`vqgm_key`), a token store's meta (:func:`store_key`), an
+# extractor's or evaluator's weights (:func:`weights_key`) -- so a change anywhere upstream
+# reaches every cache below it. Sections enter whole minus the keys the stage is known not to
+# read: a new profile key then costs at worst a needless rebuild, never a stale result.
+#
+# The device enters only where a result is *drawn* on it from a seeded RNG (token sampling,
+# SmoothGrad noise, Gumbel noise): another device draws another sample, and resumable chunks
+# from two devices must not mix. Trained models and deterministic computations differ across
+# devices by float rounding only, as they do across CPUs, and train.fit resumes on another
+# device by design; their keys leave the device out.
+
+_VQGM_KEYS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def digest(obj) -> str:
+    """16 hex chars of sha256 of ``obj`` as canonical JSON (sorted keys, tuples as lists)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def section(cfg: DictConfig, name: str, drop: tuple[str, ...] = ()) -> dict:
+    """Profile section ``name`` as a plain dict, without the keys in ``drop``."""
+    return {k: v for k, v in OmegaConf.to_container(cfg[name], resolve=True).items() if k not in drop}
+
+
+def weights_key(module: torch.nn.Module) -> str:
+    """Digest of a module's class and every tensor of its state_dict (names, dtypes, shapes, bytes):
+    what a cache computed with the module depends on, whoever trained or loaded it."""
+    h = hashlib.sha256(type(module).__name__.encode())
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous().reshape(-1)  # (numel,), any dtype
+        h.update(f"\n{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy())  # the buffer itself: no copy of a large tensor
+    return h.hexdigest()[:16]
+
+
+def vqgm_key(vqgm) -> str:
+    """Digest of the whole VQGM -- its config and all weights (tokenizer, prior, decoder), not only
+    the codebook that :meth:`VQGM.fingerprint` stamps -- computed once per loaded model (frozen)."""
+    if vqgm not in _VQGM_KEYS:
+        config = OmegaConf.to_container(vqgm.config, resolve=True) if vqgm.config is not None else None
+        _VQGM_KEYS[vqgm] = digest({"config": config, "weights": weights_key(vqgm.model)})
+    return _VQGM_KEYS[vqgm]
+
+
+def evaluators_key(evaluators: dict) -> str:
+    """Digest of a set of evaluators: names, specs (preprocessing, classes) and weights."""
+    return digest({name: {"spec": dict(getattr(e, "spec", {})), "weights": weights_key(e)}
+                   for name, e in evaluators.items()})
+
+
+def array_key(a) -> str:
+    """Digest of an array's dtype, shape and bytes (a TSV an edit region was built from)."""
+    a = np.ascontiguousarray(np.asarray(a))
+    h = hashlib.sha256(f"{a.dtype} {a.shape}\n".encode())
+    h.update(a)  # C-contiguous: hashed through the buffer protocol, no copy
+    return h.hexdigest()[:16]
+
+
+def store_meta(cfg: DictConfig, vqgm, split: str) -> dict:
+    """What a split's tokens depend on, stamped in its meta.json (``TokenStore.generate`` adds
+    n, shard_size, seed and split): a complete store with other meta is regenerated, and an
+    incomplete one is never resumed with shards sampled differently.
+
+    ``sample_batch`` is ``min(data.batch_size, data.shard_size)``: :meth:`VQGM.sample` draws a
+    shard in batches of ``batch_size`` and its tokens depend on that split, but a shard never
+    holds more than ``shard_size`` rows, so any larger batch samples exactly the same."""
+    d = cfg.data
+    return {"K": int(vqgm.K), "d": int(vqgm.d), "m": int(vqgm.m), "fingerprint": vqgm.fingerprint(),
+            "vqgm": vqgm_key(vqgm), "device": vqgm.device.type,
+            "sampler": {"temperature": float(d.temperature), "top_k": d.top_k, "top_p": d.top_p},
+            "sample_batch": min(int(d.batch_size), int(d.shard_size)),
+            "n_per_class": int(d[f"n_{split}"]), "n_classes": int(cfg.world.n_classes)}
+
+
+def store_key(store: TokenStore) -> str:
+    """Digest of a finished split's meta: everything its tokens (and images) depend on."""
+    return digest({k: v for k, v in store.meta.items() if k != "complete"})
+
+
+def evaluators_cache_key(cfg: DictConfig) -> str:
+    """Key of the toy evaluators: they are trained on real toy images (seed, world) with the
+    evaluators section's settings (weights_dir and preprocess are the pretrained ones')."""
+    return digest({"seed": int(cfg.seed), "world": section(cfg, "world"),
+                   "evaluators": section(cfg, "evaluators", drop=("weights_dir", "preprocess"))})
+
+
+def quality_key(cfg: DictConfig, vqgm, evaluators: dict) -> str:
+    """Key of :func:`vqgm_report`: held-out real images (seed, world, vqgm.n_report), the VQGM
+    that reconstructs them and the evaluators that judge them."""
+    return digest({"seed": int(cfg.seed), "world": section(cfg, "world"), "n_report": int(cfg.vqgm.n_report),
+                   "vqgm": vqgm_key(vqgm), "evaluators": evaluators_key(evaluators)})
+
+
+def extractor_key(cfg: DictConfig, arch: str, train: TokenStore, val: TokenStore) -> str:
+    """Key of one trained extractor: its settings (the extractors section but the list of
+    archs), the seed, the number of classes and the train / val splits it learns from (their
+    meta covers the VQGM, whose codebook embeds the tokens)."""
+    return digest({"arch": arch, "extractors": section(cfg, "extractors", drop=("archs",)),
+                   "seed": int(cfg.seed), "n_classes": int(cfg.world.n_classes),
+                   "train": store_key(train), "val": store_key(val)})
 
 
 def _cache(cfg: DictConfig, *parts: str) -> Path:
@@ -105,14 +222,32 @@ def get_vqgm(cfg: DictConfig):
         out = build_toy_vqgm(_cache(cfg, "vqgm"), tok, prior, seed=int(cfg.seed), device=cfg.device,
                              n_classes=int(cfg.world.n_classes), scene_bias=float(cfg.world.scene_bias),
                              n_report=int(cfg.vqgm.n_report), progress=bool(cfg.progress))
-        return load_vqgm(out["config"], out["ckpt"], device=cfg.device)
+        return check_n_classes(cfg, load_vqgm(out["config"], out["ckpt"], device=cfg.device))
     if not cfg.vqgm.config or not cfg.vqgm.ckpt:
         raise CheckpointError(
             f"profile {cfg.name!r} needs taming's class-conditional ImageNet model: set CORTEX_VQGM_CONFIG to its "
             "config YAML and CORTEX_VQGM_CKPT to its last.ckpt (or vqgm.config / vqgm.ckpt in the profile); "
             "README 'ImageNet profile' says where to get them")
-    return load_vqgm(cfg.vqgm.config, cfg.vqgm.ckpt, device=cfg.device,
-                     trust_checkpoint=bool(cfg.vqgm.trust_checkpoint))
+    return check_n_classes(cfg, load_vqgm(cfg.vqgm.config, cfg.vqgm.ckpt, device=cfg.device,
+                                          trust_checkpoint=bool(cfg.vqgm.trust_checkpoint)))
+
+
+def check_n_classes(cfg: DictConfig, vqgm):
+    """``vqgm`` when its class-conditional prior knows exactly ``world.n_classes`` classes (the
+    Labelator's n_classes); else a ConfigMismatchError that names both numbers, before any
+    sampling fails with a bare 'class label out of range'."""
+    from .vqgm import ConfigMismatchError
+
+    want, have = int(cfg.world.n_classes), int(vqgm.n_classes)
+    if want != have:
+        ckpt = vqgm.ckpt_path or cfg.vqgm.ckpt or "the loaded VQGM"
+        raise ConfigMismatchError(
+            f"profile {cfg.name!r} has world.n_classes = {want} but the VQGM {ckpt} is conditioned on "
+            f"{have} classes (its Labelator's n_classes)",
+            fix=f"--set world.n_classes={have} (notebooks: load_profile({cfg.name!r}, "
+                f"**{{'world.n_classes': {have}}})), "
+                f"or set vqgm.ckpt / CORTEX_VQGM_CKPT (and its config) to a checkpoint with {want} classes")
+    return vqgm
 
 
 def real_toy_images(cfg: DictConfig, n: int, purpose: str):
@@ -139,10 +274,10 @@ def get_evaluators(cfg: DictConfig) -> dict:
         return ev.load_imagenet_evaluators(names, weights_dir=cfg.evaluators.weights_dir, device=cfg.device,
                                            preprocess=cfg.evaluators.preprocess)
     ckpt_dir = _cache(cfg, "evaluators")
-    key = profile_hash(cfg, "seed", "world", "evaluators")
+    key = evaluators_cache_key(cfg)
     paths = {n: ckpt_dir / f"{n}.pt" for n in names}
     stamp = ckpt_dir / "report.json"
-    if stamp.exists() and load_json(stamp).get("_key") == key and all(p.exists() for p in paths.values()):
+    if (load_cache_json(stamp) or {}).get("_key") == key and all(p.exists() for p in paths.values()):
         return {n: ev.load_evaluator(p, device=cfg.device) for n, p in paths.items()}
     train = real_toy_images(cfg, int(cfg.evaluators.n_train), "evaluators-train")
     val = real_toy_images(cfg, int(cfg.evaluators.n_val), "evaluators-val")
@@ -156,6 +291,9 @@ def get_evaluators(cfg: DictConfig) -> dict:
     for n, (e, _) in out.items():
         ev.save_evaluator(e, paths[n])
     save_json(stamp, {**report, "_key": key})
+    # finished: one weights-only file per model is all that is kept; the fit checkpoints (optimiser
+    # state, RNG, a second copy of each model) only served to resume an interrupted training
+    shutil.rmtree(ckpt_dir / key, ignore_errors=True)
     return {n: e for n, (e, _) in out.items()}
 
 
@@ -171,23 +309,21 @@ def generate_dataset(cfg: DictConfig, vqgm=None, splits=("train", "val", "test")
     from .figures import to_uint8
 
     setup(cfg)
-    vqgm = vqgm if vqgm is not None else get_vqgm(cfg)
+    vqgm = check_n_classes(cfg, vqgm) if vqgm is not None else get_vqgm(cfg)
     d = cfg.data
-    sampler = {"temperature": float(d.temperature), "top_k": d.top_k, "top_p": d.top_p}
     stores = {}
     for split in splits:
         labels = _split_labels(int(cfg.world.n_classes), int(d[f"n_{split}"]))
+        meta = store_meta(cfg, vqgm, split)  # what the shards depend on, exactly as make_shard uses it
 
-        def make_shard(chunk: np.ndarray, seed: int, split=split) -> dict:
-            toks = vqgm.sample(torch.as_tensor(chunk), seed=seed, batch_size=int(d.batch_size), **sampler)
+        def make_shard(chunk: np.ndarray, seed: int, split=split, meta=meta) -> dict:
+            toks = vqgm.sample(torch.as_tensor(chunk), seed=seed, batch_size=meta["sample_batch"], **meta["sampler"])
             out = {"tokens": toks.cpu().numpy()}
             if split == "test":
                 ims = [to_uint8(vqgm.decode(toks[i:i + 64])) for i in range(0, len(toks), 64)]
                 out["images"] = np.concatenate(ims)
             return out
 
-        meta = {"K": int(vqgm.K), "d": int(vqgm.d), "m": int(vqgm.m), "fingerprint": vqgm.fingerprint(), "sampler": sampler,
-                "n_per_class": int(d[f"n_{split}"]), "n_classes": int(cfg.world.n_classes)}
         t0 = time.time()
         stores[split] = TokenStore.generate(_cache(cfg, "data", split), labels, make_shard, meta=meta,
                                             shard_size=int(d.shard_size), seed=int(cfg.seed), split=split,
@@ -222,14 +358,15 @@ def vqgm_report(cfg: DictConfig, vqgm, evaluators: dict) -> dict:
     """How good is the toy tokenizer? On held-out real toy images: reconstruction error,
     codebook usage, and each evaluator's accuracy on the real images vs their reconstructions
     (the gate: reconstructions should be recognised at >= 90 % of the real accuracy), overall
-    and within the head-only pairs. Cached by profile hash."""
+    and within the head-only pairs. Cached under :func:`quality_key`."""
     from . import toyworld
     from .toyvqgm import codebook_usage
 
-    key = profile_hash(cfg, "seed", "world", "vqgm", "evaluators")
+    key = quality_key(cfg, vqgm, evaluators)
     path = _cache(cfg, "vqgm", "quality.json")
-    if path.exists() and load_json(path).get("_key") == key:
-        return load_json(path)
+    cached = load_cache_json(path)
+    if isinstance(cached, dict) and cached.get("_key") == key:
+        return cached
     real = real_toy_images(cfg, int(cfg.vqgm.n_report), "report")
     x = toyworld.to_tensor(real.images)
     toks = torch.cat([vqgm.encode(x[i:i + 256].to(vqgm.device)).cpu() for i in range(0, len(x), 256)])
@@ -281,8 +418,10 @@ def extractor_config(cfg: DictConfig, arch: str, vqgm):
 
 def get_extractors(cfg: DictConfig, vqgm=None, *, archs=None) -> dict:
     """``{arch: FitResult}`` for CE and RE trained on the synthetic train split (validated on
-    val; best epoch by validation top-1 kept; resumable from ``cache/extractors/<arch>/last.pt``).
-    A finished run is loaded, not retrained. Each result's ``.model`` is in eval mode on the device.
+    val; best epoch by validation top-1 kept; resumable from
+    ``cache/extractors/<arch>-<extractor_key>/last.pt``). A finished run is loaded, not retrained;
+    its directory then holds best.pt (weights) and a small last.pt (history, no optimiser state).
+    Each result's ``.model`` is in eval mode on the device.
     Under torchrun every rank calls this: :func:`cortex_nb.train.fit` trains data-parallel (DDP, a
     slice of each global batch per rank, see :mod:`cortex_nb.distributed`) and only rank 0 writes
     checkpoints."""
@@ -301,11 +440,10 @@ def get_extractors(cfg: DictConfig, vqgm=None, *, archs=None) -> dict:
         fit_cfg = FitConfig(epochs=int(e.epochs), lr=float(e.lr), weight_decay=float(e.weight_decay),
                             step_size=max(1, int(e.epochs) // 4), gamma=0.1, batch_size=int(e.batch_size),
                             seed=int(cfg.seed), device=cfg.device, progress=bool(cfg.progress))
-        key = profile_hash(cfg, "seed", "extractors") + "-" + vqgm.fingerprint()
-        ckpt_dir = _cache(cfg, "extractors", f"{arch}-{key}")
+        ckpt_dir = _cache(cfg, "extractors", f"{arch}-{extractor_key(cfg, arch, train, val)}")
         res = fit(model, (torch.from_numpy(np.array(train.tokens)), torch.from_numpy(train.labels)),
                   (torch.from_numpy(np.array(val.tokens)), torch.from_numpy(val.labels)), fit_cfg,
-                  ckpt_dir=ckpt_dir, transform=embed)
+                  ckpt_dir=ckpt_dir, transform=embed, compact=True)
         res.model.eval()
         out[arch] = res
     return out

@@ -55,13 +55,11 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -74,6 +72,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import toyworld
 from ._taming_compat import import_taming
+from .store import atomic_path
 
 __all__ = [
     "TokenizerConfig",
@@ -361,16 +360,14 @@ def _step_seed(seed: int, step: int, what: int) -> int:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a small text file atomically (build.json, the cache marker, is read back whole)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _load_state(path: Path, key: str) -> dict | None:
@@ -843,11 +840,8 @@ def build_toy_vqgm(out_dir: str | os.PathLike, tok: TokenizerConfig | None = Non
     model = build_from_config(config)
     model.first_stage_model.load_state_dict(first_stage.state_dict(), strict=True)
     model.transformer.load_state_dict(gpt.state_dict(), strict=True)
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".yaml", dir=out)
-    os.close(fd)
-    OmegaConf.save(config, tmp)
-    os.replace(tmp, paths["config"])
+    with atomic_path(paths["config"]) as tmp:
+        OmegaConf.save(config, tmp)
     save_taming_checkpoint(model, paths["ckpt"], epoch=0,
                            global_step=tok_stats["steps"] + prior_stats["steps"])
 
@@ -860,6 +854,6 @@ def build_toy_vqgm(out_dir: str | os.PathLike, tok: TokenizerConfig | None = Non
         prior_n_train=int(tokens.shape[0]), K=tok.n_embed, m=tok.grid, d=tok.embed_dim,
         settings=spec, hash=key,
     )
-    report_path.write_text(json.dumps(report, indent=2))
-    build_path.write_text(json.dumps(dict(hash=key, settings=spec), indent=2))
+    _write_text(report_path, json.dumps(report, indent=2))
+    _write_text(build_path, json.dumps(dict(hash=key, settings=spec), indent=2))
     return dict(**paths, report=dict(report, cached=False))

@@ -17,10 +17,12 @@ What the loop guarantees
   training batches only.
 * **Checkpoints** (``ckpt_dir``): ``last.pt`` after every epoch (model, optimizer, scheduler,
   history, shuffler / global / CUDA RNG states) and ``best.pt`` (weights of the epoch with the
-  highest validation top-1; ties keep the earlier epoch). Writes are atomic (tmp file +
-  ``os.replace``). An interrupted run resumes from ``last.pt`` and reaches the same final state
-  as an uninterrupted run with the same seed (on the same machine / device). A directory holding
-  a finished run (``last.pt`` with ``epoch == cfg.epochs``) is returned without training.
+  highest validation top-1; ties keep the earlier epoch). Writes are atomic
+  (:func:`cortex_nb.store.atomic_path`). An interrupted run resumes from ``last.pt`` and reaches
+  the same final state as an uninterrupted run with the same seed (on the same machine / device).
+  A directory holding a finished run (``last.pt`` with ``epoch == cfg.epochs``) is returned
+  without training. With ``compact=True`` a finished run keeps only best.pt and a last.pt
+  stripped of model, optimiser, scheduler and RNG states (caches keep one copy of the weights).
 * **Non-finite losses**: with ``skip_nonfinite`` a batch whose loss is NaN/Inf takes no optimizer
   step and leaves BatchNorm running statistics untouched; the count is the ``skipped`` column.
 * **Data parallel** (under ``torchrun``: a process group with world > 1, see
@@ -348,14 +350,43 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    from .store import atomic_path
+
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+
+#: what last.pt holds only to resume an unfinished run (3x the weights with Adam's moments)
+_RESUME_ONLY = ("model", "optimizer", "scheduler", "rng")
+
+
+def _compact_record(state: Mapping) -> dict:
+    """A finished run's last.pt without what only resuming needs: epoch, history, best epoch and
+    accuracy, cfg, seconds, and ``compact: True``. The weights stay in best.pt."""
+    return {**{k: v for k, v in state.items() if k not in _RESUME_ONLY}, "compact": True}
+
+
+def _finished_weights(best_path: Path, state: Mapping, last_path: Path) -> dict:
+    """The weights a finished run returns: best.pt's, or (a run without best.pt) last.pt's."""
+    if best_path.exists():
+        return _load(best_path)["model"]
+    if "model" in state:
+        return state["model"]
+    from .errors import UserError
+
+    raise UserError(
+        f"{best_path} is missing, and {last_path} records a finished run of {state['epoch']} epochs whose "
+        "weights were kept only in best.pt",
+        fix=f"delete {last_path.parent} and rerun to train again")
+
+
+def _refuse_compact_continuation(state: Mapping, cfg: "FitConfig", last_path: Path) -> None:
+    from .errors import UserError
+
+    raise UserError(
+        f"{last_path} holds a finished run of {state['epoch']} epochs kept without its optimiser state "
+        f"(compact=True), so it cannot continue to cfg.epochs={cfg.epochs}",
+        fix=f"train from the start: pass resume=False, or delete {last_path.parent}")
 
 
 def _load(path: Path) -> dict:
@@ -444,6 +475,7 @@ def fit(
     transform: Transform | None = None,
     augment: Transform | None = None,
     resume: bool = True,
+    compact: bool = False,
 ) -> FitResult:
     """Train ``model`` with cross-entropy, Adam and StepLR (paper A.1.3); validate every epoch.
 
@@ -460,6 +492,11 @@ def fit(
             flips/shifts); draws from torch's global RNG, which checkpoints save.
         resume: continue from ``ckpt_dir/last.pt`` when present (False: start over and
             overwrite).
+        compact: once the run has finished, keep only what reusing it needs: best.pt (weights)
+            and a last.pt without model, optimiser, scheduler and RNG states (a few KiB
+            against 3x the weights with Adam). An interrupted run still resumes (last.pt is
+            complete until the final epoch), but a compacted run cannot later be continued to
+            more epochs. A finished full last.pt met with ``compact=True`` is compacted then.
 
     Returns:
         :class:`FitResult` with the best-validation weights loaded into ``model``.
@@ -507,8 +544,12 @@ def fit(
                     f"{cfg.epochs}; returning the finished run as it is",
                     stacklevel=2,
                 )
-            best = _load(best_path) if best_path.exists() else {"model": state["model"]}
-            return _finish(model, rows, best["model"], best_epoch, best_acc, seconds_before)
+            weights = _finished_weights(best_path, state, last_path)
+            if compact and main and "optimizer" in state:  # a run finished before compaction existed
+                _atomic_save(_compact_record(state), last_path)
+            return _finish(model, rows, weights, best_epoch, best_acc, seconds_before)
+        if state.get("compact"):
+            _refuse_compact_continuation(state, cfg, last_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -657,21 +698,21 @@ def fit(
                     _atomic_save({"model": best_state, "epoch": epoch, "val_acc": val_acc}, best_path)
             elapsed = seconds_before + time.perf_counter() - t_session
             if last_path is not None and main:
-                _atomic_save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "epoch": epoch,
-                        "history": rows,
-                        "best_val_acc": best_acc,
-                        "best_epoch": best_epoch,
-                        "rng": _rng_state(shuffler, device, _loader_generator(train_data)),
-                        "cfg": _cfg_dict(cfg),
-                        "seconds": elapsed,
-                    },
-                    last_path,
-                )
+                record = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "history": rows,
+                    "best_val_acc": best_acc,
+                    "best_epoch": best_epoch,
+                    "rng": _rng_state(shuffler, device, _loader_generator(train_data)),
+                    "cfg": _cfg_dict(cfg),
+                    "seconds": elapsed,
+                }
+                # the final epoch of a compact run: best.pt (written above) holds the weights
+                done = compact and epoch == cfg.epochs and best_path.exists()
+                _atomic_save(_compact_record(record) if done else record, last_path)
             epoch_bar.set_postfix(
                 loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}", val_acc=f"{val_acc:.3f}",
                 refresh=False,

@@ -1,0 +1,404 @@
+"""Cache keys of the pipeline stages (issue #19): every cache is rebuilt when an input it depends
+on changes, and only then; finished trainings keep one weights file per model; a profile whose
+world.n_classes does not match the VQGM is refused by name.
+
+The VQGM here is a tiny, untrained taming model (``vqgm.tiny_cin_config``, 10 classes, an 8 x 8
+grid) saved as a checkpoint and read back through the profile (``vqgm.source=taming``), so no
+toy training runs; results go to a temporary CORTEX_RESULTS.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+
+from cortex_nb import editing, evaluation, stages
+from cortex_nb.config import load_profile
+from cortex_nb.errors import UserError
+from cortex_nb.train import FitConfig, fit
+from cortex_nb.vqgm import build_from_config, save_taming_checkpoint, tiny_cin_config
+
+N_CLASSES = 10
+# small enough for seconds: 2 / 1 / 1 images per class, shards of 8, one short epoch
+TINY = {
+    "threads": 1, "device": "cpu", "progress": False,
+    "data.n_train": 2, "data.n_val": 1, "data.n_test": 1, "data.shard_size": 8, "data.batch_size": 512,
+    "extractors.width": 8, "extractors.epochs": 1, "extractors.batch_size": 16,
+    "evaluators.names": ["vit_p4"], "evaluators.n_train": 32, "evaluators.n_val": 16,
+    "saliency.chunk": 8, "optimization.steps": 2, "optimization.record_every": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def vqgm_files(tmp_path_factory):
+    """(config.yaml, model.ckpt) of a tiny untrained class-conditional VQGM with N_CLASSES classes."""
+    d = tmp_path_factory.mktemp("tiny-vqgm")
+    config = tiny_cin_config(n_classes=N_CLASSES, resolution=16)
+    torch.manual_seed(0)
+    save_taming_checkpoint(build_from_config(config), d / "model.ckpt", epoch=0, global_step=0)
+    OmegaConf.save(config, d / "config.yaml")
+    return d / "config.yaml", d / "model.ckpt"
+
+
+@pytest.fixture
+def profile(vqgm_files, tmp_path, monkeypatch):
+    """``profile(**overrides)``: the smoke profile at TINY size on the tiny VQGM, results in tmp_path."""
+    monkeypatch.setenv("CORTEX_RESULTS", str(tmp_path))
+    config, ckpt = vqgm_files
+
+    def make(**overrides):
+        return load_profile("smoke", **{**TINY, "vqgm.source": "taming", "vqgm.config": str(config),
+                                         "vqgm.ckpt": str(ckpt), **overrides})
+    return make
+
+
+@pytest.fixture(scope="module")
+def vqgm(vqgm_files):
+    from cortex_nb.vqgm import load_vqgm
+
+    return load_vqgm(*vqgm_files)
+
+
+def _cache(cfg) -> Path:
+    return Path(cfg.paths.cache)
+
+
+# --------------------------------------------------------------------------------------
+# end to end: a changed input rebuilds what depends on it
+# --------------------------------------------------------------------------------------
+
+
+def test_a_new_train_split_retrains_the_extractor(profile):
+    """The defect: after data.n_train changed, the extractor trained on the old split was reused."""
+    cfg = profile()
+    v = stages.get_vqgm(cfg)
+    stages.generate_dataset(cfg, v, splits=("train", "val"))
+    stages.get_extractors(cfg, v, archs=["CE"])
+    first = {p.name for p in (_cache(cfg) / "extractors").iterdir()}
+
+    cfg3 = profile(**{"data.n_train": 3})
+    stages.generate_dataset(cfg3, v, splits=("train", "val"))
+    res = stages.get_extractors(cfg3, v, archs=["CE"])
+    dirs = {p.name for p in (_cache(cfg) / "extractors").iterdir()}
+    assert len(first) == 1 and len(dirs) == 2, dirs          # a second extractor, trained on 30 images
+    new = (_cache(cfg) / "extractors" / (dirs - first).pop())
+    assert torch.load(new / "last.pt", weights_only=True)["epoch"] == 1
+    assert res["CE"].history.epoch.tolist() == [1]
+    # and back: the first extractor (still the right one for n_train=2) is reused, not retrained
+    stages.generate_dataset(cfg, v, splits=("train", "val"))
+    stages.get_extractors(cfg, v, archs=["CE"])
+    assert {p.name for p in (_cache(cfg) / "extractors").iterdir()} == dirs
+
+
+def test_sampling_batch_size_changes_tokens_and_regenerates_the_store(profile, vqgm):
+    """VQGM.sample's tokens depend on its batch size (the RNG is consumed batch by batch), so a
+    store sampled with data.batch_size=512 must not be reused (or resumed) with batch_size=4."""
+    labels = torch.arange(8) % N_CLASSES
+    by8, by4 = vqgm.sample(labels, seed=5, batch_size=8), vqgm.sample(labels, seed=5, batch_size=4)
+    assert not torch.equal(by8, by4)                           # the dependence is real
+    assert torch.equal(by8, vqgm.sample(labels, seed=5, batch_size=512))  # any batch >= shard: same
+
+    cfg = profile()
+    v = stages.get_vqgm(cfg)
+    big = np.array(stages.generate_dataset(cfg, v, splits=("train",))["train"].tokens)
+    small = np.array(stages.generate_dataset(profile(**{"data.batch_size": 4}), v, splits=("train",))["train"].tokens)
+    assert not np.array_equal(big, small)                      # regenerated with the new batch size
+    # a batch size that is still >= shard_size samples exactly the same: the store is kept
+    meta = (_cache(cfg) / "data" / "train" / "meta.json").read_text()
+    same = stages.generate_dataset(profile(**{"data.batch_size": 4}), v, splits=("train",))["train"]
+    assert (_cache(cfg) / "data" / "train" / "meta.json").read_text() == meta
+    np.testing.assert_array_equal(np.array(same.tokens), small)
+    assert stages.store_meta(profile(**{"data.batch_size": 8}), v, "train") == \
+        stages.store_meta(profile(**{"data.batch_size": 100}), v, "train")
+    assert stages.store_meta(cfg, v, "train")["device"] == "cpu"
+
+
+# --------------------------------------------------------------------------------------
+# key functions: each input changes exactly the keys of what depends on it
+# --------------------------------------------------------------------------------------
+
+
+class _Extractor(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+
+def _keys(cfg, vqgm, extractor, evaluators) -> dict[str, str]:
+    """Every cache key of the pipeline for profile ``cfg``. The stores are stand-ins holding the
+    meta that generate_dataset stamps (store_meta plus what TokenStore.generate adds)."""
+    stores = {s: SimpleNamespace(meta={**stages.store_meta(cfg, vqgm, s), "shard_size": int(cfg.data.shard_size),
+                                       "seed": int(cfg.seed), "split": s}) for s in ("train", "val", "test")}
+    tsv = np.zeros((N_CLASSES, vqgm.m, vqgm.m), np.float32)
+    return {
+        **{f"store {s}": stages.store_key(st) for s, st in stores.items()},
+        "extractor": stages.extractor_key(cfg, "CE", stores["train"], stores["val"]),
+        "tsv train": evaluation.tsv_key(cfg, extractor, stores["train"], "paper"),
+        "tsv test": evaluation.tsv_key(cfg, extractor, stores["test"], "paper"),
+        "random baseline": evaluation.random_baseline_key(cfg, evaluators, stores["test"]),
+        "edit token": editing.edit_key(cfg, extractor, stores["test"], "token", "central"),
+        "edit embedding": editing.edit_key(cfg, extractor, stores["test"], "embedding", "central"),
+        "edit saliency": editing.edit_key(cfg, extractor, stores["test"], "token", "saliency", tsv),
+        "evaluators": stages.evaluators_cache_key(cfg),
+        "quality": stages.quality_key(cfg, vqgm, evaluators),
+    }
+
+
+STORES = {"store train", "store val", "store test"}
+TEST_SIDE = {"tsv test", "random baseline", "edit token", "edit embedding", "edit saliency"}
+TRAIN_SIDE = {"extractor", "tsv train"}
+EDITS = {"edit token", "edit embedding", "edit saliency"}
+ALL = STORES | TEST_SIDE | TRAIN_SIDE | {"evaluators", "quality"}
+
+# override -> the keys that must change (every other key must stay)
+CASES = [
+    ({"data.n_train": 3}, {"store train"} | TRAIN_SIDE),
+    ({"data.n_test": 2}, {"store test"} | TEST_SIDE),
+    ({"data.batch_size": 4}, STORES | TRAIN_SIDE | TEST_SIDE),   # 4 < shard_size 8: other samples
+    ({"data.batch_size": 64}, set()),                            # >= shard_size: the same samples
+    ({"data.temperature": 0.5}, STORES | TRAIN_SIDE | TEST_SIDE),
+    ({"data.shard_size": 4}, STORES | TRAIN_SIDE | TEST_SIDE),   # shard seeds follow the shard index
+    ({"extractors.width": 16}, {"extractor"}),  # (TSVs and edits follow the retrained weights)
+    ({"extractors.lr": 0.01}, {"extractor"}),
+    ({"extractors.archs": ["CE"]}, set()),
+    ({"seed": 1}, ALL),
+    ({"saliency.n_samples": 2}, {"tsv train", "tsv test"}),
+    ({"saliency.chunk": 4}, {"tsv train", "tsv test"}),          # chunk noise is seeded by its start
+    ({"saliency.fill": "mean"}, {"random baseline"}),
+    ({"saliency.random_seeds": 3}, {"random baseline"}),
+    ({"saliency.n_concept": 10}, set()),
+    ({"optimization.steps": 3}, EDITS),
+    ({"optimization.tau": 0.5}, {"edit token", "edit saliency"}),
+    ({"optimization.saliency_region": False}, set()),
+    ({"evaluators.n_train": 64}, {"evaluators"}),
+    ({"evaluators.preprocess": "reference"}, set()),             # toy evaluators do not read it
+    ({"world.scene_bias": 0.5}, {"evaluators", "quality"}),
+    ({"vqgm.n_report": 50}, {"quality"}),
+]
+
+
+@pytest.mark.parametrize("override,changed", CASES, ids=[f"{k}={v}" for o, _ in CASES for k, v in o.items()])
+def test_each_input_changes_exactly_the_keys_that_depend_on_it(profile, vqgm, override, changed):
+    extractor = _Extractor()
+    evaluators = {"e": _Extractor()}
+    base = _keys(profile(), vqgm, extractor, evaluators)
+    new = _keys(profile(**override), vqgm, extractor, evaluators)
+    got = {k for k in base if base[k] != new[k]}
+    assert got == changed
+
+
+def test_upstream_artifacts_enter_the_keys(profile, vqgm):
+    """Weights, not settings: another extractor, evaluator or VQGM (here: the same shapes, other
+    values -- e.g. a prior retrained with the same codebook) changes the keys below it."""
+    cfg = profile()
+    extractor, evaluators = _Extractor(), {"e": _Extractor()}
+    base = _keys(cfg, vqgm, extractor, evaluators)
+    other = copy.deepcopy(extractor)
+    with torch.no_grad():
+        other.lin.bias += 1
+    k = _keys(cfg, vqgm, other, evaluators)
+    assert {n for n in base if base[n] != k[n]} == {"tsv train", "tsv test"} | EDITS
+    k = _keys(cfg, vqgm, extractor, {"e": other})
+    assert {n for n in base if base[n] != k[n]} == {"random baseline", "quality"}
+    # a VQGM whose prior differs but whose codebook (the old store fingerprint) is the same
+    vq2 = copy.copy(vqgm)
+    vq2.model = copy.deepcopy(vqgm.model)
+    with torch.no_grad():
+        next(vq2.model.transformer.parameters()).add_(1)
+    assert vq2.fingerprint() == vqgm.fingerprint()
+    k = _keys(cfg, vq2, extractor, evaluators)
+    assert {n for n in base if base[n] != k[n]} == ALL - {"evaluators"}
+    # the saliency region's key follows the TSV that places it
+    test = SimpleNamespace(meta={"split": "test"})
+    tsv = np.zeros((4, 8, 8), np.float32)
+    tsv2 = tsv.copy()
+    tsv2[0, 1, 2] = 1
+    assert editing.edit_key(cfg, extractor, test, "token", "saliency", tsv) != \
+        editing.edit_key(cfg, extractor, test, "token", "saliency", tsv2)
+
+
+def test_tsv_cache_file_follows_the_extractor(profile):
+    """get_tsv writes under a path named by its key: another extractor, another file."""
+    cfg = profile()
+    v = stages.get_vqgm(cfg)
+    stages.generate_dataset(cfg, v, splits=("test",))
+    from cortex_nb.extractors import build_extractor
+
+    torch.manual_seed(0)
+    f1 = build_extractor(stages.extractor_config(cfg, "CE", v)).eval()
+    f2 = copy.deepcopy(f1)
+    with torch.no_grad():
+        next(f2.parameters()).mul_(2)
+    t1 = evaluation.get_tsv(cfg, "CE", f1, v, "test")
+    again = evaluation.get_tsv(cfg, "CE", f1, v, "test")
+    t2 = evaluation.get_tsv(cfg, "CE", f2, v, "test")
+    files = sorted((_cache(cfg) / "tsv").rglob("*.npy"))
+    assert len(files) == 2
+    np.testing.assert_array_equal(t1, again)
+    assert not np.array_equal(t1, t2)
+
+
+# --------------------------------------------------------------------------------------
+# world.n_classes against the VQGM
+# --------------------------------------------------------------------------------------
+
+
+def test_world_n_classes_must_match_the_vqgm(profile, vqgm):
+    cfg = profile(**{"world.n_classes": 7})
+    with pytest.raises(UserError) as e:
+        stages.get_vqgm(cfg)
+    msg = str(e.value)
+    assert "world.n_classes = 7" in e.value.message and f"{N_CLASSES} classes" in e.value.message
+    assert "model.ckpt" in e.value.message                     # the checkpoint is named
+    assert f"--set world.n_classes={N_CLASSES}" in e.value.fix and "CORTEX_VQGM_CKPT" in e.value.fix
+    assert "out of range" not in msg
+    # generate_dataset with a VQGM passed in refuses before it writes anything
+    with pytest.raises(UserError, match="world.n_classes"):
+        stages.generate_dataset(cfg, vqgm)
+    assert not (_cache(cfg) / "data").exists()
+
+
+# --------------------------------------------------------------------------------------
+# finished trainings keep one copy of the weights
+# --------------------------------------------------------------------------------------
+
+
+def test_finished_toy_evaluators_keep_one_weights_file_each(profile, monkeypatch):
+    cfg = profile(**{"evaluators.fit.max_steps_per_epoch": 1})
+    first = stages.get_evaluators(cfg)
+    d = _cache(cfg) / "evaluators"
+    assert not [p for p in d.iterdir() if p.is_dir()]                      # no fit checkpoints left
+    assert sorted(p.name for p in d.glob("*.pt")) == ["vit_p4.pt"] and (d / "report.json").exists()
+    blob = torch.load(d / "vit_p4.pt", weights_only=True)
+    assert set(blob) == {"spec", "state_dict", "format"}                       # weights only
+
+    def must_not_train(*a, **k):
+        raise AssertionError("finished evaluators must be loaded, not retrained")
+
+    monkeypatch.setattr("cortex_nb.evaluators.train_toy_evaluators", must_not_train)
+    again = stages.get_evaluators(cfg)
+    for k, v in first["vit_p4"].state_dict().items():
+        torch.testing.assert_close(again["vit_p4"].state_dict()[k], v, atol=0, rtol=0)
+
+
+def _blobs(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    return torch.randn(3, 8, generator=g)[y] * 2 + torch.randn(n, 8, generator=g), y
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 3))
+
+
+def _fit_cfg(**kw):
+    return FitConfig(**{**dict(epochs=4, batch_size=32, lr=1e-2, step_size=2, gamma=0.5, progress=False, seed=7), **kw})
+
+
+def _load(p):
+    return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def test_compact_fit_keeps_best_weights_and_a_small_record(tmp_path):
+    train, val = _blobs(96), _blobs(48, seed=1)
+    init = _mlp()
+    full = fit(copy.deepcopy(init), train, val, _fit_cfg(), ckpt_dir=tmp_path / "full")
+    res = fit(copy.deepcopy(init), train, val, _fit_cfg(), ckpt_dir=tmp_path / "c", compact=True)
+    last = _load(tmp_path / "c" / "last.pt")
+    assert not {"model", "optimizer", "scheduler", "rng"} & last.keys() and last["compact"] is True
+    assert last["epoch"] == 4 and last["best_epoch"] == res.best_epoch == full.best_epoch
+    for k, v in full.model.state_dict().items():                # same training, same result
+        torch.testing.assert_close(res.model.state_dict()[k], v, atol=0, rtol=0)
+        torch.testing.assert_close(_load(tmp_path / "c" / "best.pt")["model"][k], v, atol=0, rtol=0)
+    size = {d: sum(f.stat().st_size for f in (tmp_path / d).iterdir()) for d in ("full", "c")}
+    assert size["c"] < 0.5 * size["full"], size
+
+    def must_not_run(x):
+        raise AssertionError("a finished run must not train again")
+
+    again = fit(copy.deepcopy(init), train, val, _fit_cfg(), ckpt_dir=tmp_path / "c", augment=must_not_run,
+                compact=True)
+    for k, v in res.model.state_dict().items():
+        torch.testing.assert_close(again.model.state_dict()[k], v, atol=0, rtol=0)
+    assert again.history.drop(columns="seconds").equals(res.history.drop(columns="seconds"))
+    # a full run met with compact=True is compacted then
+    fit(copy.deepcopy(init), train, val, _fit_cfg(), ckpt_dir=tmp_path / "full", augment=must_not_run, compact=True)
+    assert "optimizer" not in _load(tmp_path / "full" / "last.pt")
+
+
+def test_compact_fit_interrupted_resumes_to_the_uninterrupted_result(tmp_path):
+    train, val = _blobs(96), _blobs(48, seed=1)
+    init = _mlp()
+    straight = fit(copy.deepcopy(init), train, val, _fit_cfg(), ckpt_dir=tmp_path / "a", compact=True,
+                   augment=lambda x: x + 0.1 * torch.randn_like(x))
+    calls = {"n": 0}
+
+    def crashing(x):  # 3 batches an epoch: call 8 is in epoch 3
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt("simulated crash")
+        return x + 0.1 * torch.randn_like(x)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(copy.deepcopy(init), train, val, _fit_cfg(), ckpt_dir=tmp_path / "b", compact=True, augment=crashing)
+    state = _load(tmp_path / "b" / "last.pt")
+    assert state["epoch"] == 2 and "optimizer" in state       # unfinished: everything to resume
+    torch.manual_seed(999)
+    resumed = fit(copy.deepcopy(init), train, val, _fit_cfg(), ckpt_dir=tmp_path / "b", compact=True,
+                  augment=crashing)
+    assert calls["n"] == 8 + 2 * 3                              # only epochs 3 and 4 trained again
+    for k, v in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, atol=1e-6, rtol=0)
+    assert "optimizer" not in _load(tmp_path / "b" / "last.pt")
+
+
+def test_compacted_run_refuses_to_continue_and_a_lost_best_is_named(tmp_path):
+    train, val = _blobs(64), _blobs(32, seed=1)
+    fit(_mlp(), train, val, _fit_cfg(epochs=1), ckpt_dir=tmp_path, compact=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(UserError) as e:
+        fit(_mlp(), train, val, _fit_cfg(epochs=2), ckpt_dir=tmp_path, compact=True)
+    assert "cannot continue to cfg.epochs=2" in e.value.message and "resume=False" in e.value.fix
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before   # nothing touched
+    res = fit(_mlp(), train, val, _fit_cfg(epochs=2), ckpt_dir=tmp_path, compact=True, resume=False)
+    assert res.history.epoch.tolist() == [1, 2]
+    (tmp_path / "best.pt").unlink()
+    with pytest.raises(UserError, match="best.pt is missing") as e:
+        fit(_mlp(), train, val, _fit_cfg(epochs=2), ckpt_dir=tmp_path, compact=True)
+    assert str(tmp_path) in e.value.fix
+
+
+# --------------------------------------------------------------------------------------
+# atomic writes go through store.atomic_path
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["train", "toyvqgm"])
+def test_checkpoint_files_get_the_umask_mode_and_no_temporaries(tmp_path, module):
+    """Checkpoints are written through store.atomic_path: mode 0o666 & ~umask (as ``open`` gives,
+    not mkstemp's 0600), and a failed write leaves the old file and no temporary."""
+    import importlib
+
+    save = importlib.import_module(f"cortex_nb.{module}")._atomic_save
+    old = os.umask(0o022)
+    try:
+        save({"x": torch.zeros(2)}, tmp_path / "a.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o644
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        save({"x": Unpicklable()}, tmp_path / "a.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
+    assert torch.equal(_load(tmp_path / "a.pt")["x"], torch.zeros(2))
