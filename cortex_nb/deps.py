@@ -42,7 +42,7 @@ def make_rule(target: str, files: list[Path], root: Path) -> str:
 
 
 def _write(path: Path, target: str) -> None:
-    from .store import atomic_path
+    from .files import atomic_path
 
     root = PACKAGE_DIR.parent
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from .optimize import central_region, optimize_embeddings, saliency_region, select_tokens
 from .stages import DISPLAY, _cache, array_key, digest, load_split, section, setup, store_key, weights_key
-from .store import save_json, save_npy
+from .files import save_json, save_npy
 from .tables import mean_ci
 
 __all__ = ["REGION_METHODS", "pairs_of", "edit_key", "edit_batch", "edit_region", "run_edits", "score_edits",

@@ -12,7 +12,7 @@ existing ``except`` clauses keep working.
 """
 from __future__ import annotations
 
-__all__ = ["UserError"]
+__all__ = ["UserError", "CheckpointError"]
 
 
 class UserError(Exception):
@@ -30,3 +30,7 @@ class UserError(Exception):
         """The CLI's rendering: the message, then the fix, each flattened to one line."""
         text = " ".join(self.message.split())
         return f"{text}\n  fix: {' '.join(self.fix.split())}" if self.fix else text
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint file is missing, unreadable, or holds objects we refuse to unpickle."""

@@ -111,7 +111,7 @@ def random_baseline(cfg: DictConfig, evaluators: dict, vqgm) -> pd.DataFrame:
     """Fig. 3's random baseline: n random positions per test image (``saliency.random_seeds``
     seeds pooled) for every n of the grid, plus the unmasked row (n = 0). It depends on neither
     the extractor nor the mask mode, so it is computed once and cached (JSON) under cache/fig3/."""
-    from .store import cached
+    from .files import cached
 
     test = load_split(cfg, "test", vqgm)
     key = random_baseline_key(cfg, evaluators, test)

@@ -22,7 +22,7 @@ Images enter as taming's float ``(B, 3, H, W)`` in [-1, 1] or as uint8 ``(B, H, 
 Files are checked before ``torch.load`` (which checks nothing: flipped bytes load as altered
 weights): a torchvision file against the SHA-256 prefix in its name (``check_hash``), a toy
 evaluator against the ``<file>.sha256`` sidecar :func:`save_evaluator` writes, and anything
-else through its zip CRCs (:func:`cortex_nb.vqgm.verify_file`). A damaged or unreadable file is
+else through its zip CRCs (:func:`cortex_nb.files.verify_file`). A damaged or unreadable file is
 a :class:`cortex_nb.vqgm.CheckpointError` naming it and what to do.
 """
 
@@ -43,7 +43,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from .train import FitConfig, FitResult, eval_mode, fit
-from .vqgm import CheckpointError, file_sha256, rebuild_fix, save_with_checksum, verify_file
+from .errors import CheckpointError
+from .files import file_sha256, rebuild_fix, save_with_checksum, verify_file
 
 __all__ = [
     "EVALUATOR_NAMES",
@@ -591,7 +592,7 @@ _EVALUATORS_STAGE = "the evaluators stage (`python -m cortex_nb evaluators --pro
 
 def save_evaluator(ev: Evaluator, path: str | os.PathLike) -> Path:
     """Write ``{"spec": ..., "state_dict": ...}`` (``torch.load(weights_only=True)`` reads it)
-    atomically through :func:`cortex_nb.store.atomic_path`, with its SHA-256 in the sidecar
+    atomically through :func:`cortex_nb.files.atomic_path`, with its SHA-256 in the sidecar
     ``<path>.sha256`` that :func:`load_evaluator` verifies."""
     path = Path(path)
     state = {k: v.detach().cpu() for k, v in ev.model.state_dict().items()}
@@ -602,7 +603,7 @@ def save_evaluator(ev: Evaluator, path: str | os.PathLike) -> Path:
 def load_evaluator(path: str | os.PathLike, device: str | torch.device = "cpu") -> Evaluator:
     """Rebuild an Evaluator written by :func:`save_evaluator` (eval mode, on ``device``).
 
-    The file is checked first (:func:`cortex_nb.vqgm.verify_file`: its sidecar's SHA-256 when
+    The file is checked first (:func:`cortex_nb.files.verify_file`: its sidecar's SHA-256 when
     there is one, else its zip CRCs); missing -> :class:`WeightsUnavailableError`, damaged or
     not an evaluator file -> :class:`CheckpointError`, each saying how to remake it.
     """

@@ -11,7 +11,7 @@ import matplotlib
 
 import numpy as np
 
-from .store import atomic_path
+from .files import atomic_path
 
 __all__ = ["set_style", "save_figure", "image_grid", "to_uint8"]
 

@@ -124,7 +124,7 @@ def generated_accuracy_table(cfg: DictConfig, evaluators: dict, test: TokenStore
 def evaluator_training_table(cfg: DictConfig) -> pd.DataFrame:
     """Held-out accuracy (real toy images) and training time of each toy evaluator."""
     from .stages import DISPLAY
-    from .store import load_json
+    from .files import load_json
 
     rep = load_json(Path(cfg.paths.cache) / "evaluators" / "report.json")
     rows = [{"evaluator": DISPLAY.get(n, n), "val_acc": r["val_acc"], "train_seconds": r["seconds"]}

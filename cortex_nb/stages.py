@@ -17,7 +17,6 @@ shards, TSV chunks and training batches are split between the ranks.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -31,7 +30,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .evaluators import DISPLAY_NAMES
-from .store import TokenStore, load_cache_json, save_json
+from .files import digest, load_cache_json, save_json
+from .store import TokenStore
 from .tables import mean_ci
 
 __all__ = [
@@ -87,12 +87,6 @@ def setup(cfg: DictConfig) -> None:
 # device by design; their keys leave the device out.
 
 _VQGM_KEYS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def digest(obj) -> str:
-    """16 hex chars of sha256 of ``obj`` as canonical JSON (sorted keys, tuples as lists)."""
-    blob = json.dumps(obj, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def section(cfg: DictConfig, name: str, drop: tuple[str, ...] = ()) -> dict:

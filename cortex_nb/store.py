@@ -30,24 +30,21 @@ no group, the same code.
 from __future__ import annotations
 
 from .errors import UserError
+from .files import atomic_path, load_json, save_json, save_npy
+from .files import progress as progress_bar
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
-__all__ = [
-    "TokenStore", "TokenStoreError", "atomic_path", "save_npy", "save_json", "load_json",
-    "load_cache_json", "cached", "shard_seed", "chunked_array",
-]
+__all__ = ["TokenStore", "TokenStoreError", "shard_seed", "chunked_array"]
 
 
 log = logging.getLogger("cortex_nb")
@@ -63,100 +60,6 @@ _GENERATE_HOW = "the generate stage (notebook 01 or `python -m cortex_nb generat
 def _regenerate_fix(store: Path) -> str:
     """The fix for a damaged store: remake it whole (its parts cannot be trusted one by one)."""
     return f"delete {store} and rerun {_GENERATE_HOW}"
-
-
-def _current_umask() -> int:
-    """The process umask. Python can read it only by setting it, and it is process-global, so
-    take it from /proc/self/status (Linux >= 4.7) when there; else set and restore it at once,
-    setting the strict 0o077 meanwhile so a file another thread makes in that window is private."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success move it into place atomically.
-    On error the temporary file is removed and ``path`` is untouched. The final file gets
-    0o666 & ~umask, as with ``open``; mkstemp's 0600 would hide outputs from group/others."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_current_umask())  # after the write: a writer may have recreated tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    """``np.save`` atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-
-
-def save_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (sorted keys, indented)."""
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
-
-
-def load_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-_MISSING = object()
-
-
-def _read_cache(path: Path, default: Any) -> Any:
-    """The JSON at ``path``; ``default`` when absent or corrupt (a cache is ours to rebuild)."""
-    if not path.exists():
-        return default
-    try:
-        return load_json(path)
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError: a torn or damaged file
-        log.warning("cache file %s is corrupt (%s): rebuilding it", path, e)
-        return default
-
-
-def load_cache_json(path: str | os.PathLike) -> Any:
-    """The JSON at ``path``, or None when it is missing or corrupt (logged as a warning).
-    For cache files and stamps, which can be rebuilt; user data goes through :func:`load_json`,
-    which raises."""
-    return _read_cache(Path(path), None)
-
-
-def cached(path: str | os.PathLike, build: Callable[[], Any], *, key: str | None = None) -> Any:
-    """Return the JSON stored at ``path`` if it exists (and its ``_key`` equals ``key``),
-    else call ``build()``, store its JSON-able result atomically and return it. A corrupt
-    file counts as missing."""
-    path = Path(path)
-    obj = _read_cache(path, _MISSING)
-    if obj is not _MISSING and (key is None or (isinstance(obj, dict) and obj.get("_key") == key)):
-        return obj
-    obj = build()
-    if key is not None:
-        obj = {**obj, "_key": key}
-    save_json(path, obj)
-    return obj
 
 
 def shard_seed(seed: int, split: str, shard: int) -> int:
@@ -259,8 +162,6 @@ class TokenStore:
         Bad arguments (no labels, shard_size < 1, labels outside [0, meta["n_classes"])) are
         refused before anything is created; a corrupt meta.json or shard is refused, not deleted.
         """
-        from tqdm.auto import tqdm
-
         from . import distributed
 
         path = Path(path)
@@ -285,7 +186,7 @@ class TokenStore:
             log.info("generate %s: making %d of %d shards (%d already done)", split, len(todo), n_shards,
                      n_shards - len(todo))
         mine = distributed.owned(todo)  # data parallel: this rank's share of the missing shards
-        for i in tqdm(mine, desc=f"generate {split}", disable=not progress or not distributed.is_main() or None,
+        for i in progress_bar(mine, desc=f"generate {split}", enabled=progress and distributed.is_main(),
                       unit="shard"):
             chunk = labels[i * shard_size:(i + 1) * shard_size]
             arrays = _checked_shard(make_shard(chunk, shard_seed(seed, split, i)), chunk, meta, f"shard {i} of {path}")
@@ -438,8 +339,6 @@ def chunked_array(path: str | os.PathLike, n: int, chunk: int, compute: Callable
     the same arguments and computes its share of the missing chunks (module docstring); with
     chunk-deterministic ``compute`` the result does not depend on the number of ranks.
     """
-    from tqdm.auto import tqdm
-
     from . import distributed
 
     path = Path(path)
@@ -454,7 +353,7 @@ def chunked_array(path: str | os.PathLike, n: int, chunk: int, compute: Callable
     todo = distributed.broadcast_object(todo)
     if todo is None:
         return np.load(path, mmap_mode="r")
-    for s in tqdm(distributed.owned(todo), desc=desc, disable=not progress or not distributed.is_main() or None,
+    for s in progress_bar(distributed.owned(todo), desc=desc, enabled=progress and distributed.is_main(),
                   unit="chunk"):
         save_npy(parts / f"{s:09d}.npy", np.asarray(compute(s, min(s + chunk, n))))
         distributed.fault_point("shard")

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .store import atomic_path
+from .files import atomic_path
 
 __all__ = ["bootstrap_ci", "mean_ci", "fmt_ci", "write_table"]
 

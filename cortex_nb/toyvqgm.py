@@ -72,7 +72,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import toyworld
 from ._taming_compat import import_taming
-from .store import atomic_path
+from .files import atomic_path, progress
 
 __all__ = [
     "TokenizerConfig",
@@ -386,10 +386,10 @@ def _load_state(path: Path, key: str) -> dict | None:
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
-    if not enabled:
+    """A step bar (:func:`cortex_nb.files.progress`), or None when disabled."""
+    if not enabled or os.environ.get("CORTEX_PROGRESS", "").lower() == "off":
         return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+    return progress(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ What the loop guarantees
 * **Checkpoints** (``ckpt_dir``): ``last.pt`` after every epoch (model, optimizer, scheduler,
   history, shuffler / global / CUDA RNG states) and ``best.pt`` (weights of the epoch with the
   highest validation top-1; ties keep the earlier epoch). Writes are atomic
-  (:func:`cortex_nb.store.atomic_path`). An interrupted run resumes from ``last.pt`` and reaches
+  (:func:`cortex_nb.files.atomic_path`). An interrupted run resumes from ``last.pt`` and reaches
   the same final state as an uninterrupted run with the same seed (on the same machine / device).
   A directory holding a finished run (``last.pt`` with ``epoch == cfg.epochs``) is returned
   without training. With ``compact=True`` a finished run keeps only best.pt and a last.pt
@@ -72,6 +72,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+
+from .files import progress
 
 __all__ = [
     "FitConfig",
@@ -216,15 +218,6 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device, non_blocking=True)
 
 
-def _progress(iterable=None, **kw):
-    """tqdm.auto bar; ``CORTEX_PROGRESS=text`` forces the plain text bar (headless runs)."""
-    if os.environ.get("CORTEX_PROGRESS", "").lower() == "text":
-        from tqdm import tqdm
-    else:
-        from tqdm.auto import tqdm
-    return tqdm(iterable, **kw)
-
-
 # --------------------------------------------------------------------------------------
 # metrics, evaluation, prediction
 # --------------------------------------------------------------------------------------
@@ -350,7 +343,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    from .store import atomic_path
+    from .files import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -586,12 +579,12 @@ def fit(
     if steps is not None and cfg.max_steps_per_epoch is not None:
         steps = min(steps, cfg.max_steps_per_epoch)
 
-    epoch_bar = _progress(
+    epoch_bar = progress(
         range(start_epoch, cfg.epochs),
         total=cfg.epochs,
         initial=start_epoch,
         desc=f"fit {type(model).__name__}",
-        disable=not cfg.progress or not main,
+        enabled=cfg.progress and main,
         unit="epoch",
     )
     t_session = time.perf_counter()
@@ -603,9 +596,9 @@ def fit(
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             correct = torch.zeros((), dtype=torch.long, device=device)
             seen, skipped = 0, 0
-            batch_bar = _progress(
+            batch_bar = progress(
                 total=steps, desc=f"epoch {epoch_idx + 1}", leave=False,
-                disable=not cfg.progress or not main, unit="batch", mininterval=1.0,
+                enabled=cfg.progress and main, unit="batch", mininterval=1.0,
             )
             for xb, yb in _batches(
                 train_data, cfg.batch_size, shuffle=True, generator=shuffler,

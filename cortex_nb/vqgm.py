@@ -73,7 +73,7 @@ with the ``cin_transformer`` checkpoint), which :func:`tiny_cin_config` reproduc
 
 from __future__ import annotations
 
-from .errors import UserError
+from .errors import CheckpointError, UserError
 
 import argparse
 import collections
@@ -87,8 +87,6 @@ import os
 import pathlib
 import pickle
 import re
-import zipfile
-import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -99,7 +97,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ._taming_compat import filter_top_k_top_p, import_taming, taming_import_shims
-from .store import atomic_path
+from .files import progress as progress_bar
+from .files import DAMAGED_FIX, checksum_path, file_sha256, rebuild_fix, save_with_checksum, verify_file, write_checksum  # noqa: F401
 
 __all__ = [
     "VQGM",
@@ -200,10 +199,6 @@ OTHER_TARGETS: frozenset[str] = frozenset(
 
 # --------------------------------------------------------------------------------------------
 # errors
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint file is missing, unreadable, or holds objects we refuse to unpickle."""
 
 
 class ConfigMismatchError(UserError, ValueError):
@@ -314,117 +309,6 @@ def _safe_globals() -> list[Any]:
 
 # --------------------------------------------------------------------------------------------
 # file integrity: checksum sidecars, and the zip CRCs that torch.load does not check
-
-_CHUNK = 4 << 20  # 4 MiB reads: hashing or CRC-checking a 1 GB file takes ~1-2 s
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
-#: what to do about a damaged file nobody recorded a checksum for
-DAMAGED_FIX = "the file is damaged (truncated or altered): re-download / delete it and rerun"
-
-
-def checksum_path(path: str | os.PathLike) -> Path:
-    """The SHA-256 sidecar of ``path``: ``<file>.sha256``, the hex digest on one line."""
-    path = Path(path)
-    return path.with_name(path.name + ".sha256")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 4 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_checksum(path: str | os.PathLike, digest: str | None = None) -> Path:
-    """Write ``path``'s SHA-256 sidecar atomically (computing the digest unless given)."""
-    side = checksum_path(path)
-    text = (digest or file_sha256(path)) + "\n"
-    with atomic_path(side) as tmp:
-        tmp.write_text(text)
-    return side
-
-
-def rebuild_fix(path: str | os.PathLike, how: str = "the stage that builds it") -> str:
-    """The fix for a file that no longer matches its sidecar: remake both."""
-    return f"delete {path} (and {checksum_path(path)}) and rerun {how}"
-
-
-def _recorded_sha256(path: Path, fix: str) -> str:
-    """The digest in ``path``'s sidecar (its first word, so ``sha256sum`` output works too)."""
-    side = checksum_path(path)
-    try:
-        words = side.read_text().split()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"cannot read checksum file {side} of {path}: {exc}",
-                              fix=fix) from exc
-    word = words[0].lower() if words else ""
-    if not _HEX64.fullmatch(word):
-        raise CheckpointError(
-            f"checksum file {side} of {path} holds no SHA-256 hex digest (starts with "
-            f"{word[:40]!r})", fix=fix)
-    return word
-
-
-def _check_sidecar(path: Path, fix: str) -> bool:
-    """Compare ``path`` with its sidecar; False if there is none, raise on a mismatch."""
-    if not checksum_path(path).is_file():
-        return False
-    want = _recorded_sha256(path, fix)
-    got = file_sha256(path)
-    if got != want:
-        raise CheckpointError(
-            f"{path} does not match its checksum file {checksum_path(path)}: its SHA-256 is "
-            f"{got}, but {want} was recorded when it was saved (the file was altered or "
-            f"damaged since)", fix=fix)
-    return True
-
-
-def _check_zip_crcs(path: Path, damaged_fix: str) -> bool:
-    """Read every member of a zip-format torch file so that :mod:`zipfile` checks its CRC-32.
-
-    torch.load does not check them: a file with flipped bytes loads with altered weights.
-    Legacy (pre-1.6, non-zip) torch files carry no CRCs and are skipped (False), as is anything
-    that is not a zip at all (truncated, empty): torch.load then fails and names the file.
-    """
-    if not zipfile.is_zipfile(path):
-        return False
-    where = "the directory of its zip archive"
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                where = f"member {info.filename!r} of its zip archive"
-                with zf.open(info) as fh:
-                    while fh.read(_CHUNK):
-                        pass
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
-        raise CheckpointError(
-            f"{path} is damaged: {where} fails the zip CRC-32 check "
-            f"({type(exc).__name__}: {exc})", fix=damaged_fix) from exc
-    return True
-
-
-def verify_file(
-    path: str | os.PathLike, *, damaged_fix: str = DAMAGED_FIX, mismatch_fix: str | None = None,
-) -> str:
-    """Check a file before torch.load reads it; return what was checked.
-
-    * a ``<file>.sha256`` sidecar exists (we write one beside every file we save): the file's
-      SHA-256 must equal it ("sha256"); a mismatch names both digests, with ``mismatch_fix``
-      (default :func:`rebuild_fix`: delete the file and its sidecar, rerun the stage that builds
-      it). A matching digest makes the CRC check redundant.
-    * else, a zip-format torch file: every member's CRC-32 ("crc"); a bad one names the member,
-      with ``damaged_fix``.
-    * else (legacy non-zip torch file, or not a zip at all): nothing ("none").
-
-    Raises:
-        CheckpointError: as above.
-    """
-    path = Path(path)
-    if _check_sidecar(path, mismatch_fix or rebuild_fix(path)):
-        return "sha256"
-    return "crc" if _check_zip_crcs(path, damaged_fix) else "none"
 
 
 def _ckpt_hint(path: Path) -> str:
@@ -736,7 +620,7 @@ def save_taming_checkpoint(
 
     The file holds ``{"epoch", "global_step", "pytorch-lightning_version", "state_dict",
     "optimizer_states": [], "lr_schedulers": [], "callbacks": {}}`` plus ``extra`` (e.g.
-    ``hyper_parameters``). Written through :func:`cortex_nb.store.atomic_path` (a temporary
+    ``hyper_parameters``). Written through :func:`cortex_nb.files.atomic_path` (a temporary
     file beside it, fsynced, moved into place), so readers never see a partial file, and its
     SHA-256 goes to the sidecar ``<path>.sha256`` that :func:`load_vqgm` verifies. The old
     sidecar is removed just before the move and the new one written just after it: a crash in
@@ -762,23 +646,6 @@ def save_taming_checkpoint(
         ckpt.update(extra)
     save_with_checksum(ckpt, path)
     return path
-
-
-def save_with_checksum(obj: Any, path: str | os.PathLike) -> str:
-    """torch.save ``obj`` to ``path`` atomically (fsynced) and write its ``.sha256`` sidecar.
-
-    A failed save leaves ``path`` and its sidecar as they were. Returns the hex digest.
-    """
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        digest = file_sha256(tmp)
-        checksum_path(path).unlink(missing_ok=True)  # stale from here until written below
-    write_checksum(path, digest)
-    return digest
 
 
 # --------------------------------------------------------------------------------------------
@@ -1167,9 +1034,7 @@ class VQGM:
             if dev.type == "cuda" else []
         starts = range(0, y.numel(), batch_size)
         if progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc="sampling", unit="batch")
+            starts = progress_bar(starts, desc="sampling", unit="batch")
         out = []
         with torch.random.fork_rng(devices=devices, enabled=seed is not None), torch.no_grad():
             if seed is not None:  # seed only the generators fork_rng restores

@@ -299,7 +299,7 @@ def test_save_evaluator_writes_sidecar_atomically(tmp_path, monkeypatch):
         os.umask(old)
     side = tmp_path / "ev.pt.sha256"
     assert side.read_text() == hashlib.sha256(path.read_bytes()).hexdigest() + "\n"
-    assert path.stat().st_mode & 0o777 == 0o644  # store.atomic_path: 0o666 & ~umask
+    assert path.stat().st_mode & 0o777 == 0o644  # files.atomic_path: 0o666 & ~umask
     first, first_sum = path.read_bytes(), side.read_text()
 
     def boom(*a, **k):

@@ -376,13 +376,13 @@ def test_compacted_run_refuses_to_continue_and_a_lost_best_is_named(tmp_path):
 
 
 # --------------------------------------------------------------------------------------
-# atomic writes go through store.atomic_path
+# atomic writes go through files.atomic_path
 # --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("module", ["train", "toyvqgm"])
 def test_checkpoint_files_get_the_umask_mode_and_no_temporaries(tmp_path, module):
-    """Checkpoints are written through store.atomic_path: mode 0o666 & ~umask (as ``open`` gives,
+    """Checkpoints are written through files.atomic_path: mode 0o666 & ~umask (as ``open`` gives,
     not mkstemp's 0600), and a failed write leaves the old file and no temporary."""
     import importlib
 

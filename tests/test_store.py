@@ -4,7 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from cortex_nb.store import TokenStore, TokenStoreError, atomic_path, cached, save_npy, shard_seed
+from cortex_nb.files import atomic_path, cached, save_npy
+from cortex_nb.store import TokenStore, TokenStoreError, shard_seed
 
 META = {"K": 50, "m": 4, "fingerprint": "abc"}
 
@@ -141,7 +142,7 @@ def test_chunked_array_resumes_and_equals_one_shot(tmp_path):
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
 def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
-    from cortex_nb.store import save_json
+    from cortex_nb.files import save_json
 
     old = os.umask(umask)
     try:
@@ -276,7 +277,7 @@ def test_generate_refuses_bad_sizes_before_creating_anything(tmp_path, kw, match
 
 
 def test_cached_rebuilds_a_corrupt_cache_file(tmp_path, caplog):
-    from cortex_nb.store import load_json
+    from cortex_nb.files import load_json
 
     (tmp_path / "c.json").write_text('{"v": 1, "_key"')
     with pytest.raises(json.JSONDecodeError):
