@@ -56,7 +56,7 @@ all: $(OUTS)
 # checkout never write the same file. Paths that $(abspath) makes absolute are quoted: the
 # checkout's path may contain spaces (GNU make itself cannot take spaces in target names; ours
 # are relative, results/...).
-$(EXEC)/%.ipynb: notebooks/%.ipynb cortex_nb/profiles/$(PROFILE).yaml $$(call stage_src,$$*) | $(STAMP)
+$(EXEC)/%.ipynb: notebooks/%.ipynb cortex_nb/profiles/_base.yaml cortex_nb/profiles/$(PROFILE).yaml $$(call stage_src,$$*) | $(STAMP)
 	@mkdir -p $(EXEC) results/$(PROFILE)/timings $(DEPS)
 	@echo "== $* ($(PROFILE))"
 	@tmp="$@.$$$$.tmp.ipynb"; trap 'rm -f "$$tmp"; exit 130' INT TERM HUP; \

@@ -1,8 +1,10 @@
 """Profiles: every result of cortex-nb is a function of one profile (a YAML file) and a seed.
 
-``load_profile("toy" | "smoke" | "imagenet", **overrides)`` reads ``cortex_nb/profiles/<name>.yaml``
-with OmegaConf, applies overrides, resolves paths and the device, and returns a read-only
-``DictConfig``. Overrides name existing keys only (``load_profile("toy", seed=1)``, nested keys
+``load_profile("toy" | "smoke" | "imagenet", **overrides)`` reads ``cortex_nb/profiles/_base.yaml``
+(every key, with its default and comment) merged with ``cortex_nb/profiles/<name>.yaml`` (only what
+that profile changes) with OmegaConf, applies overrides, checks every value
+(:mod:`cortex_nb.schema`), resolves paths and the device, and returns a read-only ``DictConfig``.
+:func:`write_resolved` saves the result, with the machine it ran on, beside the results. Overrides name existing keys only (``load_profile("toy", seed=1)``, nested keys
 with ``__`` or dots: ``load_profile("toy", **{"data.n_test": 10})`` or ``data__n_test=10``); a
 key that the profile does not have is an error, so a typo never silently does nothing.
 
@@ -24,10 +26,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["load_profile", "PROFILES", "ProfileError", "repo_root", "profile_hash", "resolve_device",
-           "ensure_writable"]
+           "ensure_writable", "write_resolved", "run_info"]
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
-PROFILES = tuple(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+BASE_PROFILE = PROFILE_DIR / "_base.yaml"  # defaults; not a profile of its own
+PROFILES = tuple(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml") if not p.stem.startswith("_")))
 
 # Environment variables that fill profile keys when set (and the profile leaves them null).
 ENV_KEYS = {
@@ -89,6 +92,22 @@ def _refuse(name: str):
     return refuse
 
 
+def _merge_profile(base: DictConfig, own: DictConfig, path: Path) -> DictConfig:
+    """The base profile with ``own``'s values on top. A profile may only change keys the base has
+    (a typo in a profile file is as much an error as one in an override)."""
+    def check(node: DictConfig, ref: DictConfig, prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if key not in ref:
+                raise ProfileError(f"{path} sets {dotted!r}, which the base profile {BASE_PROFILE} does not have",
+                                   fix=f"check the key's spelling, or add it (with its default) to {BASE_PROFILE.name}")
+            if isinstance(value, DictConfig) and isinstance(ref[key], DictConfig) and len(ref[key]):
+                check(value, ref[key], dotted + ".")  # an empty base section (evaluators.fit) is open
+
+    check(own, base, "")
+    return OmegaConf.merge(base, own)
+
+
 def load_profile(name: str | None = None, **overrides: Any) -> DictConfig:
     """Load a profile by name (default: $CORTEX_PROFILE or 'toy') and apply overrides.
 
@@ -98,10 +117,10 @@ def load_profile(name: str | None = None, **overrides: Any) -> DictConfig:
     """
     name = name or os.environ.get("CORTEX_PROFILE", "toy")
     path = PROFILE_DIR / f"{name}.yaml"
-    if not path.exists():
+    if name.startswith("_") or not path.exists():
         raise ProfileError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)} (files in {PROFILE_DIR})",
                            fix="--profile " + (PROFILES[0] if PROFILES else "toy"))
-    cfg = OmegaConf.load(path)
+    cfg = _merge_profile(OmegaConf.load(BASE_PROFILE), OmegaConf.load(path), path)
     for env, key in ENV_KEYS.items():
         if os.environ.get(env) and OmegaConf.select(cfg, key, default="__missing__") in (None, "auto"):
             OmegaConf.update(cfg, key, os.environ[env], merge=False)
@@ -158,3 +177,32 @@ def ensure_writable(cfg: DictConfig) -> None:
             raise ProfileError(f"cannot write to the {key} directory {d}: {e.strerror or e}",
                                fix=f"make {d} writable, or set CORTEX_RESULTS to a writable directory "
                                    "(results/ and figures/ go there)") from None
+
+
+def run_info() -> dict:
+    """What a result depends on besides the profile: versions, CPU capability and thread count
+    (floats differ between CPU classes and thread counts, so results are byte-identical only
+    within one of each)."""
+    import platform
+
+    import torch
+
+    from . import __version__
+
+    return {"cortex_nb": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "machine": platform.machine()}
+
+
+def write_resolved(cfg: DictConfig, path: str | os.PathLike | None = None) -> Path:
+    """Write the resolved profile (every value, overrides applied) plus :func:`run_info` as YAML,
+    by default to ``results/<profile>/profile.yaml``: the record of what produced the results there."""
+    from .files import atomic_path
+
+    path = Path(path) if path is not None else Path(cfg.paths.results) / "profile.yaml"
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    tree.pop("paths", None)  # machine-specific locations, not settings
+    text = OmegaConf.to_yaml(OmegaConf.create({"profile": tree, "run": run_info()}))
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path

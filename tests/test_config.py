@@ -78,14 +78,77 @@ def _leaves(tree, prefix=""):
     return out
 
 
-@pytest.mark.parametrize("name", ["toy", "smoke", "imagenet"])
-def test_schema_covers_exactly_the_profiles_keys(name):
+def test_schema_covers_exactly_the_base_profiles_keys():
     from omegaconf import OmegaConf
 
-    from cortex_nb.config import PROFILE_DIR
+    from cortex_nb.config import BASE_PROFILE
 
-    tree = OmegaConf.to_container(OmegaConf.load(PROFILE_DIR / f"{name}.yaml"))
+    assert _leaves(OmegaConf.to_container(OmegaConf.load(BASE_PROFILE))) == set(SCHEMA)
+
+
+@pytest.mark.parametrize("name", ["toy", "smoke", "imagenet"])
+def test_each_profile_resolves_to_every_schema_key(name):
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.to_container(load_profile(name))
+    tree.pop("paths")
     assert _leaves(tree) == set(SCHEMA)
+
+
+def test_profiles_hold_only_what_differs_from_the_base():
+    """Defaults live once: toy is the base; smoke and imagenet repeat no base value."""
+    from omegaconf import OmegaConf
+
+    from cortex_nb.config import BASE_PROFILE, PROFILE_DIR
+
+    base = OmegaConf.to_container(OmegaConf.load(BASE_PROFILE))
+
+    def repeats(own, ref, prefix=""):
+        out = []
+        for k, v in own.items():
+            if isinstance(v, dict) and isinstance(ref.get(k), dict) and ref[k]:
+                out += repeats(v, ref[k], f"{prefix}{k}.")
+            elif k != "name" and ref.get(k, object()) == v and not (v is None and k in ("config", "ckpt", "weights_dir")):
+                out.append(prefix + k)
+        return out
+
+    for name in ("toy", "smoke", "imagenet"):
+        own = OmegaConf.to_container(OmegaConf.load(PROFILE_DIR / f"{name}.yaml"))
+        assert repeats(own, base) == [], name
+    assert set(OmegaConf.load(PROFILE_DIR / "toy.yaml").keys()) == {"name"}
+
+
+def test_a_typo_in_a_profile_file_is_an_error(tmp_path, monkeypatch):
+    import shutil
+
+    from cortex_nb import config
+
+    shutil.copy(config.BASE_PROFILE, tmp_path / "_base.yaml")
+    (tmp_path / "typo.yaml").write_text("name: typo\ndata:\n  n_tset: 3\n")
+    monkeypatch.setattr(config, "PROFILE_DIR", tmp_path)
+    monkeypatch.setattr(config, "BASE_PROFILE", tmp_path / "_base.yaml")
+    with pytest.raises(ProfileError, match=r"typo.yaml sets 'data.n_tset', which the base profile"):
+        load_profile("typo")
+    with pytest.raises(ProfileError, match="unknown profile '_base'"):
+        load_profile("_base")
+
+
+def test_write_resolved_records_profile_and_machine(tmp_path, monkeypatch):
+    import torch
+    from omegaconf import OmegaConf
+
+    from cortex_nb.config import write_resolved
+
+    monkeypatch.setenv("CORTEX_RESULTS", str(tmp_path))
+    cfg = load_profile("smoke", **{"data.n_test": 3})
+    path = write_resolved(cfg)
+    assert path == tmp_path / "results" / "smoke" / "profile.yaml"
+    back = OmegaConf.load(path)
+    assert back.profile.data.n_test == 3 and "paths" not in back.profile
+    assert OmegaConf.to_container(back.profile) == {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "paths"}
+    assert back.run.torch == torch.__version__
+    assert back.run.cpu_capability == torch.backends.cpu.get_cpu_capability()
+    assert back.run.threads == torch.get_num_threads()
 
 
 @pytest.mark.parametrize("key", sorted(k for k, rule in SCHEMA.items() if rule.kind not in ("str", "section")))
