@@ -6,7 +6,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.cortex-installed
 EXEC    := results/$(PROFILE)/executed
-SRC     := $(wildcard cortex_nb/*.py)
+SRC     := $(wildcard cortex_nb/*.py cortex_nb/*/*.py)
 DEPS    := results/$(PROFILE)/deps
 NBS     := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 OUTS    := $(patsubst notebooks/%.ipynb,$(EXEC)/%.ipynb,$(NBS))
@@ -48,7 +48,7 @@ stage_src = $(if $(wildcard $(DEPS)/$(1).mk),,$(SRC))
 -include $(wildcard $(DEPS)/*.mk)
 .SECONDEXPANSION:
 all: $(OUTS)
-	@if [ "$(PROFILE)" = toy ]; then $(PY) -m cortex_nb.readme toy; fi
+	@if [ "$(PROFILE)" = toy ]; then $(PY) tools/readme.py toy; fi
 	@echo "done: tables in results/$(PROFILE)/tables, figures in figures/$(PROFILE)"
 
 # The notebook is executed into a temporary file named by the recipe shell's PID ($$$$), moved into

@@ -2,7 +2,7 @@
 
 Generation — contenders on the same VQGM (random weights) and the same class labels:
 - ours: ``VQGM.sample(labels, top_k=1)``: taming's KV-cached ``sample_with_past``.
-- uncached: ``cortex_nb.reference.sample_uncached``: taming's ``Net2NetTransformer.sample``, which
+- uncached: ``sample_uncached`` (``benchmarks/reference.py``): taming's ``Net2NetTransformer.sample``, which
   re-runs the transformer on the whole prefix at every one of the m² steps.
 Greedy decoding (top-k 1) on both, so the tokens must be IDENTICAL (asserted). The VQGM is built
 from ``cortex_nb.vqgm.tiny_cin_config`` at the toy profile's size (GPT 4 layers, 4 heads, 128 dims,
@@ -26,8 +26,9 @@ import _common as C
 import numpy as np
 import torch
 
-from cortex_nb.reference import sample_uncached
-from cortex_nb.vqgm import VQGM, build_from_config, tiny_cin_config
+from cortex_nb.taming_config import build_from_config, tiny_cin_config
+from cortex_nb.vqgm import VQGM
+from reference import sample_uncached  # benchmarks/reference.py (benchmarks/ is sys.path[0])
 
 
 def toy_vqgm() -> VQGM:
@@ -78,7 +79,7 @@ def main(argv=None) -> dict:
               f"{s['reference_bytes_per_sample']} B/sample (x{s['ratio']:.0f})")
     notes = [
         "ours = VQGM.sample(labels, top_k=1) (taming's sample_with_past, KV cache); uncached = taming's "
-        "Net2NetTransformer.sample(sample=False) via cortex_nb.reference.sample_uncached.",
+        "Net2NetTransformer.sample(sample=False) via benchmarks/reference.py's sample_uncached.",
         "Random GPT weights (taming's init); greedy decoding makes both deterministic, so tokens must match exactly.",
         "The warm-up round samples a smaller batch; timed rounds sample all B labels in one call.",
         "Storage: ours per sample = tokens.npy size / N (N = 10 000; labels.npy adds 8 B/sample); reference = "

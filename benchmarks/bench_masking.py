@@ -3,10 +3,10 @@
 Contenders, on the same uint8 images, labels and masks, with the same classifier weights:
 - ours: ``cortex_nb.masking.evaluate_masked(evaluator.predict_proba, images, labels, masks,
   batch_size=256)``: masks applied to whole batches of tensors, batched preprocessing and forward.
-- reference: ``cortex_nb.reference.evaluate_masked_reference``: per image a PIL image, black
+- reference: ``evaluate_masked_reference`` (``benchmarks/reference.py``): per image a PIL image, black
   rectangles, PIL resize, ToTensor + Normalize, one forward pass of a batch of one (the scripts).
 
-Toy rows: the four toy evaluators (``cortex_nb.evaluators.build_toy_evaluator``: ResNet18/34 and
+Toy rows: the four toy evaluators (``cortex_nb.toy_evaluators.build_toy_evaluator``: ResNet18/34 and
 ViT patch 4/8 on 32 x 32 images; untrained weights: the timing and the agreement do not depend on
 training), 8 x 8 token grids, 13 random positions masked (the paper's n = 50 of 256, scaled).
 They take 32 x 32 directly, so neither path resizes and the preprocessing is identical: the
@@ -25,9 +25,10 @@ import numpy as np
 import torch
 import torchvision
 
-from cortex_nb.evaluators import Evaluator, build_toy_evaluator, imagenet_spec
+from cortex_nb.evaluators import Evaluator, imagenet_spec
 from cortex_nb.masking import evaluate_masked, mask_random
-from cortex_nb.reference import evaluate_masked_reference
+from cortex_nb.toy_evaluators import build_toy_evaluator
+from reference import evaluate_masked_reference  # benchmarks/reference.py (benchmarks/ is sys.path[0])
 
 TOL_TOY = 1e-4        # absolute, per-image true-class probability (same preprocessing)
 TOL_RESIZE = 1e-2     # relative to the largest probability (PIL uint8 resize vs float antialias resize)
@@ -86,7 +87,7 @@ def main(argv=None) -> dict:
                     "— (reported)", None))
     notes = [
         "ours = masking.evaluate_masked(ev.predict_proba, ..., batch_size=256); reference = "
-        "cortex_nb.reference.evaluate_masked_reference (PIL, one image per forward pass).",
+        "benchmarks/reference.py's evaluate_masked_reference (PIL, one image per forward pass).",
         "Toy evaluators take 32×32 directly: no resize on either path, identical preprocessing.",
         "Paper-like row: PIL resizes uint8 (and rounds), ours resizes float tensors with antialias, "
         f"so the agreement there is relative to the largest probability (tol {TOL_RESIZE:g}).",

@@ -3,7 +3,7 @@
 Contenders, all on the same embeddings, targets and extractor (random weights, eval mode):
 - ours: ``TokenSaliency.reference(f, n_samples=N, alpha=0.2).attribute`` (σ over the batch,
   signed max over channels, as the scripts): the N·B noisy copies in one forward and ONE backward.
-- reference: ``cortex_nb.reference.tsv_reference`` (the scripts' loop: per noise sample a forward
+- reference: ``tsv_reference`` (``benchmarks/reference.py``; the scripts' loop: per noise sample a forward
   pass, then one ``autograd.grad(create_graph=True)`` per image: N·B backward passes).
 - captum: ``NoiseTunnel(Saliency(f))``, smoothgrad, ``nt_samples=N``, ``abs=False``, σ = the
   batch's σ, then the same signed max over channels.
@@ -29,8 +29,8 @@ import _common as C
 import torch
 
 from cortex_nb.extractors import ExtractorConfig, build_extractor, count_parameters
-from cortex_nb.reference import tsv_reference
 from cortex_nb.saliency import TokenSaliency
+from reference import tsv_reference  # benchmarks/reference.py (benchmarks/ is sys.path[0])
 
 TOL = 1e-5
 ALPHA = 0.2
@@ -125,7 +125,7 @@ def main(argv=None) -> dict:
                              goals=not args.quick)
     notes = [
         "ours = TokenSaliency.reference(f).attribute (σ over the batch, signed max); reference = "
-        "cortex_nb.reference.tsv_reference (the scripts' B·N autograd.grad calls, create_graph=True); "
+        "benchmarks/reference.py's tsv_reference (the scripts' B·N autograd.grad calls, create_graph=True); "
         "captum = NoiseTunnel(Saliency(f)) smoothgrad, abs=False, then the signed max.",
         "ours and the reference are given the same noise tensor; captum draws its own in the timed runs "
         "(torch.normal, a few ms) and is checked once with torch.normal patched to return our draws.",

@@ -11,7 +11,7 @@ for every training image. No GPU and no weights here, so the estimate is built f
    paper's size (training step, validation forward, TSV), the VQGAN decoder at the paper's size
    (one 16 x 16 -> 256 x 256 decode), and a 4-layer slice of the GPT at full width, batch 64, with
    a 128-token cache;
-3. stated GPU peaks and efficiencies (``cortex_nb.scale.default_assumptions``).
+3. stated GPU peaks and efficiencies (``benchmarks/scale.py``'s ``default_assumptions``).
 
 Writes ``results/benchmarks/paper_scale.json`` and ``paper_scale.md`` (the README's table, the
 assumptions in prose, the machine). Full mode takes about a minute on 2 cores; ``--quick`` measures
@@ -28,10 +28,10 @@ import _common as C  # sets OMP_WAIT_POLICY and sys.path before torch; --quick/-
 import torch
 import torch.nn.functional as F
 
-from cortex_nb import scale as S
-from cortex_nb._taming_compat import filter_top_k_top_p
+from cortex_nb.taming_compat import filter_top_k_top_p
 from cortex_nb.extractors import ExtractorConfig, build_extractor
 from cortex_nb.saliency import TokenSaliency
+import scale as S  # benchmarks/scale.py (benchmarks/ is sys.path[0])
 
 ARCHS = ("CE", "RE")
 

@@ -1,31 +1,102 @@
 """cortex-nb: the reproducible, Jupyter-first companion to CORTEX (Concept-Oriented Token
 Explanation in Vector-Quantized Generative Models).
 
-Everything is a function of a profile (``load_profile``). Modules, one paper concept each:
+Everything is a function of a profile (``load_profile``). Two layers:
 
-- ``config`` profiles · ``toyworld`` the embedded ToyBirds world · ``vqgm`` the VQGM seen by
-  CORTEX (§2.1) · ``toyvqgm`` training the toy VQGM · ``store`` the token store (§4.1.1)
-- ``extractors`` CE / RE (§3.2, A.1) · ``train`` the fit loop (A.1.3) · ``evaluators`` the judging
-  classifiers (§4.1)
-- ``saliency`` TSV, T*_image, T*_concept (§3.3, eq. 4–6) · ``masking`` patch masking (§4.3) ·
-  ``optimize`` Gumbel token selection (§3.4, eq. 7–9, A.2)
-- ``stages`` / ``evaluation`` / ``editing`` what notebooks and the CLI run · ``reports``,
-  ``tables``, ``figures`` outputs · ``widgets`` the token browser
+- **paper layer** — profile-free, tensors in, tensors out, one concept a module: ``vqgm`` the VQGM
+  seen by CORTEX (§2.1), ``toyworld`` the embedded ToyBirds world, the toy VQGM's training,
+  ``store`` the token store (§4.1.1), ``extractors`` CE / RE (§3.2, A.1), ``train`` the fit loop
+  (A.1.3), ``evaluators`` the judging classifiers (§4.1), ``saliency`` TSV, T*_image, T*_concept
+  (§3.3, eq. 4–6), ``masking`` patch masking (§4.3), ``optimize`` Gumbel token selection (§3.4,
+  eq. 7–9, A.2); plumbing in ``files``, ``errors``, ``config``, ``distributed``.
+- **pipeline layer** — :mod:`cortex_nb.pipeline`: the run composed once (``pipeline.run``) and one
+  module per notebook / section that computes its results and writes its tables and figures;
+  ``tables`` / ``figures`` are the shared output helpers, ``widgets`` the token browser's app.
+
+The API is ``__all__`` below: notebooks import only these names, ``from cortex_nb import ...``
+(the section modules themselves are ``cortex_nb.pipeline.sNN_*``, for the CLI and tests).
+Importing the package has no side effects and imports no pipeline module: a pipeline name is
+imported on first use (module ``__getattr__``), so `make all` records for each notebook only the
+modules it used (:mod:`cortex_nb.deps`, registered by ``setup``, which every section calls).
 """
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from .config import PROFILES, ProfileError, load_profile
-from . import stages, reports  # noqa: E402  (stages import torch; every notebook uses both)
-from .extractors import ExtractorConfig, build_extractor
+from .extractors import ExtractorConfig, build_extractor, paper_sizes
 from .optimize import OptimResult, central_region, optimize_embeddings, select_tokens
 from .saliency import TokenSaliency, concept_tokens, frequency_baseline, class_vs_rest_baseline, top_n_positions
 from .vqgm import VQGM, load_vqgm
-from .deps import record_on_exit as _record_stage_deps
 
-_record_stage_deps()  # only under `make all` (CORTEX_STAGE_DEPS): see cortex_nb.deps
+if TYPE_CHECKING:  # the lazy names below, for linters and editors
+    from .pipeline.run import (Run, SectionResult, class_names, compose, generate_dataset, get_evaluators,
+                               get_extractors, get_tsv, get_vqgm, load_split, saliency_of, setup)
+    from .pipeline.s00_vqgm import (evaluator_scores, evaluator_training_table, prior_samples, quality_table,
+                                    reconstruction_figure, samples_figure, toyworld_figure, vqgm_report)
+    from .pipeline.s01_dataset import dataset_table, generated_accuracy_table
+    from .pipeline.s02_extractors import extractor_accuracy, table1, training_curves_figure
+    from .pipeline.s03_image_level import (fig2, fig3, fig5, image_level, masked_counts, random_baseline,
+                                           token_examples, token_figure)
+    from .pipeline.s04_concept_level import concept_level, concept_sets, localisation, localisation_table, table2
+    from .pipeline.s05_editing import (edit_batch, fig4, fig6, pairs_of, regions_of, run_edits, score_edits, table3,
+                                       table3_frame)
+    from .pipeline.s06_browser import BrowserData, browser_data
+    from .widgets import TokenBrowser
+
+#: pipeline names -> the module (under cortex_nb) that defines them, imported on first use
+_LAZY = {
+    "pipeline.run": ("setup", "compose", "Run", "SectionResult", "get_vqgm", "get_evaluators", "generate_dataset",
+                     "load_split", "get_extractors", "saliency_of", "get_tsv", "class_names"),
+    "pipeline.s00_vqgm": ("toyworld_figure", "vqgm_report", "quality_table", "reconstruction_figure",
+                          "evaluator_training_table", "prior_samples", "samples_figure", "evaluator_scores"),
+    "pipeline.s01_dataset": ("dataset_table", "generated_accuracy_table"),
+    "pipeline.s02_extractors": ("extractor_accuracy", "table1", "training_curves_figure"),
+    "pipeline.s03_image_level": ("image_level", "random_baseline", "fig3", "masked_counts", "token_examples",
+                                 "token_figure", "fig2", "fig5"),
+    "pipeline.s04_concept_level": ("concept_sets", "concept_level", "table2", "localisation", "localisation_table"),
+    "pipeline.s05_editing": ("pairs_of", "regions_of", "edit_batch", "run_edits", "score_edits", "table3",
+                             "table3_frame", "fig4", "fig6"),
+    "pipeline.s06_browser": ("BrowserData", "browser_data"),
+    "widgets": ("TokenBrowser",),
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = [
-    "load_profile", "PROFILES", "ProfileError", "stages", "reports",
-    "VQGM", "load_vqgm", "ExtractorConfig", "build_extractor",
+    # profiles
+    "load_profile", "PROFILES", "ProfileError",
+    # paper layer
+    "VQGM", "load_vqgm", "ExtractorConfig", "build_extractor", "paper_sizes",
     "TokenSaliency", "top_n_positions", "concept_tokens", "frequency_baseline", "class_vs_rest_baseline",
     "select_tokens", "optimize_embeddings", "central_region", "OptimResult",
+    # the run (pipeline.run)
+    "setup", "compose", "Run", "SectionResult", "get_vqgm", "get_evaluators", "generate_dataset", "load_split",
+    "get_extractors", "saliency_of", "get_tsv", "class_names",
+    # 00 the VQGM
+    "toyworld_figure", "vqgm_report", "quality_table", "reconstruction_figure", "evaluator_training_table",
+    "prior_samples", "samples_figure", "evaluator_scores",
+    # 01 the dataset, 02 Table 1
+    "dataset_table", "generated_accuracy_table", "extractor_accuracy", "table1", "training_curves_figure",
+    # 03 Fig. 3, 2, 5; 04 Table 2
+    "image_level", "random_baseline", "fig3", "masked_counts", "token_examples", "token_figure", "fig2", "fig5",
+    "concept_sets", "concept_level", "table2", "localisation", "localisation_table",
+    # 05 Table 3, Fig. 4, 6; 06 the token browser
+    "pairs_of", "regions_of", "edit_batch", "run_edits", "score_edits", "table3", "table3_frame", "fig4", "fig6",
+    "BrowserData", "browser_data", "TokenBrowser",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """Import a pipeline name on first use (then it is a plain module attribute)."""
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cortex_nb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

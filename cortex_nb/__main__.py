@@ -1,26 +1,36 @@
-"""Headless stages: ``python -m cortex_nb STAGE --profile P [--set key=value ...]``.
+"""Headless runs: ``python -m cortex_nb COMMAND --profile P [--set key=value ...]``.
 
-The notebooks call the same stage functions (cortex_nb.stages); this entry point is for
-scripted runs and GPUs. Stages:
+Every notebook / paper section that writes a table or figure has a command, and the command calls
+the same section function the notebook's steps add up to (``cortex_nb.pipeline.sNN_*.run``), so a
+GPU run needs no Jupyter. Commands:
 
-  vqgm        train (toy) or load (imagenet) the VQGM and print its quality report
-  evaluators  train (toy) or load (imagenet) the evaluators
-  generate    sample the synthetic train/val/test token stores (resumable)
-  train-extractors  train CE and RE on the token stores (resumable) and write Table 1
-  tsv         token saliency values (TSV) of --split (default: train and test) under every
-              extractor of the profile (resumable; cached under results/P/cache/tsv)
+  vqgm              train (toy) or load (imagenet) the VQGM and print its quality report
+  evaluators        train (toy) or load (imagenet) the evaluators
+  vqgm-report       notebook 00: toy world, tokenizer quality table, reconstructions (toy),
+                    prior samples and how the evaluators score them, the toy evaluators' table
+  generate          notebook 01: sample the synthetic train/val/test token stores (resumable),
+                    then the dataset table, the generated test images and their accuracy table
+  train-extractors  notebook 02: train CE and RE on the token stores (resumable), Table 1, curves
+  tsv               token saliency values (TSV) of --split (default: train and test) under every
+                    extractor of the profile (resumable; cached under results/P/cache/tsv)
+  fig3              notebook 03: Fig. 3 (image level, both mask modes, random baseline), Fig. 2, 5
+  table2            notebook 04: T*_concept, Table 2 (concept level), ground-truth localisation
+  table3            notebook 05: token selection vs embedding optimisation, Table 3, Fig. 4, 6
+  all               every section above in notebook order (00 to 05)
 
 Data parallel, N processes on one machine (gloo on CPU, nccl with one GPU per process on CUDA):
 
-  torchrun --standalone --nproc-per-node N -m cortex_nb STAGE --profile P
+  torchrun --standalone --nproc-per-node N -m cortex_nb COMMAND --profile P
   (or: python -m torch.distributed.run --standalone --nproc-per-node N -m cortex_nb ...)
 
 generate and tsv split their shards / chunks between the ranks, train-extractors trains with
 DistributedDataParallel (each rank a slice of every global batch of extractors.batch_size);
 vqgm and evaluators are built by rank 0 while the others wait. Results equal a single process's
-(token stores and TSVs exactly; extractor weights up to float rounding). Rank 0 writes tables and
-final files and prints; each process uses max(1, threads // N) torch threads. A crashed run
-resumes when rerun, with any N. Details: the docstring of cortex_nb.distributed.
+(token stores and TSVs exactly; extractor weights up to float rounding). The sections after that
+(fig3, table2, table3) compute the TSVs they read on every rank, then rank 0 alone runs the
+section. Rank 0 writes tables and final files and prints; each process uses
+max(1, threads // N) torch threads. A crashed run resumes when rerun, with any N. Details: the
+docstring of cortex_nb.distributed.
 
 Errors you can fix (a bad profile value, a missing or damaged file, a results directory that
 cannot be written) are printed as one line plus the fix, exit status 2; --debug shows the
@@ -29,13 +39,20 @@ traceback. The results directory is checked for writing before any work starts.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
 
 import yaml
 
-STAGES = ("vqgm", "evaluators", "generate", "train-extractors", "tsv")
+#: section commands -> their module under cortex_nb.pipeline, in notebook order
+SECTIONS = {"vqgm-report": "s00_vqgm", "generate": "s01_dataset", "train-extractors": "s02_extractors",
+            "fig3": "s03_image_level", "table2": "s04_concept_level", "table3": "s05_editing"}
+#: the splits whose TSVs a section reads (computed on every rank before rank 0 runs the section)
+TSV_SPLITS = {"fig3": ("test", "train"), "table2": ("train",), "table3": ("test",)}
+STAGES = ("vqgm", "evaluators", "vqgm-report", "generate", "train-extractors", "tsv", "fig3", "table2", "table3",
+          "all")
 SPLITS = ("train", "val", "test")
 
 
@@ -60,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
 
     ap = argparse.ArgumentParser(prog="python -m cortex_nb", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=STAGES)
+    ap.add_argument("stage", choices=STAGES, metavar="COMMAND", help=", ".join(STAGES))
     ap.add_argument("--profile", default=None, help=f"one of {', '.join(PROFILES)} (default $CORTEX_PROFILE or toy)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a profile key, e.g. --set data.n_train=100 (repeatable)")
@@ -71,7 +88,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one stage; a :class:`~cortex_nb.errors.UserError` becomes one line plus its fix on
+    """Run one command; a :class:`~cortex_nb.errors.UserError` becomes one line plus its fix on
     stderr and exit status 2 (with ``--debug``, the traceback)."""
     from .errors import UserError
 
@@ -103,60 +120,81 @@ def _main(args) -> int:
 
 
 def _run(args, cfg) -> str:
-    """Run one stage on every rank; what only one process should do (printing, tables,
+    """Run one command on every rank; what only one process should do (printing, tables,
     figures) runs on rank 0 alone (``distributed.local``). Returns the one-line summary."""
-    from . import distributed, stages
+    from . import distributed
+    from .pipeline import run
 
     main = distributed.is_main()
-    if args.stage in ("vqgm", "evaluators"):  # one process builds, the others wait
+    if args.stage in ("vqgm", "evaluators", "vqgm-report"):  # one process builds, the others wait
         summary = ""
         if main:
             with distributed.local():
-                if args.stage == "vqgm":
-                    vqgm = stages.get_vqgm(cfg)
-                    report = {"K": vqgm.K, "d": vqgm.d, "m": vqgm.m, "fingerprint": vqgm.fingerprint()}
-                    if cfg.vqgm.source == "toy":
-                        report = stages.vqgm_report(cfg, vqgm, stages.get_evaluators(cfg))
-                    print(json.dumps(report, indent=2))
-                    summary = f"VQGM K={vqgm.K} m={vqgm.m} fingerprint {vqgm.fingerprint()}"
-                else:
-                    evs = stages.get_evaluators(cfg)
-                    print("evaluators:", ", ".join(evs))
-                    summary = f"{len(evs)} evaluators"
+                summary = _build(args.stage, cfg)
         return summary
 
-    vqgm = stages.get_vqgm(cfg)
-    stores = stages.generate_dataset(cfg, vqgm)
+    if args.stage == "tsv":
+        composed = run.compose(cfg, evaluators=False)
+        splits = list(dict.fromkeys(args.split or ["train", "test"]))
+        done = []
+        for arch, f in composed.extractors.items():
+            for split in splits:
+                tsv = run.get_tsv(cfg, arch, f, composed.vqgm, split)
+                done.append(f"{arch}/{split} {tuple(tsv.shape)}")
+        return "TSV " + ", ".join(done)
+
+    # sections: every rank builds what splits between the ranks, then rank 0 runs the section(s)
+    sections = [s for s in SECTIONS if s != "vqgm-report"] if args.stage == "all" else [args.stage]
+    composed = run.compose(cfg, extractors=sections != ["generate"], evaluators=False)
+    for split in dict.fromkeys(s for name in sections for s in TSV_SPLITS.get(name, ())):
+        for arch, f in composed.extractors.items():
+            run.get_tsv(cfg, arch, f, composed.vqgm, split)
+    summaries = []
+    if main:
+        with distributed.local():
+            if args.stage == "all":
+                summaries.append(_section("vqgm-report", cfg))
+            composed.evaluators = run.get_evaluators(cfg)
+            summaries += [_section(name, cfg, composed) for name in sections]
     if args.stage == "generate":
-        if main:
-            with distributed.local():
-                test = stores["test"]
-                evs = stages.get_evaluators(cfg)
-                print(stages.evaluator_scores(evs, test.images, test.labels).to_string(index=False))
-        return "token stores " + ", ".join(f"{k} {len(v)}" for k, v in stores.items())
-
-    results = stages.get_extractors(cfg, vqgm)
+        return "token stores " + ", ".join(f"{k} {len(v)}" for k, v in composed.stores.items())
     if args.stage == "train-extractors":
-        if main:
-            with distributed.local():
-                from . import reports
-
-                reports.training_curves_figure(cfg, results)
-                acc = stages.extractor_accuracy(cfg, results, vqgm)
-                print(reports.table1(cfg, acc).to_string(index=False))
         return "extractors " + ", ".join(f"{a} (best epoch {r.best_epoch}, val acc {r.best_val_acc:.3f})"
-                                         for a, r in results.items())
+                                         for a, r in composed.fits.items())
+    return "; ".join(summaries)
 
-    # tsv
-    from .evaluation import get_tsv
 
-    splits = list(dict.fromkeys(args.split or ["train", "test"]))
-    done = []
-    for arch, res in results.items():
-        for split in splits:
-            tsv = get_tsv(cfg, arch, res.model, vqgm, split)
-            done.append(f"{arch}/{split} {tuple(tsv.shape)}")
-    return "TSV " + ", ".join(done)
+def _build(stage: str, cfg) -> str:
+    """The single-process commands: vqgm, evaluators, vqgm-report (rank 0 only)."""
+    from .pipeline import run
+
+    if stage == "vqgm-report":
+        return _section(stage, cfg)
+    if stage == "vqgm":
+        vqgm = run.get_vqgm(cfg)
+        report = {"K": vqgm.K, "d": vqgm.d, "m": vqgm.m, "fingerprint": vqgm.fingerprint()}
+        if cfg.vqgm.source == "toy":
+            from .pipeline.s00_vqgm import vqgm_report
+
+            report = vqgm_report(cfg, vqgm, run.get_evaluators(cfg))
+        print(json.dumps(report, indent=2))
+        return f"VQGM K={vqgm.K} m={vqgm.m} fingerprint {vqgm.fingerprint()}"
+    evs = run.get_evaluators(cfg)
+    print("evaluators:", ", ".join(evs))
+    return f"{len(evs)} evaluators"
+
+
+def _section(name: str, cfg, composed=None) -> str:
+    """Run one section (its tables and figures written), print its tables, close its figures."""
+    import matplotlib.pyplot as plt
+
+    module = importlib.import_module(f".pipeline.{SECTIONS[name]}", __package__)
+    result = module.run(cfg) if composed is None else module.run(cfg, composed)
+    for table, df in result.tables.items():  # a frame indexed by something other than 0..N-1 shows its index
+        print(f"\n{table}:\n{df.to_string(index=type(df.index).__name__ != 'RangeIndex')}", flush=True)
+    for fig in result.figures.values():
+        plt.close(fig)
+    return result.summary()
 
 
 if __name__ == "__main__":

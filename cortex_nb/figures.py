@@ -1,6 +1,8 @@
 """Figures: one style, one saver, and the image grids every notebook shows.
 
 ``save_figure(fig, directory, name)`` writes PNG (and PDF) atomically under figures/<profile>/.
+Panels for widgets (:mod:`cortex_nb.widgets`) are drawn without pyplot: :func:`panel_figure`,
+:func:`png_bytes`, :func:`message_png`, :func:`stack_pngs`.
 """
 from __future__ import annotations
 
@@ -13,7 +15,14 @@ import numpy as np
 
 from .files import atomic_path
 
-__all__ = ["set_style", "save_figure", "image_grid", "to_uint8"]
+__all__ = ["set_style", "save_figure", "image_grid", "to_uint8", "PANEL_DPI", "PANEL_RC", "panel_figure",
+           "png_bytes", "message_png", "stack_pngs"]
+
+PANEL_DPI = 80
+#: the style of widget panels, fixed whatever style the notebook set
+PANEL_RC = {"savefig.bbox": "standard", "savefig.dpi": "figure", "savefig.facecolor": "white",
+            "figure.facecolor": "white", "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8,
+            "xtick.labelsize": 7, "ytick.labelsize": 7}
 
 
 def set_style() -> None:
@@ -82,3 +91,59 @@ def image_grid(images, nrow: int, *, row_labels: Sequence[str] | None = None, ti
         fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(wspace=0.04, hspace=0.04)
     return fig
+
+
+# ---------------------------------------------------------------------- widget panels (no pyplot)
+def panel_figure(w: float, h: float):
+    """A ``matplotlib.figure.Figure`` of ``w`` x ``h`` inches in the panel style (no pyplot state)."""
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context(PANEL_RC):
+        return Figure(figsize=(w, h), dpi=PANEL_DPI)
+
+
+def png_bytes(fig) -> bytes:
+    """Render a Figure (Agg canvas, no pyplot) to PNG bytes."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    with matplotlib.rc_context(PANEL_RC):
+        fig.savefig(buf, format="png", dpi=PANEL_DPI)
+    return buf.getvalue()
+
+
+def message_png(text: str, w: float = 5.0, h: float = 0.6) -> bytes:
+    """A panel that only says ``text`` (grey, centred), as PNG bytes."""
+    fig = panel_figure(w, h)
+    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, color="#555555", wrap=True)
+    return png_bytes(fig)
+
+
+def stack_pngs(rows: Sequence[Sequence[bytes]]) -> bytes | None:
+    """One PNG of PNG ``rows``: each row's images side by side, rows stacked, white 8 px gaps;
+    empty rows are skipped. None when every row is empty."""
+    import io
+
+    from PIL import Image
+
+    def load(b: bytes) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))   # (h, w, 3)
+
+    out = []
+    for parts in ([load(b) for b in row] for row in rows):
+        if not parts:
+            continue
+        h = max(p.shape[0] for p in parts)
+        out.append(np.concatenate([np.pad(p, ((0, h - p.shape[0]), (0, 8), (0, 0)), constant_values=255)
+                                   for p in parts], axis=1))
+    if not out:
+        return None
+    w = max(r.shape[1] for r in out)
+    canvas = np.concatenate([np.pad(r, ((0, 8), (0, w - r.shape[1]), (0, 0)), constant_values=255)
+                             for r in out], axis=0)
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, format="PNG")
+    return buf.getvalue()

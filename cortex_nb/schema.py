@@ -182,7 +182,8 @@ _POSITIVE = {"lr", "gamma"}
 
 
 def _section_dataclasses() -> dict[str, type]:
-    from .toyvqgm import PriorConfig, TokenizerConfig
+    from .toy_prior import PriorConfig
+    from .toy_tokenizer import TokenizerConfig
     from .train import FitConfig
 
     return {"vqgm.tokenizer": TokenizerConfig, "vqgm.prior": PriorConfig, "evaluators.fit": FitConfig}

@@ -15,14 +15,16 @@ one *is* and *where it lives*:
   a concept token that every class uses is not much of an explanation.
 
 Driving it: ``TokenBrowser(browser_data(cfg, vqgm, extractors))`` and ``display(b.widget)`` (or
-just ``b`` as a cell's last value). Every control is a public attribute and :meth:`TokenBrowser.state`
-returns what is selected and rendered, so tests drive it without a browser.
+just ``b`` as a cell's last value). The data and the rankings are section 06's
+(:mod:`cortex_nb.pipeline.s06_browser`); this module is the app. Every control is a public
+attribute and :meth:`TokenBrowser.state` returns what is selected and rendered, so tests drive it
+without a browser.
 
 Why it is built this way (the project notes on ipywidgets): each view is ONE composed PNG sent as bytes
 to an ``ipywidgets.Image`` (many small widgets are slow); figures are drawn on
-``matplotlib.figure.Figure`` with the Agg canvas (no pyplot state); errors in callbacks are
-written to the ``output`` widget (a print in a callback is invisible in JupyterLab) and to the
-status line, never swallowed; widget state is not saved in executed notebooks, so
+``matplotlib.figure.Figure`` with the Agg canvas (no pyplot state: :func:`cortex_nb.figures.png_bytes`);
+errors in callbacks are written to the ``output`` widget (a print in a callback is invisible in
+JupyterLab) and to the status line, never swallowed; widget state is not saved in executed notebooks, so
 :meth:`TokenBrowser.snapshot` gives one static PNG of the current view to display beside it.
 
 Speed: the saliency functions rank every class in one bincount, so the ranking of all classes is
@@ -31,135 +33,27 @@ slider's maximum). Gallery matches are a vectorised comparison over the class's 
 """
 from __future__ import annotations
 
-import io
 import logging
 import time
 import traceback
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Callable
 
 import ipywidgets as W
-import matplotlib
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PatchCollection
-from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from .figures import PANEL_DPI, message_png, panel_figure, png_bytes, stack_pngs
 from .masking import scaled_n
-from .saliency import (class_vs_rest_baseline, concept_tokens, frequency_baseline, token_class_usage,
-                       top_n_positions)
+from .pipeline.s06_browser import BASELINES, BrowserData, Ranking, rank_concepts
+from .saliency import token_class_usage
 
-__all__ = ["BrowserData", "browser_data", "TokenBrowser", "BASELINES"]
+__all__ = ["TokenBrowser"]
 
 log = logging.getLogger("cortex_nb")
 
-BASELINES = ("frequency", "class-vs-rest")   # sources that need no TSV (n is ignored for them)
-_DPI = 80
-_RC = {"savefig.bbox": "standard", "savefig.dpi": "figure", "savefig.facecolor": "white",
-       "figure.facecolor": "white", "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8,
-       "xtick.labelsize": 7, "ytick.labelsize": 7}   # fixed whatever style the notebook set
 _SELECTED, _OTHER = "#d62728", "#9aa5b1"
-
-
-@dataclass
-class BrowserData:
-    """Everything the browser shows, as plain arrays (no model needed once built).
-
-    ``token_image(t)`` is what token id t looks like decoded on its own, uint8 (h, w, 3); cache it
-    (``browser_data`` does) — the browser calls it on every token change.
-    """
-    class_names: list[str]              # (C,) display names, index = label
-    K: int                              # codebook size
-    m: int                              # token grid side
-    train_tokens: np.ndarray            # (N, m, m) ids the concept sets are computed from
-    train_labels: np.ndarray            # (N,)
-    train_tsv: dict[str, np.ndarray]    # {"CE": (N, m, m), "RE": (N, m, m)} token saliency values
-    gallery_tokens: np.ndarray          # (G, m, m) ids of the images shown (generated test images)
-    gallery_labels: np.ndarray          # (G,)
-    gallery_images: np.ndarray          # (G, H, W, 3) uint8, H = W = p·m
-    token_image: Callable[[int], np.ndarray]  # token id -> uint8 (h, w, 3)
-
-    def check(self) -> None:
-        """Raise ValueError when the arrays disagree in shape (called by TokenBrowser)."""
-        N, G, m = len(self.train_labels), len(self.gallery_labels), self.m
-        if tuple(np.shape(self.train_tokens)) != (N, m, m):
-            raise ValueError(f"train_tokens must be (N={N}, {m}, {m}), got {np.shape(self.train_tokens)}")
-        for name, tsv in self.train_tsv.items():
-            if tuple(np.shape(tsv)) != (N, m, m):
-                raise ValueError(f"train_tsv[{name!r}] must be (N={N}, {m}, {m}), got {np.shape(tsv)}")
-            if name in BASELINES:
-                raise ValueError(f"train_tsv key {name!r} clashes with a baseline source name")
-        if tuple(np.shape(self.gallery_tokens)) != (G, m, m):
-            raise ValueError(f"gallery_tokens must be (G={G}, {m}, {m}), got {np.shape(self.gallery_tokens)}")
-        shp = np.shape(self.gallery_images)
-        if len(shp) != 4 or shp[0] != G or shp[3] != 3 or shp[1] % m or shp[2] % m:
-            raise ValueError(f"gallery_images must be (G={G}, H, W, 3) uint8 with H, W multiples of m={m}, got {shp}")
-
-
-def browser_data(cfg, vqgm, extractors: dict) -> BrowserData:
-    """Build :class:`BrowserData` from the pipeline: train tokens and each extractor's train TSV
-    (``evaluation.get_tsv``, cached on disk), the test split's generated images as the gallery, and
-    ``token_image`` decoding a grid filled with one id (``lru_cache``: each id decoded once).
-
-    ``extractors`` maps arch → model (or anything with a ``.model``, as ``stages.get_extractors``
-    returns). Imports the pipeline lazily, so ``cortex_nb.widgets`` imports without a trained model.
-    """
-    from . import evaluation, stages
-    from .figures import to_uint8
-
-    train = stages.load_split(cfg, "train", vqgm)
-    test = stages.load_split(cfg, "test", vqgm)
-    if test.images is None:
-        raise ValueError(f"the test split at {test.path} stores no images: regenerate it (stages.generate_dataset)")
-    tsv = {}
-    for arch, f in extractors.items():
-        model = f if isinstance(f, torch.nn.Module) else getattr(f, "model", f)
-        tsv[arch] = np.asarray(evaluation.get_tsv(cfg, arch, model, vqgm, "train"))
-    m, C = int(vqgm.m), int(cfg.world.n_classes)
-
-    @lru_cache(maxsize=None)
-    def token_image(t: int) -> np.ndarray:
-        grid = torch.full((1, m, m), int(t), dtype=torch.long)
-        return to_uint8(vqgm.decode(grid))[0]                           # (H, W, 3) uint8
-
-    return BrowserData(class_names=list(stages.class_names(cfg))[:C], K=int(vqgm.K), m=m,
-                       train_tokens=np.asarray(train.tokens), train_labels=np.asarray(train.labels),
-                       train_tsv=tsv, gallery_tokens=np.asarray(test.tokens),
-                       gallery_labels=np.asarray(test.labels), gallery_images=np.asarray(test.images),
-                       token_image=token_image)
-
-
-# ---------------------------------------------------------------------- drawing
-def _png(fig: Figure) -> bytes:
-    """Render a Figure (Agg canvas, no pyplot) to PNG bytes."""
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    with matplotlib.rc_context(_RC):
-        fig.savefig(buf, format="png", dpi=_DPI)
-    return buf.getvalue()
-
-
-def _figure(w: float, h: float) -> Figure:
-    with matplotlib.rc_context(_RC):
-        return Figure(figsize=(w, h), dpi=_DPI)
-
-
-def _message_png(text: str, w: float = 5.0, h: float = 0.6) -> bytes:
-    fig = _figure(w, h)
-    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, color="#555555", wrap=True)
-    return _png(fig)
-
-
-@dataclass
-class _Ranking:
-    """One source at one n, every class: ids (C, k_max) best first (-1 padding), the value they
-    were ranked by (count or class-vs-rest score) and their count (C, k_max)."""
-    ids: np.ndarray
-    value: np.ndarray
-    freq: np.ndarray
 
 
 class TokenBrowser:
@@ -213,7 +107,7 @@ class TokenBrowser:
         self._gal_labels = np.asarray(data.gallery_labels).astype(np.int64)                     # (G,)
         self._gal_by_class = {c: np.flatnonzero(self._gal_labels == c) for c in range(C)}
         self.p = int(np.shape(data.gallery_images)[1]) // m                                     # patch side
-        self._rankings: dict[tuple[str, int | None], _Ranking] = {}
+        self._rankings: dict[tuple[str, int | None], Ranking] = {}
         self._usage: np.ndarray | None = None                                                   # (C, K)
         self._busy = False
         self._last_redraw = 0.0
@@ -278,29 +172,16 @@ class TokenBrowser:
             self._usage = token_class_usage(self._train_tokens, self._train_labels, self.C, self.K).numpy()
         return self._usage
 
-    def ranking(self, source: str, n: int | None) -> _Ranking:
+    def ranking(self, source: str, n: int | None) -> Ranking:
         """Every class's ranked ids for ``source`` (n is used for TSV sources only), to k_max; cached."""
         key = (source, n if source in self.data.train_tsv else None)
-        if key in self._rankings:
-            return self._rankings[key]
-        tok, lab, C, K, k = self._train_tokens, self._train_labels, self.C, self.K, self.k_max
-        if source in self.data.train_tsv:
-            a = np.asarray(self.data.train_tsv[source], dtype=np.float32)   # (N, m, m)
-            tsv = torch.from_numpy(a if a.flags.writeable else a.copy())      # a memmap is read-only
-            ids, cnt = concept_tokens(tok, lab, top_n_positions(tsv, n), C, K, k, return_counts=True)
-            value = freq = cnt.numpy()
-        elif source == "frequency":
-            ids, cnt = frequency_baseline(tok, lab, C, K, k, return_counts=True)
-            value = freq = cnt.numpy()
-        elif source == "class-vs-rest":
-            ids, score = class_vs_rest_baseline(tok, lab, C, K, k, return_scores=True)
-            value = score.numpy()
-            freq = np.take_along_axis(self.usage, ids.clamp(min=0).numpy(), 1) * (ids.numpy() >= 0)
-        else:
-            raise ValueError(f"unknown source {source!r}; one of {self.sources}")
-        r = _Ranking(ids.numpy(), value, np.asarray(freq))
-        self._rankings[key] = r
-        return r
+        if key not in self._rankings:
+            if source not in self.sources:
+                raise ValueError(f"unknown source {source!r}; one of {self.sources}")
+            self._rankings[key] = rank_concepts(self._train_tokens, self._train_labels, self.C, self.K, self.k_max,
+                                                source, tsv=self.data.train_tsv.get(source), n=n,
+                                                usage=lambda: self.usage)
+        return self._rankings[key]
 
     def gallery_matches(self, c: int, t: int) -> np.ndarray:
         """Indices of class-c gallery images holding id t, ascending."""
@@ -411,7 +292,7 @@ class TokenBrowser:
             render()
         except Exception as exc:   # noqa: BLE001
             self._report_error(name, exc)
-            getattr(self, name).value = _message_png(f"{name}: {type(exc).__name__} (see the error log below)")
+            getattr(self, name).value = message_png(f"{name}: {type(exc).__name__} (see the error log below)")
 
     def _refresh_concept(self) -> None:
         """Class / source / n / k changed: re-rank, refill the token list (top token selected)."""
@@ -449,9 +330,9 @@ class TokenBrowser:
         ids, value, _ = self._ranked()
         t, name = self.token, self.data.class_names[self.class_index]
         if len(ids) == 0:
-            self.ranking_view.value = _message_png(f"no concept tokens for class {name}")
+            self.ranking_view.value = message_png(f"no concept tokens for class {name}")
             return
-        fig = _figure(max(3.2, 0.9 + 0.13 * len(ids)), 2.3)
+        fig = panel_figure(max(3.2, 0.9 + 0.13 * len(ids)), 2.3)
         ax = fig.add_axes((0.13, 0.24, 0.85, 0.64))
         x = np.arange(len(ids))
         ax.bar(x, value, color=[_SELECTED if i == t else _OTHER for i in ids], width=0.8)
@@ -463,7 +344,7 @@ class TokenBrowser:
         ax.set_ylabel(what)
         n_txt = f" n={self.n_used}" if self.n_used is not None else ""
         ax.set_title(f"{name}: {self.source}{n_txt} k={int(self.k_slider.value)}", loc="left")
-        self.ranking_view.value = _png(fig)
+        self.ranking_view.value = png_bytes(fig)
 
     def _render_gallery(self) -> None:
         t, name = self.token, self.data.class_names[self.class_index]
@@ -474,14 +355,14 @@ class TokenBrowser:
                                      else f"class {name} has no concept tokens")
             if n_cls == 0:
                 self._gallery_message = f"the gallery holds no image of class {name}"
-            self.gallery_view.value = _message_png(self._gallery_message, w=6.0)
+            self.gallery_view.value = message_png(self._gallery_message, w=6.0)
             return
         self._gallery_message = None
         imgs = np.asarray(self.data.gallery_images)[shown]             # (b, H, W, 3)
         b, H, Wd = imgs.shape[:3]
         cols = min(b, 6, self.per_page)
         rows = -(-b // cols)
-        scale = 1.15 / max(H, Wd) * _DPI                               # screen pixels per image pixel
+        scale = 1.15 / max(H, Wd) * PANEL_DPI                          # screen pixels per image pixel
         scale = max(1, round(scale)) if scale >= 1 else scale          # integer upscaling keeps pixels square
         gap, band = max(1, H // 16), int(np.ceil(11 / scale))          # image pixels; band holds "#index"
         mosaic = np.full((rows * (H + band + gap) + gap, cols * (Wd + gap) + gap, 3), 255, np.uint8)
@@ -491,7 +372,7 @@ class TokenBrowser:
             mosaic[y:y + H, x:x + Wd] = imgs[j]
             rects += [Rectangle((x + x0 - 0.5, y + y0 - 0.5), w, h) for (x0, y0, w, h) in self.boxes(int(i), t)]
             labels.append((x, y, f"#{int(i)}"))
-        fig = _figure(mosaic.shape[1] * scale / _DPI, mosaic.shape[0] * scale / _DPI + 0.3)
+        fig = panel_figure(mosaic.shape[1] * scale / PANEL_DPI, mosaic.shape[0] * scale / PANEL_DPI + 0.3)
         ax = fig.add_axes((0, 0, 1, 1 - 0.3 / fig.get_figheight()))
         ax.imshow(mosaic, interpolation="nearest" if scale >= 1 else "antialiased")
         ax.add_collection(PatchCollection(rects, facecolor="none", edgecolor="red", linewidth=1.5))
@@ -502,34 +383,34 @@ class TokenBrowser:
         page = f", page {int(self.page_slider.value)}/{pages}" if pages > 1 else ""
         fig.text(0.005, 1 - 0.15 / fig.get_figheight(), f"{name}: token {t} in {len(hits)}/"
                  f"{len(self._gal_by_class[self.class_index])} gallery images{page}", va="center", fontsize=8)
-        self.gallery_view.value = _png(fig)
+        self.gallery_view.value = png_bytes(fig)
 
     def _render_token(self) -> None:
         t = self.token
         if t is None:
-            self.token_view.value = _message_png("no token selected", w=2.0)
+            self.token_view.value = message_png("no token selected", w=2.0)
             return
         img = np.asarray(self.data.token_image(t))
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"token_image({t}) must be uint8 (h, w, 3), got {img.dtype} {img.shape}")
-        fig = _figure(1.9, 2.1)
+        fig = panel_figure(1.9, 2.1)
         ax = fig.add_axes((0.04, 0.02, 0.92, 0.82))
         ax.imshow(img, interpolation="nearest")
         ax.set_axis_off()
         ax.set_title(f"token {t} alone")
-        self.token_view.value = _png(fig)
+        self.token_view.value = png_bytes(fig)
 
     def _render_usage(self) -> None:
         t, c = self.token, self.class_index
         if t is None:
-            self.usage_view.value = _message_png("no token selected", w=3.0)
+            self.usage_view.value = message_png("no token selected", w=3.0)
             return
         row = self.usage[:, t]                                          # (C,)
         cls = np.arange(self.C)
         if self.C > 40:                                                 # the 39 heaviest users + the class
             keep = np.argsort(-row, kind="stable")[:39]
             cls = np.sort(np.union1d(keep, [c]))
-        fig = _figure(max(3.0, 0.9 + 0.14 * len(cls)), 2.5)
+        fig = panel_figure(max(3.0, 0.9 + 0.14 * len(cls)), 2.5)
         ax = fig.add_axes((0.15, 0.32, 0.82, 0.5))
         x = np.arange(len(cls))
         ax.bar(x, row[cls], color=[_SELECTED if i == c else _OTHER for i in cls], width=0.8)
@@ -541,7 +422,7 @@ class TokenBrowser:
         share = f"{row[c] / total:.0%}" if total else "0%"
         ax.set_title(f"token {t} by class (train)\n{share} of its {total} uses: {self.data.class_names[c]}",
                      loc="left")
-        self.usage_view.value = _png(fig)
+        self.usage_view.value = png_bytes(fig)
 
     # ------------------------------------------------------------------ status / static copy
     def _status_text(self) -> str:
@@ -565,25 +446,6 @@ class TokenBrowser:
     def snapshot(self) -> bytes:
         """One static PNG of the current views (ranking, token, usage above; gallery below), for a
         notebook to display beside the widget, whose state executed notebooks do not keep."""
-        from PIL import Image
-
-        def load(b: bytes) -> np.ndarray:
-            return np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
-
-        top = [load(v.value) for v in (self.token_view, self.ranking_view, self.usage_view) if v.value]
-        bottom = [load(self.gallery_view.value)] if self.gallery_view.value else []
-        rows = []
-        for parts in (top, bottom):
-            if not parts:
-                continue
-            h = max(p.shape[0] for p in parts)
-            rows.append(np.concatenate([np.pad(p, ((0, h - p.shape[0]), (0, 8), (0, 0)), constant_values=255)
-                                        for p in parts], axis=1))
-        if not rows:
-            return _message_png("nothing rendered")
-        w = max(r.shape[1] for r in rows)
-        canvas = np.concatenate([np.pad(r, ((0, 8), (0, w - r.shape[1]), (0, 0)), constant_values=255)
-                                 for r in rows], axis=0)
-        buf = io.BytesIO()
-        Image.fromarray(canvas).save(buf, format="PNG")
-        return buf.getvalue()
+        top = [v.value for v in (self.token_view, self.ranking_view, self.usage_view) if v.value]
+        bottom = [self.gallery_view.value] if self.gallery_view.value else []
+        return stack_pngs([top, bottom]) or message_png("nothing rendered")

@@ -83,3 +83,66 @@ def test_module_runs_as_a_program_and_fails_cleanly(tmp_path):
     assert out.stderr.startswith("error: profile 'smoke': saliency.fill = 'pink' is not allowed; expected one of "
                                  "black, mean, blur")
     assert "Traceback" not in out.stderr
+
+
+# --------------------------------------------------------------------------------------
+# the section commands run headless, on a tiny untrained taming VQGM (no toy training)
+# --------------------------------------------------------------------------------------
+
+TINY = ["threads=1", "device=cpu", "progress=false", "data.n_train=2", "data.n_val=1", "data.n_test=1",
+        "data.shard_size=8", "data.batch_size=512", "extractors.width=8", "extractors.epochs=1",
+        "extractors.batch_size=16", "evaluators.names=[vit_p4]", "evaluators.n_train=32", "evaluators.n_val=16",
+        "evaluators.fit.max_steps_per_epoch=1", "saliency.chunk=8", "saliency.n_samples=2",
+        "saliency.random_seeds=1", "optimization.steps=2", "optimization.record_every=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_vqgm(tmp_path_factory):
+    """(config.yaml, model.ckpt) of an untrained class-conditional VQGM: 10 classes, 32 px, 8 x 8 tokens."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from cortex_nb.taming_ckpt import save_taming_checkpoint
+    from cortex_nb.taming_config import build_from_config, tiny_cin_config
+
+    d = tmp_path_factory.mktemp("tiny-vqgm")
+    config = tiny_cin_config(n_classes=10, resolution=32, ch_mult=(1, 2, 2))
+    torch.manual_seed(0)
+    save_taming_checkpoint(build_from_config(config), d / "model.ckpt", epoch=0, global_step=0)
+    OmegaConf.save(config, d / "config.yaml")
+    return d / "config.yaml", d / "model.ckpt"
+
+
+def test_help_lists_every_section_command():
+    from cortex_nb.__main__ import SECTIONS, STAGES, parser
+
+    text = parser().format_help()
+    assert set(SECTIONS) | {"vqgm", "evaluators", "tsv", "all"} == set(STAGES)
+    for command in STAGES:
+        assert f"\n  {command} " in text, command
+
+
+def test_fig3_table2_table3_run_headless_and_write_their_outputs(results, tiny_vqgm, capsys):
+    """The sections of notebooks 03-05 from the command line: every table and figure written,
+    the resolved profile beside them, the tables printed."""
+    config, ckpt = tiny_vqgm
+    sets = [a for s in [*TINY, "vqgm.source=taming", f"vqgm.config={config}", f"vqgm.ckpt={ckpt}"]
+            for a in ("--set", s)]
+    for command in ("fig3", "table2", "table3"):
+        assert main([command, "--profile", "smoke", *sets]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    tables, figures = results / "results" / "smoke" / "tables", results / "figures" / "smoke"
+    for name in ("fig3_image_level", "fig3_image_level_token_ids_mode", "table2_concept_level",
+                 "table3_optimization", "table3_optimization_all"):
+        assert all((tables / f"{name}.{ext}").stat().st_size > 0 for ext in ("csv", "md", "tex")), name
+    for name in ("fig3_image_level", "fig3_image_level_token_ids_mode", "fig2_token_visualisation",
+                 "fig5_token_visualisation", "fig4_editing", "fig6_pairs"):
+        assert (figures / f"{name}.png").read_bytes().startswith(b"\x89PNG"), name
+    assert not (tables / "localisation.csv").exists()                   # toy world only
+    assert "fig3 (smoke): fig3: 1 table, 4 figures; 1 process" in out
+    assert "table2 (smoke): table2: 1 table, 0 figures" in out and "table2_concept_level:" in out
+    assert "table3 (smoke): table3: 3 tables, 2 figures" in out and "ViT-p4" in out  # + the saliency region
+    import yaml
+
+    written = yaml.safe_load((results / "results" / "smoke" / "profile.yaml").read_text())
+    assert written["profile"]["optimization"]["steps"] == 2 and "cpu_capability" in written["run"]

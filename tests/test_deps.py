@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import cortex_nb.masking  # noqa: F401  (the fake sys.modules below uses it)
+import cortex_nb.pipeline.keys  # noqa: F401  (a subpackage's module)
 from cortex_nb import deps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,12 +18,13 @@ def test_loaded_module_files_keeps_only_package_modules():
     fake = {
         "cortex_nb": sys.modules["cortex_nb"],
         "cortex_nb.masking": sys.modules["cortex_nb.masking"],
-        "cortex_nbx": types.SimpleNamespace(__file__=str(ROOT / "cortex_nb" / "stages.py")),  # not the package
+        "cortex_nb.pipeline.keys": sys.modules["cortex_nb.pipeline.keys"],
+        "cortex_nbx": types.SimpleNamespace(__file__=str(ROOT / "cortex_nb" / "figures.py")),  # not the package
         "numpy": sys.modules["numpy"],
         "cortex_nb.builtin_like": types.SimpleNamespace(),                                    # no __file__
     }
     got = [p.relative_to(ROOT).as_posix() for p in deps.loaded_module_files(fake)]
-    assert got == ["cortex_nb/__init__.py", "cortex_nb/masking.py"]
+    assert got == ["cortex_nb/__init__.py", "cortex_nb/masking.py", "cortex_nb/pipeline/keys.py"]
 
 
 def test_make_rule_lists_files_and_guards_deleted_ones():
@@ -37,16 +39,29 @@ def _run(code: str, env: dict) -> subprocess.CompletedProcess:
 
 
 def test_a_process_records_the_modules_it_imported(tmp_path):
+    """The pipeline's setup (every section calls it) registers the hook, once; the rule lists the
+    modules the process imported by its exit, the pipeline's included."""
     out = tmp_path / "deps" / "03.mk"
-    r = _run("import cortex_nb.masking", {deps.ENV: f"{out}:results/x/executed/03.ipynb"})
+    code = ("import cortex_nb.masking; from cortex_nb import load_profile, setup; "
+            "cfg = load_profile('smoke'); setup(cfg); setup(cfg)")
+    r = _run(code, {deps.ENV: f"{out}:results/x/executed/03.ipynb", "CORTEX_RESULTS": str(tmp_path / "res")})
     assert r.returncode == 0, r.stderr
     first, *rest = out.read_text().splitlines()
     target, files = first.split(": ")
     assert target == "results/x/executed/03.ipynb"
     files = files.split()
-    assert {"cortex_nb/__init__.py", "cortex_nb/masking.py", "cortex_nb/saliency.py"} <= set(files)
+    assert {"cortex_nb/__init__.py", "cortex_nb/masking.py", "cortex_nb/saliency.py",
+            "cortex_nb/pipeline/run.py"} <= set(files)
     assert "cortex_nb/widgets.py" not in files          # never imported by that process
-    assert rest == [f"{f}:" for f in files]
+    assert len(files) == len(set(files)) and rest == [f"{f}:" for f in files]
+
+
+def test_importing_the_package_registers_nothing(tmp_path):
+    """No side effects at import: without a section (setup) no rule is written."""
+    out = tmp_path / "deps" / "00.mk"
+    r = _run("import cortex_nb, cortex_nb.masking", {deps.ENV: f"{out}:results/x/executed/00.ipynb"})
+    assert r.returncode == 0, r.stderr
+    assert not out.exists()
 
 
 def test_without_the_variable_nothing_is_registered(monkeypatch):
@@ -99,7 +114,7 @@ def _sandbox(parent: Path, name: str) -> Path:
     (root / "notebooks").mkdir(parents=True)
     (root / "notebooks" / "00_x.ipynb").write_text("{}")
     (root / "cortex_nb" / "profiles").mkdir(parents=True)
-    for profile in ("toy", "imagenet"):
+    for profile in ("_base", "toy", "imagenet"):                      # _base.yaml: every stage's prerequisite
         (root / "cortex_nb" / "profiles" / f"{profile}.yaml").write_text(f"name: {profile}\n")
     (root / "Makefile").write_bytes((ROOT / "Makefile").read_bytes())
     (root / "pyproject.toml").write_text("")

@@ -1,5 +1,5 @@
-"""Tests of cortex_nb.evaluators (section 4.1's classifiers): preprocessing, offline loading,
-probabilities, toy stand-ins, save/load."""
+"""Tests of cortex_nb.evaluators and cortex_nb.toy_evaluators (section 4.1's classifiers):
+preprocessing, offline loading, probabilities, toy stand-ins, save/load."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import torchvision.transforms as T
 from PIL import Image
 
 from cortex_nb import evaluators as E
+from cortex_nb import toy_evaluators as TE
 from cortex_nb.errors import UserError
-from cortex_nb.vqgm import CheckpointError
+from cortex_nb.errors import CheckpointError
 from cortex_nb.train import FitConfig
 
 # one grey level after normalisation (PIL rounds its resized uint8 image; we resize in float)
@@ -149,7 +150,7 @@ def test_fake_weights_load_offline(tmp_path, empty_hub, no_network):
 
 def _toy(name="resnet18", **kw):
     torch.manual_seed(0)
-    return E.build_toy_evaluator(name, **kw).eval()
+    return TE.build_toy_evaluator(name, **kw).eval()
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vit_p8"])
@@ -188,13 +189,13 @@ def test_toy_architectures_are_torchvision_and_vit_patch_ratio():
     assert (v4.patch_size, v8.patch_size) == (4, 8)  # 16:32 like ViT-B/16 vs ViT-B/32
     assert v4.seq_length == 1 + 64 and v8.seq_length == 1 + 16
     with pytest.raises(ValueError, match="unknown toy evaluator"):
-        E.build_toy_evaluator("alexnet")
+        TE.build_toy_evaluator("alexnet")
 
 
 def test_toy_augment_is_a_flip_and_a_replicate_shift():
     x = torch.randn(6, 3, 8, 8)
     k = 2
-    out = E.toy_augment(max_shift=k, flip=True)(x)
+    out = TE.toy_augment(max_shift=k, flip=True)(x)
     padded = F.pad(x, (k, k, k, k), mode="replicate")
     for i in range(len(x)):
         candidates = [
@@ -210,20 +211,20 @@ def test_toy_augment_is_a_flip_and_a_replicate_shift():
         ]
         assert any(torch.equal(out[i], c) for c in candidates), i
     # no flip, no shift: identity
-    torch.testing.assert_close(E.toy_augment(max_shift=0, flip=False)(x), x)
+    torch.testing.assert_close(TE.toy_augment(max_shift=0, flip=False)(x), x)
 
 
 def test_save_load_roundtrip_weights_only(tmp_path):
     ev = _toy("vit_p4", mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
-    path = E.save_evaluator(ev, tmp_path / "ev.pt")
+    path = TE.save_evaluator(ev, tmp_path / "ev.pt")
     blob = torch.load(path, weights_only=True)
     assert blob["spec"]["name"] == "vit_p4"
-    back = E.load_evaluator(path)
+    back = TE.load_evaluator(path)
     x = torch.rand(3, 3, 32, 32) * 2 - 1
     torch.testing.assert_close(back.predict_proba(x), ev.predict_proba(x))
     assert back.spec["mean"] == pytest.approx([0.4, 0.5, 0.6])
     with pytest.raises(FileNotFoundError, match="nothere.pt"):
-        E.load_evaluator(tmp_path / "nothere.pt")
+        TE.load_evaluator(tmp_path / "nothere.pt")
 
 
 def _shapes(n, seed):
@@ -241,7 +242,7 @@ def _shapes(n, seed):
 def test_train_toy_evaluators_trains_saves_and_resumes(tmp_path):
     train, val = _shapes(64, 0), _shapes(32, 1)
     cfg = FitConfig(epochs=1, batch_size=16, progress=False, seed=3)
-    out = E.train_toy_evaluators(
+    out = TE.train_toy_evaluators(
         train, val, names=["vit_p8"], fit_cfg=cfg, ckpt_dir=tmp_path, augment=lambda x: x
     )
     ev, res = out["vit_p8"]
@@ -251,11 +252,11 @@ def test_train_toy_evaluators_trains_saves_and_resumes(tmp_path):
     np.testing.assert_allclose(ev.spec["mean"], unit.mean((0, 1, 2)).numpy(), atol=1e-5)
     np.testing.assert_allclose(ev.spec["std"], unit.std((0, 1, 2), unbiased=False).numpy(), atol=1e-5)
     # the validation accuracy fit reports is the saved evaluator's accuracy on val
-    loaded = E.load_evaluator(tmp_path / "vit_p8.pt")
+    loaded = TE.load_evaluator(tmp_path / "vit_p8.pt")
     acc = (loaded.predict_proba(val[0]).argmax(1) == val[1]).float().mean().item()
     assert acc == pytest.approx(res.best_val_acc)
     # a finished run is loaded, not retrained
-    again = E.train_toy_evaluators(
+    again = TE.train_toy_evaluators(
         train, val, names=["vit_p8"], fit_cfg=cfg, ckpt_dir=tmp_path,
         augment=lambda x: (_ for _ in ()).throw(AssertionError("retrained")),
     )
@@ -294,7 +295,7 @@ def test_save_evaluator_writes_sidecar_atomically(tmp_path, monkeypatch):
     ev = _toy("vit_p8")
     old = os.umask(0o022)
     try:
-        path = E.save_evaluator(ev, tmp_path / "ev.pt")
+        path = TE.save_evaluator(ev, tmp_path / "ev.pt")
     finally:
         os.umask(old)
     side = tmp_path / "ev.pt.sha256"
@@ -307,7 +308,7 @@ def test_save_evaluator_writes_sidecar_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(OSError, match="disk full"):
-        E.save_evaluator(_toy("vit_p4"), path)
+        TE.save_evaluator(_toy("vit_p4"), path)
     assert path.read_bytes() == first and side.read_text() == first_sum
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ev.pt", "ev.pt.sha256"]
 
@@ -316,19 +317,19 @@ def test_damaged_evaluator_file_is_refused(tmp_path):
     import hashlib
 
     ev = _toy("resnet18")
-    path = E.save_evaluator(ev, tmp_path / "resnet18.pt")
+    path = TE.save_evaluator(ev, tmp_path / "resnet18.pt")
     recorded = (tmp_path / "resnet18.pt.sha256").read_text().strip()
     member = _flip_bytes_in_tensor(path, ev.model.state_dict()["layer4.1.conv2.weight"])
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
     # with its sidecar: the SHA-256 check names both digests
     with pytest.raises(CheckpointError) as err:
-        E.load_evaluator(path)
+        TE.load_evaluator(path)
     assert recorded in err.value.message and actual in err.value.message
     assert f"delete {path} (and {path}.sha256)" in err.value.fix
     # without (a file from elsewhere): the zip CRC check names the damaged member
     (tmp_path / "resnet18.pt.sha256").unlink()
     with pytest.raises(CheckpointError) as err:
-        E.load_evaluator(path)
+        TE.load_evaluator(path)
     assert str(path) in err.value.message and repr(member) in err.value.message
     assert err.value.fix.startswith(f"the file is damaged (truncated or altered): delete {path}")
     assert "rerun the evaluators stage" in err.value.fix
@@ -350,5 +351,5 @@ def test_damaged_torchvision_weights_unhashed_fail_the_crc(tmp_path, empty_hub, 
 
 def test_missing_evaluator_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="nothere.pt") as err:
-        E.load_evaluator(tmp_path / "nothere.pt")
+        TE.load_evaluator(tmp_path / "nothere.pt")
     assert isinstance(err.value, FileNotFoundError) and "train" in err.value.fix

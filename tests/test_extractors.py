@@ -51,8 +51,10 @@ def test_embeddings_from_stored_tokens_equal_the_vqgms_own_lookup(tmp_path):
     token-based embedding E: its quantizer's lookup (taming's get_codebook_entry) and vqgm.embed."""
     import numpy as np
 
-    from cortex_nb.stages import embed_fn
-    from cortex_nb.vqgm import build_from_config, load_vqgm, save_taming_checkpoint, tiny_cin_config
+    from cortex_nb.pipeline.run import embed_fn
+    from cortex_nb.taming_ckpt import save_taming_checkpoint
+    from cortex_nb.taming_config import build_from_config, tiny_cin_config
+    from cortex_nb.vqgm import load_vqgm
 
     cfg = tiny_cin_config(n_embed=64, embed_dim=8)
     model = build_from_config(cfg)

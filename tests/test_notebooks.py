@@ -33,3 +33,33 @@ def test_logic_lives_in_the_package(path):
             tree = ast.parse("".join(c["source"]))
             defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
             assert not defs, f"move {defs[0].name} into cortex_nb"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_import_only_the_curated_api(path):
+    """``from cortex_nb import name`` with every name in cortex_nb.__all__; no submodule imports."""
+    import cortex_nb
+
+    nb = json.loads(path.read_text())
+    names = []
+    for c in nb["cells"]:
+        if c["cell_type"] != "code":
+            continue
+        for node in ast.walk(ast.parse("".join(c["source"]))):
+            if isinstance(node, ast.Import):
+                assert not [a.name for a in node.names if a.name.startswith("cortex_nb")], "from cortex_nb import ..."
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cortex_nb"):
+                assert node.module == "cortex_nb", f"import from cortex_nb, not {node.module}"
+                names += [a.name for a in node.names]
+    assert names and set(names) <= set(cortex_nb.__all__), set(names) - set(cortex_nb.__all__)
+
+
+def test_importing_the_package_imports_no_pipeline_module():
+    """The curated names of the pipeline are imported on first use: `import cortex_nb` has no side
+    effects and make's per-notebook module lists stay exact (cortex_nb.deps)."""
+    import subprocess
+    import sys
+
+    code = "import sys, cortex_nb; print(' '.join(m for m in sys.modules if m.startswith('cortex_nb')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert not [m for m in loaded if m.startswith("cortex_nb.pipeline") or m == "cortex_nb.widgets"], loaded

@@ -1,4 +1,4 @@
-"""cortex_nb.reference (the authors' algorithms, kept for the benchmarks) against independent
+"""benchmarks/reference.py (the authors' algorithms, kept for the benchmarks) against independent
 computations, and benchmarks/report.py on hand-made result files. No timings are asserted here."""
 import json
 import subprocess
@@ -10,13 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from cortex_nb.evaluators import Evaluator, build_toy_evaluator, imagenet_spec
+from cortex_nb.evaluators import Evaluator, imagenet_spec
 from cortex_nb.masking import evaluate_masked, mask_images, mask_random
-from cortex_nb.reference import evaluate_masked_reference, mask_image_pil, sample_uncached, tsv_reference
 from cortex_nb.saliency import TokenSaliency
+from cortex_nb.toy_evaluators import build_toy_evaluator
 from test_saliency import make, rel_err, slow_reference   # the scripts' loop written as a test oracle
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "benchmarks") not in sys.path:  # benchmark-only modules, importable as `python benchmarks/x.py` sees them
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+from reference import evaluate_masked_reference, mask_image_pil, sample_uncached, tsv_reference  # noqa: E402
 
 
 # ---------------------------------------------------------------------- TSV
@@ -114,7 +117,8 @@ def test_per_image_pil_evaluation_with_a_resize():
 
 # ---------------------------------------------------------------------- uncached sampling
 def test_sample_uncached_is_greedy_and_equals_the_kv_cached_sampler():
-    from cortex_nb.vqgm import VQGM, build_from_config, tiny_cin_config
+    from cortex_nb.taming_config import build_from_config, tiny_cin_config
+    from cortex_nb.vqgm import VQGM
 
     vq = VQGM(build_from_config(tiny_cin_config(n_layer=2)))
     g = torch.Generator().manual_seed(0)

@@ -1,7 +1,10 @@
-"""cortex_nb.scale: FLOP and traffic counting against independent computations, disk arithmetic
-against bytes really written, and the estimate's internal consistency. No timings are asserted."""
+"""benchmarks/scale.py (the paper-scale estimate): FLOP and traffic counting against independent
+computations, disk arithmetic against bytes really written, and the estimate's internal
+consistency. No timings are asserted."""
 import io
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,11 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from cortex_nb import scale as S
 from cortex_nb.extractors import ExtractorConfig, build_extractor
 from cortex_nb.saliency import TokenSaliency
 from cortex_nb.store import TokenStore, chunked_array
-from cortex_nb.vqgm import import_taming
+from cortex_nb.taming_compat import import_taming
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+if str(BENCHMARKS) not in sys.path:  # benchmark-only modules, importable as `python benchmarks/x.py` sees them
+    sys.path.insert(0, str(BENCHMARKS))
+import scale as S  # noqa: E402  (benchmarks/scale.py)
 
 SMALL_GPT = dict(n_layer=2, n_embd=32, n_head=4, vocab_size=50, block_size=17)
 
@@ -327,9 +334,8 @@ def test_benchmark_quick_smoke(tmp_path, monkeypatch):
     """benchmarks/paper_scale.py --quick runs end to end and writes its JSON and Markdown."""
     import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_scale.py"
+    path = BENCHMARKS / "paper_scale.py"
     monkeypatch.syspath_prepend(str(path.parent))   # as `python benchmarks/paper_scale.py`: _common importable
     spec = importlib.util.spec_from_file_location("paper_scale_bench", path)
     bench = importlib.util.module_from_spec(spec)

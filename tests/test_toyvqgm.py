@@ -1,9 +1,10 @@
-"""Tests for cortex_nb.toyvqgm: the toy VQGM trained here (PAPER.md §2.1, §4.1.1).
+"""Tests for the toy VQGM trained here (PAPER.md §2.1, §4.1.1): cortex_nb.toyvqgm (build and
+cache), toy_tokenizer, toy_prior.
 
 Tiny configs, few steps: these check behaviour, not quality (the quality gate -- a classifier
 recognising reconstructions -- is measured outside the test suite, see the module docstring).
 Oracles: taming's own ``Net2NetTransformer.forward`` for the prior's logits, the official config
-layout as ``cortex_nb.vqgm.tiny_cin_config`` reproduces it, hand-computed usage statistics, an
+layout as ``cortex_nb.taming_config.tiny_cin_config`` reproduces it, hand-computed usage statistics, an
 uninterrupted run for resume, and the project's general loader ``load_vqgm`` for the saved model.
 """
 
@@ -19,12 +20,19 @@ from omegaconf import OmegaConf
 
 from cortex_nb import toyvqgm as V
 from cortex_nb import toyworld
-from cortex_nb.vqgm import build_from_config, load_vqgm, save_taming_checkpoint, tiny_cin_config
+from cortex_nb.config import load_profile
+from cortex_nb.taming_ckpt import save_taming_checkpoint
+from cortex_nb.taming_config import build_from_config, tiny_cin_config
+from cortex_nb.toy_prior import PriorConfig, prior_logits, train_prior
+from cortex_nb.toy_tokenizer import (TokenizerConfig, build_tokenizer, codebook_usage, encode_images,
+                                     restart_dead_codes, train_tokenizer)
+from cortex_nb.toy_training import config_dict
+from cortex_nb.vqgm import load_vqgm
 
-TOK = V.TokenizerConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=32, embed_dim=16,
+TOK = TokenizerConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=32, embed_dim=16,
                         n_embed=32, steps=4, batch_size=8, warmup=2, restart_every=2,
                         ckpt_every=2, log_every=1)
-PRIOR = V.PriorConfig(n_layer=1, n_head=2, n_embd=32, n_train=64, steps=4, batch_size=16,
+PRIOR = PriorConfig(n_layer=1, n_head=2, n_embd=32, n_train=64, steps=4, batch_size=16,
                       warmup=2, ckpt_every=2, log_every=1)
 N_CLASSES = 4
 
@@ -68,23 +76,46 @@ def test_config_has_the_official_cin_structure():
     assert "ckpt_path" not in p and "ckpt_path" not in p.first_stage_config.params
 
 
-@pytest.mark.parametrize("tok, prior", [(V.TokenizerConfig(), V.PriorConfig()),
-                                        (V.SMOKE_TOKENIZER, V.SMOKE_PRIOR)], ids=["toy", "smoke"])
-def test_profile_configs_build_an_8x8_model(tok, prior):
+def _profile_configs(name: str) -> tuple[TokenizerConfig, PriorConfig]:
+    vqgm = load_profile(name).vqgm
+    return (TokenizerConfig(**OmegaConf.to_container(vqgm.tokenizer, resolve=True)),
+            PriorConfig(**OmegaConf.to_container(vqgm.prior, resolve=True)))
+
+
+@pytest.mark.parametrize("profile", ["toy", "smoke"])
+def test_profile_configs_build_an_8x8_model(profile):
+    tok, prior = _profile_configs(profile)
     model = build_from_config(V.toy_cin_config(tok, prior))
     assert tok.grid == 8
     assert model.first_stage_model.quantize.embedding.weight.shape == (tok.n_embed, tok.embed_dim)
     assert model.transformer.get_block_size() == 8 * 8 + 1
     x = torch.zeros(1, 3, 32, 32)
     with torch.no_grad():
-        assert V.encode_images(model.first_stage_model, x).shape == (1, 8, 8)
+        assert encode_images(model.first_stage_model, x).shape == (1, 8, 8)
+
+
+@pytest.mark.parametrize("cls, section", [(TokenizerConfig, "tokenizer"), (PriorConfig, "prior")])
+def test_dataclass_defaults_are_the_toy_profile_and_profiles_set_every_field(cls, section):
+    """Defaults live once: the dataclass defaults equal the toy profile's values, and the toy-model
+    profiles set every field (so a default never decides a profile-driven run)."""
+    toy = OmegaConf.to_container(load_profile("toy").vqgm[section], resolve=True)
+    assert config_dict(cls()) == toy
+    for name in ("toy", "smoke"):
+        assert set(load_profile(name).vqgm[section]) == {f.name for f in dataclasses.fields(cls)}
+
+
+def test_cache_key_is_unchanged(built):
+    """The settings hash that finds an existing toy VQGM cache (build.json) must not drift: a
+    changed key silently retrains. Bump RECIPE_VERSION (and this value) only on purpose."""
+    _, res = built
+    assert res["report"]["hash"] == "361ce2ca97582a0e"
 
 
 def test_config_rejects_bad_channels_and_classes():
     with pytest.raises(ValueError, match="GroupNorm"):
-        V.TokenizerConfig(ch=48)
+        TokenizerConfig(ch=48)
     with pytest.raises(ValueError, match="n_classes"):
-        V.toy_cin_config(V.TokenizerConfig(n_embed=8), PRIOR, n_classes=10)
+        V.toy_cin_config(TokenizerConfig(n_embed=8), PRIOR, n_classes=10)
 
 
 # ---- small pieces ---------------------------------------------------------------------------
@@ -92,14 +123,14 @@ def test_config_rejects_bad_channels_and_classes():
 
 def test_codebook_usage_hand_computed():
     tokens = torch.tensor([[[0, 0], [1, 3]]])               # counts 2, 1, 0, 1, 0
-    u = V.codebook_usage(tokens, K=5)
+    u = codebook_usage(tokens, K=5)
     assert u["usage_hist"].tolist() == [2, 1, 0, 1, 0]
     assert (u["used"], u["dead"]) == (3, 2)
     p = [0.5, 0.25, 0.25]
     assert u["perplexity"] == pytest.approx(math.exp(-sum(q * math.log(q) for q in p)))
-    assert V.codebook_usage(torch.arange(7), K=7)["perplexity"] == pytest.approx(7.0)
+    assert codebook_usage(torch.arange(7), K=7)["perplexity"] == pytest.approx(7.0)
     with pytest.raises(ValueError):
-        V.codebook_usage(torch.tensor([5]), K=5)
+        codebook_usage(torch.tensor([5]), K=5)
 
 
 def test_restart_dead_codes_moves_only_unused_codes_onto_encoder_outputs():
@@ -108,7 +139,7 @@ def test_restart_dead_codes_moves_only_unused_codes_onto_encoder_outputs():
     before = codebook.clone()
     counts = torch.tensor([4, 0, 2, 0, 0, 1, 7, 0])
     z = torch.randn(20, 3, generator=g) + 10.0                # far from every code
-    dead = V.restart_dead_codes(codebook, counts, z, torch.Generator().manual_seed(1))
+    dead = restart_dead_codes(codebook, counts, z, torch.Generator().manual_seed(1))
     assert sorted(dead.tolist()) == [1, 3, 4, 7]
     used = counts > 0
     assert torch.equal(codebook[used], before[used])         # used codes untouched
@@ -118,7 +149,7 @@ def test_restart_dead_codes_moves_only_unused_codes_onto_encoder_outputs():
     assert len(set(rows)) == len(rows)                        # distinct outputs while N allows
     # nothing dead: nothing changes
     again = codebook.clone()
-    assert V.restart_dead_codes(codebook, torch.ones(8), z).numel() == 0
+    assert restart_dead_codes(codebook, torch.ones(8), z).numel() == 0
     assert torch.equal(codebook, again)
 
 
@@ -130,8 +161,8 @@ def test_prior_logits_match_net2net_forward():
     x, c = toyworld.to_tensor(b.images), torch.as_tensor(b.labels)
     with torch.no_grad():
         ref_logits, ref_target = model(x, c)
-        tokens = V.encode_images(model.first_stage_model, x)
-        logits, target = V.prior_logits(model.transformer, tokens, c)
+        tokens = encode_images(model.first_stage_model, x)
+        logits, target = prior_logits(model.transformer, tokens, c)
     assert torch.equal(target, ref_target)
     torch.testing.assert_close(logits, ref_logits, rtol=0, atol=0)
 
@@ -145,11 +176,11 @@ def test_saved_model_loads_and_encodes_like_the_trained_tokenizer(built):
     vq = load_vqgm(res["config"], res["ckpt"])
     assert (vq.K, vq.d, vq.m, vq.n_classes) == (TOK.n_embed, TOK.embed_dim, TOK.grid, N_CLASSES)
     # the finished training checkpoint gives back the in-memory tokenizer (no retraining)
-    tokenizer, stats = V.train_tokenizer(TOK, seed=0, ckpt_dir=out / "train", progress=False,
+    tokenizer, stats = train_tokenizer(TOK, seed=0, ckpt_dir=out / "train", progress=False,
                                          n_classes=N_CLASSES)
     assert stats["steps"] == TOK.steps
     x = toyworld.to_tensor(toyworld.sample(16, seed=123, n_classes=N_CLASSES).images)
-    assert torch.equal(vq.encode(x), V.encode_images(tokenizer, x))
+    assert torch.equal(vq.encode(x), encode_images(tokenizer, x))
     torch.testing.assert_close(vq.codebook, tokenizer.quantize.embedding.weight.detach(),
                                rtol=0, atol=0)
     report = json.loads((out / "report.json").read_text())
@@ -186,21 +217,21 @@ def test_cache_hit_does_not_retrain(built, monkeypatch):
 def test_prior_memorises_and_loaded_vqgm_samples_it_greedily(tmp_path):
     """One fixed sequence per class: loss falls, and the loaded VQGM's taming sampler with
     top_k=1 reproduces each class's sequence."""
-    tok = V.TokenizerConfig(ch=32, ch_mult=(1, 2, 2), z_channels=32, embed_dim=16, n_embed=32)
+    tok = TokenizerConfig(ch=32, ch_mult=(1, 2, 2), z_channels=32, embed_dim=16, n_embed=32)
     m, K, n_cls = tok.grid, tok.n_embed, 3
     g = torch.Generator().manual_seed(0)
     seqs = torch.randint(K, (n_cls, m, m), generator=g)
     labels = torch.arange(n_cls).repeat(32)
     tokens = seqs[labels]
-    prior = V.PriorConfig(n_layer=2, n_head=2, n_embd=64, steps=150, batch_size=48, lr=3e-3,
+    prior = PriorConfig(n_layer=2, n_head=2, n_embd=64, steps=150, batch_size=48, lr=3e-3,
                           warmup=10, ckpt_every=1000, log_every=10)
-    gpt, stats = V.train_prior(prior, tokens, labels, K=K, n_classes=n_cls, seed=0,
+    gpt, stats = train_prior(prior, tokens, labels, K=K, n_classes=n_cls, seed=0,
                                ckpt_dir=tmp_path / "train", progress=False)
     losses = [h["loss"] for h in stats["history"]]
     assert losses[-1] < 0.05 < losses[0]
 
     model = build_from_config(V.toy_cin_config(tok, prior, n_classes=n_cls))
-    model.first_stage_model.load_state_dict(V.build_tokenizer(tok).state_dict(), strict=True)
+    model.first_stage_model.load_state_dict(build_tokenizer(tok).state_dict(), strict=True)
     model.transformer.load_state_dict(gpt.state_dict(), strict=True)
     OmegaConf.save(V.toy_cin_config(tok, prior, n_classes=n_cls), tmp_path / "config.yaml")
     save_taming_checkpoint(model, tmp_path / "model.ckpt")
@@ -226,12 +257,12 @@ def _stop_at(k):
 
 def test_tokenizer_resume_equals_uninterrupted(tmp_path):
     tok = dataclasses.replace(TOK, steps=6, ckpt_every=2)
-    ref, _ = V.train_tokenizer(tok, seed=3, ckpt_dir=tmp_path / "a", progress=False)
+    ref, _ = train_tokenizer(tok, seed=3, ckpt_dir=tmp_path / "a", progress=False)
     with pytest.raises(_Interrupt):   # killed after step 5: the checkpoint holds step 4
-        V.train_tokenizer(tok, seed=3, ckpt_dir=tmp_path / "b", progress=False,
+        train_tokenizer(tok, seed=3, ckpt_dir=tmp_path / "b", progress=False,
                           callback=_stop_at(5))
     assert torch.load(tmp_path / "b" / "tokenizer.pt", weights_only=True)["step"] == 4
-    resumed, stats = V.train_tokenizer(tok, seed=3, ckpt_dir=tmp_path / "b", progress=False)
+    resumed, stats = train_tokenizer(tok, seed=3, ckpt_dir=tmp_path / "b", progress=False)
     assert stats["steps"] == 6
     for (k, a), (_, b) in zip(ref.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=k)
@@ -243,10 +274,10 @@ def test_prior_resume_equals_uninterrupted(tmp_path):
     tokens = torch.randint(TOK.n_embed, (40, TOK.grid, TOK.grid), generator=g)
     labels = torch.arange(40) % N_CLASSES
     kw = dict(K=TOK.n_embed, n_classes=N_CLASSES, seed=1, progress=False)
-    ref, _ = V.train_prior(prior, tokens, labels, ckpt_dir=tmp_path / "a", **kw)
+    ref, _ = train_prior(prior, tokens, labels, ckpt_dir=tmp_path / "a", **kw)
     with pytest.raises(_Interrupt):
-        V.train_prior(prior, tokens, labels, ckpt_dir=tmp_path / "b", callback=_stop_at(3), **kw)
-    resumed, stats = V.train_prior(prior, tokens, labels, ckpt_dir=tmp_path / "b", **kw)
+        train_prior(prior, tokens, labels, ckpt_dir=tmp_path / "b", callback=_stop_at(3), **kw)
+    resumed, stats = train_prior(prior, tokens, labels, ckpt_dir=tmp_path / "b", **kw)
     assert stats["steps"] == 6
     for (k, a), (_, b) in zip(ref.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=k)

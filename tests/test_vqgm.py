@@ -1,4 +1,5 @@
-"""Tests for cortex_nb.vqgm (PAPER.md §2.1): the taming VQGM loader and the VQGM interface.
+"""Tests for cortex_nb.vqgm (PAPER.md §2.1): the taming VQGM loader and the VQGM interface,
+with the taming file IO it relies on (cortex_nb.taming_config, taming_ckpt, taming_compat).
 
 A toy model with the official class-conditional ImageNet config's structure is built through
 our own ``build_from_config``, given random weights, saved the way Lightning/taming files look
@@ -23,18 +24,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cortex_nb import _taming_compat, vqgm
-from cortex_nb.vqgm import (
-    CODEBOOK_KEY,
-    CheckpointError,
-    ConfigMismatchError,
-    TokenRangeError,
-    build_from_config,
-    filter_top_k_top_p,
-    load_vqgm,
-    save_taming_checkpoint,
-    tiny_cin_config,
-)
+from cortex_nb import taming_ckpt, taming_compat, taming_config, vqgm
+from cortex_nb.errors import CheckpointError
+from cortex_nb.taming_ckpt import CODEBOOK_KEY, save_taming_checkpoint
+from cortex_nb.taming_compat import filter_top_k_top_p
+from cortex_nb.taming_config import ConfigMismatchError, build_from_config, tiny_cin_config
+from cortex_nb.vqgm import TokenRangeError, load_vqgm
 
 N_EMBED, EMBED_DIM, N_CLASSES, RES = 64, 8, 5, 16
 M = RES // 2  # ch_mult [1, 2] -> one downsampling
@@ -156,7 +151,7 @@ def test_config_sanitised_without_touching_the_callers_config(tiny, vq):
     assert type(vq.model.first_stage_model.loss).__name__ == "DummyLoss"
     c = OmegaConf.to_container(cfg)
     c["model"]["params"]["ckpt_path"] = "logs/2021-04-03T19-39-50_cin_transformer/last.ckpt"
-    top, changed = vqgm.sanitize_config(c)
+    top, changed = taming_config.sanitize_config(c)
     assert "ckpt_path" not in top.params and any("model.params.ckpt_path" in c for c in changed)
 
 
@@ -181,7 +176,7 @@ def test_config_from_yaml_path_and_env_var_checkpoint(tiny, tmp_path, monkeypatc
     cfg, model, path = tiny
     yaml = tmp_path / "2021-04-03T19-39-50-project.yaml"
     OmegaConf.save(cfg, yaml)
-    monkeypatch.setenv(vqgm.CKPT_ENV_VAR, str(path))
+    monkeypatch.setenv(taming_ckpt.CKPT_ENV_VAR, str(path))
     v = load_vqgm(str(yaml), None)
     assert torch.equal(v.codebook, model.state_dict()[CODEBOOK_KEY])
 
@@ -352,7 +347,7 @@ _SHIMMED = ("transformers", "pytorch_lightning.utilities.distributed", "torch._s
 def test_shim_provides_names_only_during_the_import_and_restores():
     before = {n: sys.modules.get(n) for n in _SHIMMED}
     keys_before = set(sys.modules)
-    with _taming_compat.taming_import_shims():
+    with taming_compat.taming_import_shims():
         from transformers import top_k_top_p_filtering
         from pytorch_lightning.utilities.distributed import rank_zero_only
         import torch._six as six
@@ -362,7 +357,7 @@ def test_shim_provides_names_only_during_the_import_and_restores():
     assert {n: sys.modules.get(n) for n in _SHIMMED} == before
     assert set(sys.modules) == keys_before
     with pytest.raises(RuntimeError):  # restored on errors too
-        with _taming_compat.taming_import_shims():
+        with taming_compat.taming_import_shims():
             raise RuntimeError("boom")
     assert {n: sys.modules.get(n) for n in _SHIMMED} == before
     import pytorch_lightning.utilities as plu
@@ -393,7 +388,7 @@ def test_taming_imports_with_a_transformers_that_lacks_the_function(
     if has_old_function:
         fake.top_k_top_p_filtering = sentinel
     monkeypatch.setitem(sys.modules, "transformers", fake)
-    tm = _taming_compat.import_taming()
+    tm = taming_compat.import_taming()
     assert tm.mingpt.top_k_top_p_filtering is filter_top_k_top_p
     assert tm.cond_transformer.Net2NetTransformer is not None
     assert sys.modules["transformers"] is fake
@@ -412,9 +407,9 @@ def test_missing_checkpoint_names_path_and_where_to_put_it(tiny, tmp_path, monke
     missing = tmp_path / "logs" / "cin" / "last.ckpt"
     with pytest.raises(CheckpointError, match="not found") as e:
         load_vqgm(cfg, missing)
-    assert str(missing) in str(e.value) and vqgm.CKPT_ENV_VAR in str(e.value)
-    monkeypatch.delenv(vqgm.CKPT_ENV_VAR, raising=False)
-    with pytest.raises(CheckpointError, match=vqgm.CKPT_ENV_VAR):
+    assert str(missing) in str(e.value) and taming_ckpt.CKPT_ENV_VAR in str(e.value)
+    monkeypatch.delenv(taming_ckpt.CKPT_ENV_VAR, raising=False)
+    with pytest.raises(CheckpointError, match=taming_ckpt.CKPT_ENV_VAR):
         load_vqgm(cfg, None)
 
 

@@ -1,5 +1,6 @@
 """cortex_nb.widgets (the token browser) driven without a browser: set ``.value`` on the controls,
 check ``state()`` against brute-force oracles on hand-crafted data, and check the views are PNGs.
+Its data and rankings come from cortex_nb.pipeline.s06_browser (the glue is tested here too).
 
 The data: C = 3 classes, m = 4, K = 20, 8 × 8 images (patch side p = 2).
 - every class-1 training image holds id 7 at (1, 2), its top-TSV position under CE;
@@ -7,8 +8,9 @@ The data: C = 3 classes, m = 4, K = 20, 8 × 8 images (patch side p = 2).
   gallery image holds id 5;
 - gallery images hold id 7 only where planted (``PLANT``), in classes 1 and 0.
 """
-import ast
 import io
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,8 +21,9 @@ from PIL import Image
 
 from cortex_nb.masking import scaled_n
 from cortex_nb.saliency import class_vs_rest_baseline, concept_tokens, top_n_positions
-from cortex_nb import widgets
-from cortex_nb.widgets import BrowserData, TokenBrowser
+from cortex_nb.pipeline import s06_browser
+from cortex_nb.pipeline.s06_browser import BrowserData
+from cortex_nb.widgets import TokenBrowser
 
 C, M, K, P = 3, 4, 20, 2
 N_PER, G_PER = 8, 5
@@ -299,18 +302,15 @@ def test_bad_data_and_arguments_raise(data):
         TokenBrowser(data)
 
 
-def test_browser_data_imports_the_pipeline_lazily():
-    """cortex_nb.widgets imports no pipeline module (evaluation, stages, figures) at module level:
-    browser_data imports them when called, so this file needs no trained model."""
-    tree = ast.parse(Path(widgets.__file__).read_text())
-    top = set()
-    for node in tree.body:                                              # module level only
-        if isinstance(node, ast.ImportFrom):
-            top |= {f"{node.module}.{a.name}" if node.module else a.name for a in node.names} | {node.module or ""}
-        elif isinstance(node, ast.Import):
-            top |= {a.name for a in node.names}
-    assert not any(p in name for name in top for p in ("evaluation", "stages", "figures")), top
-    assert callable(widgets.browser_data)
+def test_the_browser_imports_no_pipeline_run():
+    """Importing cortex_nb.widgets loads the browser's data types (pipeline.s06_browser) but not the
+    run (stores, evaluators, caches): browser_data imports those when called."""
+    code = "import sys, cortex_nb.widgets; print(' '.join(sorted(sys.modules)))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).resolve().parents[1]).stdout.split())
+    assert "cortex_nb.pipeline.s06_browser" in loaded
+    assert not {"cortex_nb.pipeline.run", "cortex_nb.store", "cortex_nb.evaluators", "cortex_nb.pipeline.keys"} & loaded
+    assert callable(s06_browser.browser_data)
 
 
 def test_browser_data_glue_with_stand_ins(monkeypatch):
@@ -318,7 +318,7 @@ def test_browser_data_glue_with_stand_ins(monkeypatch):
     the real pipeline is tested end to end elsewhere). token_image is decoded once per id."""
     from types import SimpleNamespace
 
-    from cortex_nb import evaluation, stages
+    from cortex_nb.pipeline import run
 
     d = make_data()
     stores = {"train": SimpleNamespace(tokens=d.train_tokens, labels=d.train_labels, images=None, path="train"),
@@ -333,11 +333,11 @@ def test_browser_data_glue_with_stand_ins(monkeypatch):
             calls.append(tokens.clone())
             return torch.full((1, 3, M * P, M * P), -1.0) + 2.0 * tokens[0, 0, 0] / (K - 1)
 
-    monkeypatch.setattr(stages, "load_split", lambda cfg, split, vqgm=None: stores[split])
-    monkeypatch.setattr(stages, "class_names", lambda cfg: ["wren", "finch", "tit", "extra"])
-    monkeypatch.setattr(evaluation, "get_tsv", lambda cfg, arch, f, vqgm, split: d.train_tsv[arch])
+    monkeypatch.setattr(run, "load_split", lambda cfg, split, vqgm=None: stores[split])
+    monkeypatch.setattr(run, "class_names", lambda cfg: ["wren", "finch", "tit", "extra"])
+    monkeypatch.setattr(run, "get_tsv", lambda cfg, arch, f, vqgm, split: d.train_tsv[arch])
     cfg = SimpleNamespace(world=SimpleNamespace(n_classes=C))
-    bd = widgets.browser_data(cfg, FakeVQGM(), {"CE": torch.nn.Identity(), "RE": SimpleNamespace(model=None)})
+    bd = s06_browser.browser_data(cfg, FakeVQGM(), {"CE": torch.nn.Identity(), "RE": SimpleNamespace(model=None)})
     assert bd.class_names == ["wren", "finch", "tit"] and (bd.K, bd.m) == (K, M)
     assert list(bd.train_tsv) == ["CE", "RE"] and bd.gallery_images is not None
     img = bd.token_image(19)

@@ -1,6 +1,6 @@
-"""Keep README.md's results section equal to the committed tables.
+"""Keep README.md's results section equal to the committed tables (make tooling, not the package).
 
-``python -m cortex_nb.readme [PROFILE]`` rewrites the block between the two markers below from
+``python tools/readme.py [PROFILE]`` rewrites the block between the two markers below from
 ``results/<profile>/tables/*.md`` and the key figures; ``make all`` runs it at the end, and a test
 checks that the README holds exactly what the tables say.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .config import repo_root
+from cortex_nb.config import repo_root
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 

@@ -1,4 +1,5 @@
-"""Optimisation-based explanation, evaluated: CORTEX §4.4, appendix A.4 (Table 3, Fig. 4, Fig. 6).
+"""Section 05 (notebook 05_optimization_editing): optimisation-based explanation, evaluated —
+CORTEX §3.4, §4.4, appendix A.2, A.4 (Table 3, Fig. 4, Fig. 6).
 
 Five pairs of classes, each class in turn source and target: every test image of the source class
 is edited toward the target inside a region of the token grid, by token selection (Gumbel-softmax
@@ -8,11 +9,14 @@ P(target class) before and after (eq. 10).
 
 All images of all pairs are optimised in ONE batched run per (extractor, method, region): the
 target is per image. Results are cached (token indices only) under cache/editing/, one directory
-per run named by :func:`edit_key`.
+per run named by :func:`cortex_nb.pipeline.keys.edit_key`.
 
 Two protocols are reported: the **final state** (ours, default) and, labelled as such, the
 reference's **best-of-checkpoints** (per image and evaluator, the checkpoint with the highest
 target probability, chosen with the evaluator itself), so readers see what that choice adds.
+
+Writes tables/<p>/table3_optimization (+ _all) and figures/<p>/fig4_editing, fig6_pairs.
+:func:`run` computes everything the notebook shows; ``python -m cortex_nb table3`` calls it.
 """
 from __future__ import annotations
 
@@ -23,22 +27,34 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from .optimize import central_region, optimize_embeddings, saliency_region, select_tokens
-from .stages import DISPLAY, _cache, array_key, digest, load_split, section, setup, store_key, weights_key
-from .files import save_json, save_npy
-from .tables import mean_ci
+from ..figures import image_grid, save_figure
+from ..files import save_json, save_npy
+from ..optimize import central_region, optimize_embeddings, saliency_region, select_tokens
+from ..tables import mean_ci, write_table
+from .keys import cache_path, edit_key
+from .run import Run, SectionResult, class_names, compose, display_name, get_tsv, load_split, setup
 
-__all__ = ["REGION_METHODS", "pairs_of", "edit_key", "edit_batch", "edit_region", "run_edits", "score_edits",
-           "table3_frame"]
+__all__ = ["METHODS", "REGION_METHODS", "pairs_of", "regions_of", "edit_batch", "edit_region", "run_edits",
+           "score_edits", "table3_frame", "table3", "fig4", "fig6", "run"]
 
 log = logging.getLogger("cortex_nb")
 
 METHODS = {"embedding": optimize_embeddings, "token": select_tokens}
 
+#: Methods run in each region: both in the paper's central block (Table 3); in the saliency-guided
+#: block (beyond the paper) token selection only, since that table compares regions, not methods.
+REGION_METHODS = {"central": ("embedding", "token"), "saliency": ("token",)}
+
 
 def pairs_of(cfg: DictConfig) -> list[tuple[int, int]]:
     """The class pairs of the protocol (toy: the head-only pairs; imagenet: Fig. 6's birds)."""
     return [tuple(int(c) for c in p) for p in cfg.optimization.pairs]
+
+
+def regions_of(cfg: DictConfig) -> tuple[str, ...]:
+    """The regions edited: the paper's central block, and the saliency-guided block when
+    ``optimization.saliency_region`` is on."""
+    return ("central", "saliency") if cfg.optimization.saliency_region else ("central",)
 
 
 def edit_batch(cfg: DictConfig, vqgm) -> dict:
@@ -64,29 +80,6 @@ def edit_region(cfg: DictConfig, kind: str, m: int, tsv: np.ndarray | None = Non
     return saliency_region(torch.from_numpy(np.asarray(tsv)[idx]), None if size is None else int(size))
 
 
-#: Methods run in each region: both in the paper's central block (Table 3); in the saliency-guided
-#: block (beyond the paper) token selection only, since that table compares regions, not methods.
-REGION_METHODS = {"central": ("embedding", "token"), "saliency": ("token",)}
-
-
-#: optimization keys that a run does not read: which regions run is decided by the caller
-_EDIT_IGNORES = ("saliency_region",)
-#: settings that only token selection reads
-_TOKEN_ONLY = ("tau", "init")
-
-
-def edit_key(cfg: DictConfig, extractor, test, method: str, region: str, tsv: np.ndarray | None = None) -> str:
-    """Key of one (extractor, method, region) run over the edit batch: the extractor's weights,
-    the test split (tokens, labels; its meta covers the codebook), the optimisation settings the
-    method reads, the seed, the TSV rows that place a saliency region, and, for token selection,
-    the device its Gumbel noise is drawn on."""
-    drop = _EDIT_IGNORES + (() if method == "token" else _TOKEN_ONLY)
-    return digest({"extractor": weights_key(extractor), "test": store_key(test), "method": method, "region": region,
-                   "optimization": section(cfg, "optimization", drop=drop), "seed": int(cfg.seed),
-                   "tsv": array_key(tsv) if region == "saliency" else None,
-                   "device": torch.device(cfg.device).type if method == "token" else None})
-
-
 def run_edits(cfg: DictConfig, extractors: dict, vqgm, tsv_test: dict | None = None,
               regions=("central",), methods: dict | None = None) -> dict:
     """Run every (extractor, method, region) once over the whole edit batch; cached.
@@ -105,7 +98,8 @@ def run_edits(cfg: DictConfig, extractors: dict, vqgm, tsv_test: dict | None = N
             for method in (methods or REGION_METHODS)[region]:
                 fn = METHODS[method]
                 tsv = None if region != "saliency" else np.asarray(tsv_test[arch])[batch["index"]]
-                d = _cache(cfg, "editing", f"{arch}-{method}-{region}-{edit_key(cfg, f, test, method, region, tsv)}")
+                key = edit_key(cfg, f, test, method, region, tsv)
+                d = cache_path(cfg, "editing", f"{arch}-{method}-{region}-{key}")
                 if (d / "done.json").exists():
                     out[(arch, method, region)] = {k: torch.from_numpy(np.load(d / f"{k}.npy").astype(np.int64))
                                                    for k in ("final", "checkpoints", "steps")}
@@ -167,7 +161,7 @@ def score_edits(cfg: DictConfig, edits: dict, evaluators: dict, vqgm) -> pd.Data
                 protocols["best-of-checkpoints"] = (cko[best, np.arange(len(best))], ckt[best, np.arange(len(best))])
             for protocol, (qo, qt) in protocols.items():
                 do, dt = mean_ci(qo - p0o, seed=seed), mean_ci(qt - p0t, seed=seed)
-                rows.append({"evaluator": DISPLAY.get(name, name), "extractor": arch, "method": method,
+                rows.append({"evaluator": display_name(name), "extractor": arch, "method": method,
                              "region": region, "protocol": protocol, "n": len(src),
                              "acc_orig": float(acc0.mean()), "p_orig": float(p0o.mean()), "p_targ": float(p0t.mean()),
                              "dP_orig": do["mean"], "dP_orig_lo": do["lo"], "dP_orig_hi": do["hi"],
@@ -194,3 +188,79 @@ def table3_frame(df: pd.DataFrame, protocol: str = "final", region: str = "centr
                                           f"{r.dP_targ:+.3f} [{r.dP_targ_lo:+.3f}, {r.dP_targ_hi:+.3f}]")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def table3(cfg: DictConfig, df: pd.DataFrame) -> pd.DataFrame:
+    """Table 3 (final state, central region) in the paper's layout, written beside every result
+    (both protocols and regions: table3_optimization_all)."""
+    write_table(df, cfg.paths.tables, "table3_optimization_all",
+                caption="All optimisation results (both protocols and regions), one row per evaluator x setting")
+    disp = table3_frame(df, "final", "central")
+    write_table(disp, cfg.paths.tables, "table3_optimization",
+                caption=(f"Table 3: ΔP_Orig / ΔP_Targ after editing the central region of {int(df.n.iloc[0])} test "
+                         f"images toward their paired class ({cfg.optimization.steps} steps, final state; "
+                         "95% bootstrap intervals)"))
+    return disp
+
+
+def fig4(cfg: DictConfig, edits: dict, vqgm, batch: dict, arch: str = "CE", region: str = "central",
+         per_pair: int = 1, n_steps: int = 6):
+    """Fig. 4: editing sequences (token selection): decoded images at several checkpoints, a row
+    per source class of each pair (first image of the class)."""
+    r = edits[(arch, "token", region)]
+    S = len(r["steps"])
+    pick = np.unique(np.linspace(0, S - 1, n_steps).round().astype(int))
+    rows, labels = [], []
+    names = class_names(cfg)
+    src, tgt = batch["source"].numpy(), batch["target"].numpy()
+    for s in dict.fromkeys(src.tolist()):
+        i = int(np.flatnonzero(src == s)[0])
+        toks = torch.cat([batch["tokens"][i:i + 1], r["checkpoints"][pick, i]])  # original, then checkpoints
+        rows.append(vqgm.decode(toks.to(vqgm.device)).cpu())
+        labels.append(f"{names[s]} →\n{names[tgt[i]]}")
+    images = torch.cat(rows)
+    m, p = vqgm.m, vqgm.image_size // vqgm.m
+    reg = torch.nonzero(edit_region(cfg, "central", m))
+    box = [(int(reg[:, 1].min()) * p, int(reg[:, 0].min()) * p, (int(reg[:, 1].max()) - int(reg[:, 1].min()) + 1) * p,
+            (int(reg[:, 0].max()) - int(reg[:, 0].min()) + 1) * p)] if region == "central" else []
+    fig = image_grid(images, len(pick) + 1, row_labels=labels, boxes=[box] * len(images), scale=1.0,
+                     title=f"Token selection ({arch}): original, then argmax P after steps "
+                           + ", ".join(str(int(r['steps'][j])) for j in pick))
+    save_figure(fig, cfg.paths.figures, "fig4_editing")
+    return fig
+
+
+def fig6(cfg: DictConfig, vqgm):
+    """Fig. 6: the pairing design — each pair's two classes, one generated test image each."""
+    test = load_split(cfg, "test", vqgm)
+    names = class_names(cfg)
+    pairs = pairs_of(cfg)
+    imgs = [np.asarray(test.images)[np.flatnonzero(test.labels == c)[0]] for row in (0, 1) for c in (p[row] for p in pairs)]
+    fig = image_grid(np.stack(imgs), len(pairs), row_labels=["source / target", "target / source"], scale=1.2,
+                     title="Pairs: each column is a pair; each class is edited toward the other")
+    for ax, (a, b) in zip(fig.axes[:len(pairs)], pairs):
+        ax.set_title(f"{names[a]}\n↕\n{names[b]}", fontsize=6)
+    save_figure(fig, cfg.paths.figures, "fig6_pairs")
+    return fig
+
+
+def run(cfg: DictConfig, composed: Run | None = None) -> SectionResult:
+    """Everything notebook 05 shows: Fig. 6, both methods' edits, Table 3 in both protocols (and
+    the saliency-guided region when on), Fig. 4. ``composed``: a
+    :func:`~cortex_nb.pipeline.run.compose` result."""
+    setup(cfg)
+    composed = composed or compose(cfg)
+    vqgm, extractors, evaluators = composed.vqgm, composed.extractors, composed.evaluators
+    out = SectionResult("table3")
+    out.values["pairs"] = pairs_of(cfg)
+    out.figures["fig6_pairs"] = fig6(cfg, vqgm)
+    regions = regions_of(cfg)
+    tsv_test = {arch: get_tsv(cfg, arch, f, vqgm, "test") for arch, f in extractors.items()}
+    edits = run_edits(cfg, extractors, vqgm, tsv_test, regions=regions)
+    scores = score_edits(cfg, edits, evaluators, vqgm)
+    out.tables["table3_optimization"] = table3(cfg, scores)
+    out.tables["table3_best_of_checkpoints"] = table3_frame(scores, "best-of-checkpoints", "central")
+    if "saliency" in regions:
+        out.tables["table3_saliency_region"] = table3_frame(scores, "final", "saliency")
+    out.figures["fig4_editing"] = fig4(cfg, edits, vqgm, edit_batch(cfg, vqgm))
+    return out

@@ -197,7 +197,7 @@ def gpt_sample_flops(n_layer: int, n_embd: int, vocab_size: int, steps: int, con
 def build_cin_gpt(device: str | torch.device = "meta", **overrides: int) -> nn.Module:
     """taming's minGPT at the cin transformer's shape (``CIN_GPT`` with ``overrides``), random
     weights, eval mode. On the meta device nothing is allocated."""
-    from .vqgm import import_taming
+    from cortex_nb.taming_compat import import_taming
 
     tm = import_taming()
     with torch.device(device):
@@ -208,7 +208,8 @@ def build_cin_gpt(device: str | torch.device = "meta", **overrides: int) -> nn.M
 def build_vqgan(device: str | torch.device = "meta", **ddconfig: Any) -> nn.Module:
     """taming's VQModel at the f16 / 16384 shape (``VQGAN_F16``; ``ddconfig`` overrides), random
     weights, the LPIPS loss replaced by DummyLoss (no download). Decode with ``.decode(quant)``."""
-    from .vqgm import DUMMY_LOSS_TARGET, import_taming
+    from cortex_nb.taming_compat import import_taming
+    from cortex_nb.taming_config import DUMMY_LOSS_TARGET
 
     tm = import_taming()
     dd = {**VQGAN_F16["ddconfig"], **ddconfig}
@@ -231,7 +232,7 @@ def sampling_step_cost(gpt: nn.Module, batch: int, n: int, *, cond_len: int = 1,
     """Step ``n`` of taming's ``sample_with_past`` for ``batch`` sequences, as it runs: a
     ``forward_with_past`` of the newest token against the concatenated cache, top-k / top-p
     filtering, softmax (the multinomial draw is one more small kernel, not counted). Best on meta."""
-    from ._taming_compat import filter_top_k_top_p
+    from cortex_nb.taming_compat import filter_top_k_top_p
 
     dev = gpt.pos_emb.device
     cfg = gpt.config

@@ -1,6 +1,7 @@
-"""Cache keys of the pipeline stages (issue #19): every cache is rebuilt when an input it depends
-on changes, and only then; finished trainings keep one weights file per model; a profile whose
-world.n_classes does not match the VQGM is refused by name.
+"""The run the pipeline composes (cortex_nb.pipeline.run) and its cache keys (cortex_nb.pipeline.keys,
+issue #19): every cache is rebuilt when an input it depends on changes, and only then; finished
+trainings keep one weights file per model; a profile whose world.n_classes does not match the VQGM
+is refused by name; setup writes the resolved profile.
 
 The VQGM here is a tiny, untrained taming model (``vqgm.tiny_cin_config``, 10 classes, an 8 x 8
 grid) saved as a checkpoint and read back through the profile (``vqgm.source=taming``), so no
@@ -19,11 +20,13 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from cortex_nb import editing, evaluation, stages
 from cortex_nb.config import load_profile
 from cortex_nb.errors import UserError
+from cortex_nb.pipeline import keys
+from cortex_nb.pipeline import run as pipeline
 from cortex_nb.train import FitConfig, fit
-from cortex_nb.vqgm import build_from_config, save_taming_checkpoint, tiny_cin_config
+from cortex_nb.taming_ckpt import save_taming_checkpoint
+from cortex_nb.taming_config import build_from_config, tiny_cin_config
 
 N_CLASSES = 10
 # small enough for seconds: 2 / 1 / 1 images per class, shards of 8, one short epoch
@@ -78,22 +81,22 @@ def _cache(cfg) -> Path:
 def test_a_new_train_split_retrains_the_extractor(profile):
     """The defect: after data.n_train changed, the extractor trained on the old split was reused."""
     cfg = profile()
-    v = stages.get_vqgm(cfg)
-    stages.generate_dataset(cfg, v, splits=("train", "val"))
-    stages.get_extractors(cfg, v, archs=["CE"])
+    v = pipeline.get_vqgm(cfg)
+    pipeline.generate_dataset(cfg, v, splits=("train", "val"))
+    pipeline.get_extractors(cfg, v, archs=["CE"])
     first = {p.name for p in (_cache(cfg) / "extractors").iterdir()}
 
     cfg3 = profile(**{"data.n_train": 3})
-    stages.generate_dataset(cfg3, v, splits=("train", "val"))
-    res = stages.get_extractors(cfg3, v, archs=["CE"])
+    pipeline.generate_dataset(cfg3, v, splits=("train", "val"))
+    res = pipeline.get_extractors(cfg3, v, archs=["CE"])
     dirs = {p.name for p in (_cache(cfg) / "extractors").iterdir()}
     assert len(first) == 1 and len(dirs) == 2, dirs          # a second extractor, trained on 30 images
     new = (_cache(cfg) / "extractors" / (dirs - first).pop())
     assert torch.load(new / "last.pt", weights_only=True)["epoch"] == 1
     assert res["CE"].history.epoch.tolist() == [1]
     # and back: the first extractor (still the right one for n_train=2) is reused, not retrained
-    stages.generate_dataset(cfg, v, splits=("train", "val"))
-    stages.get_extractors(cfg, v, archs=["CE"])
+    pipeline.generate_dataset(cfg, v, splits=("train", "val"))
+    pipeline.get_extractors(cfg, v, archs=["CE"])
     assert {p.name for p in (_cache(cfg) / "extractors").iterdir()} == dirs
 
 
@@ -106,18 +109,18 @@ def test_sampling_batch_size_changes_tokens_and_regenerates_the_store(profile, v
     assert torch.equal(by8, vqgm.sample(labels, seed=5, batch_size=512))  # any batch >= shard: same
 
     cfg = profile()
-    v = stages.get_vqgm(cfg)
-    big = np.array(stages.generate_dataset(cfg, v, splits=("train",))["train"].tokens)
-    small = np.array(stages.generate_dataset(profile(**{"data.batch_size": 4}), v, splits=("train",))["train"].tokens)
+    v = pipeline.get_vqgm(cfg)
+    big = np.array(pipeline.generate_dataset(cfg, v, splits=("train",))["train"].tokens)
+    small = np.array(pipeline.generate_dataset(profile(**{"data.batch_size": 4}), v, splits=("train",))["train"].tokens)
     assert not np.array_equal(big, small)                      # regenerated with the new batch size
     # a batch size that is still >= shard_size samples exactly the same: the store is kept
     meta = (_cache(cfg) / "data" / "train" / "meta.json").read_text()
-    same = stages.generate_dataset(profile(**{"data.batch_size": 4}), v, splits=("train",))["train"]
+    same = pipeline.generate_dataset(profile(**{"data.batch_size": 4}), v, splits=("train",))["train"]
     assert (_cache(cfg) / "data" / "train" / "meta.json").read_text() == meta
     np.testing.assert_array_equal(np.array(same.tokens), small)
-    assert stages.store_meta(profile(**{"data.batch_size": 8}), v, "train") == \
-        stages.store_meta(profile(**{"data.batch_size": 100}), v, "train")
-    assert stages.store_meta(cfg, v, "train")["device"] == "cpu"
+    assert keys.store_meta(profile(**{"data.batch_size": 8}), v, "train") == \
+        keys.store_meta(profile(**{"data.batch_size": 100}), v, "train")
+    assert keys.store_meta(cfg, v, "train")["device"] == "cpu"
 
 
 # --------------------------------------------------------------------------------------
@@ -134,20 +137,20 @@ class _Extractor(nn.Module):
 def _keys(cfg, vqgm, extractor, evaluators) -> dict[str, str]:
     """Every cache key of the pipeline for profile ``cfg``. The stores are stand-ins holding the
     meta that generate_dataset stamps (store_meta plus what TokenStore.generate adds)."""
-    stores = {s: SimpleNamespace(meta={**stages.store_meta(cfg, vqgm, s), "shard_size": int(cfg.data.shard_size),
+    stores = {s: SimpleNamespace(meta={**keys.store_meta(cfg, vqgm, s), "shard_size": int(cfg.data.shard_size),
                                        "seed": int(cfg.seed), "split": s}) for s in ("train", "val", "test")}
     tsv = np.zeros((N_CLASSES, vqgm.m, vqgm.m), np.float32)
     return {
-        **{f"store {s}": stages.store_key(st) for s, st in stores.items()},
-        "extractor": stages.extractor_key(cfg, "CE", stores["train"], stores["val"]),
-        "tsv train": evaluation.tsv_key(cfg, extractor, stores["train"], "paper"),
-        "tsv test": evaluation.tsv_key(cfg, extractor, stores["test"], "paper"),
-        "random baseline": evaluation.random_baseline_key(cfg, evaluators, stores["test"]),
-        "edit token": editing.edit_key(cfg, extractor, stores["test"], "token", "central"),
-        "edit embedding": editing.edit_key(cfg, extractor, stores["test"], "embedding", "central"),
-        "edit saliency": editing.edit_key(cfg, extractor, stores["test"], "token", "saliency", tsv),
-        "evaluators": stages.evaluators_cache_key(cfg),
-        "quality": stages.quality_key(cfg, vqgm, evaluators),
+        **{f"store {s}": keys.store_key(st) for s, st in stores.items()},
+        "extractor": keys.extractor_key(cfg, "CE", stores["train"], stores["val"]),
+        "tsv train": keys.tsv_key(cfg, extractor, stores["train"], "paper"),
+        "tsv test": keys.tsv_key(cfg, extractor, stores["test"], "paper"),
+        "random baseline": keys.random_baseline_key(cfg, evaluators, stores["test"]),
+        "edit token": keys.edit_key(cfg, extractor, stores["test"], "token", "central"),
+        "edit embedding": keys.edit_key(cfg, extractor, stores["test"], "embedding", "central"),
+        "edit saliency": keys.edit_key(cfg, extractor, stores["test"], "token", "saliency", tsv),
+        "evaluators": keys.evaluators_cache_key(cfg),
+        "quality": keys.quality_key(cfg, vqgm, evaluators),
     }
 
 
@@ -220,29 +223,43 @@ def test_upstream_artifacts_enter_the_keys(profile, vqgm):
     tsv = np.zeros((4, 8, 8), np.float32)
     tsv2 = tsv.copy()
     tsv2[0, 1, 2] = 1
-    assert editing.edit_key(cfg, extractor, test, "token", "saliency", tsv) != \
-        editing.edit_key(cfg, extractor, test, "token", "saliency", tsv2)
+    assert keys.edit_key(cfg, extractor, test, "token", "saliency", tsv) != \
+        keys.edit_key(cfg, extractor, test, "token", "saliency", tsv2)
 
 
 def test_tsv_cache_file_follows_the_extractor(profile):
     """get_tsv writes under a path named by its key: another extractor, another file."""
     cfg = profile()
-    v = stages.get_vqgm(cfg)
-    stages.generate_dataset(cfg, v, splits=("test",))
+    v = pipeline.get_vqgm(cfg)
+    pipeline.generate_dataset(cfg, v, splits=("test",))
     from cortex_nb.extractors import build_extractor
 
     torch.manual_seed(0)
-    f1 = build_extractor(stages.extractor_config(cfg, "CE", v)).eval()
+    f1 = build_extractor(pipeline.extractor_config(cfg, "CE", v)).eval()
     f2 = copy.deepcopy(f1)
     with torch.no_grad():
         next(f2.parameters()).mul_(2)
-    t1 = evaluation.get_tsv(cfg, "CE", f1, v, "test")
-    again = evaluation.get_tsv(cfg, "CE", f1, v, "test")
-    t2 = evaluation.get_tsv(cfg, "CE", f2, v, "test")
+    t1 = pipeline.get_tsv(cfg, "CE", f1, v, "test")
+    again = pipeline.get_tsv(cfg, "CE", f1, v, "test")
+    t2 = pipeline.get_tsv(cfg, "CE", f2, v, "test")
     files = sorted((_cache(cfg) / "tsv").rglob("*.npy"))
     assert len(files) == 2
     np.testing.assert_array_equal(t1, again)
     assert not np.array_equal(t1, t2)
+
+
+def test_setup_writes_the_resolved_profile_beside_the_results(profile):
+    """results/<profile>/profile.yaml: every resolved value, plus what else the numbers depend on."""
+    import yaml
+
+    cfg = profile(seed=3)
+    pipeline.setup(cfg)
+    written = yaml.safe_load((Path(cfg.paths.results) / "profile.yaml").read_text())
+    assert written["profile"]["name"] == "smoke" and written["profile"]["seed"] == 3
+    assert written["profile"]["data"]["n_train"] == 2                   # overrides applied
+    assert written["run"]["torch"] == torch.__version__
+    assert written["run"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert written["run"]["threads"] == torch.get_num_threads() == 1
 
 
 # --------------------------------------------------------------------------------------
@@ -253,7 +270,7 @@ def test_tsv_cache_file_follows_the_extractor(profile):
 def test_world_n_classes_must_match_the_vqgm(profile, vqgm):
     cfg = profile(**{"world.n_classes": 7})
     with pytest.raises(UserError) as e:
-        stages.get_vqgm(cfg)
+        pipeline.get_vqgm(cfg)
     msg = str(e.value)
     assert "world.n_classes = 7" in e.value.message and f"{N_CLASSES} classes" in e.value.message
     assert "model.ckpt" in e.value.message                     # the checkpoint is named
@@ -261,7 +278,7 @@ def test_world_n_classes_must_match_the_vqgm(profile, vqgm):
     assert "out of range" not in msg
     # generate_dataset with a VQGM passed in refuses before it writes anything
     with pytest.raises(UserError, match="world.n_classes"):
-        stages.generate_dataset(cfg, vqgm)
+        pipeline.generate_dataset(cfg, vqgm)
     assert not (_cache(cfg) / "data").exists()
 
 
@@ -272,7 +289,7 @@ def test_world_n_classes_must_match_the_vqgm(profile, vqgm):
 
 def test_finished_toy_evaluators_keep_one_weights_file_each(profile, monkeypatch):
     cfg = profile(**{"evaluators.fit.max_steps_per_epoch": 1})
-    first = stages.get_evaluators(cfg)
+    first = pipeline.get_evaluators(cfg)
     d = _cache(cfg) / "evaluators"
     assert not [p for p in d.iterdir() if p.is_dir()]                      # no fit checkpoints left
     assert sorted(p.name for p in d.glob("*.pt")) == ["vit_p4.pt"] and (d / "report.json").exists()
@@ -282,8 +299,8 @@ def test_finished_toy_evaluators_keep_one_weights_file_each(profile, monkeypatch
     def must_not_train(*a, **k):
         raise AssertionError("finished evaluators must be loaded, not retrained")
 
-    monkeypatch.setattr("cortex_nb.evaluators.train_toy_evaluators", must_not_train)
-    again = stages.get_evaluators(cfg)
+    monkeypatch.setattr("cortex_nb.toy_evaluators.train_toy_evaluators", must_not_train)
+    again = pipeline.get_evaluators(cfg)
     for k, v in first["vit_p4"].state_dict().items():
         torch.testing.assert_close(again["vit_p4"].state_dict()[k], v, atol=0, rtol=0)
 
@@ -380,13 +397,13 @@ def test_compacted_run_refuses_to_continue_and_a_lost_best_is_named(tmp_path):
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", ["train", "toyvqgm"])
-def test_checkpoint_files_get_the_umask_mode_and_no_temporaries(tmp_path, module):
+@pytest.mark.parametrize("module, saver", [("train", "_atomic_save"), ("toy_training", "save_state")])
+def test_checkpoint_files_get_the_umask_mode_and_no_temporaries(tmp_path, module, saver):
     """Checkpoints are written through files.atomic_path: mode 0o666 & ~umask (as ``open`` gives,
     not mkstemp's 0600), and a failed write leaves the old file and no temporary."""
     import importlib
 
-    save = importlib.import_module(f"cortex_nb.{module}")._atomic_save
+    save = getattr(importlib.import_module(f"cortex_nb.{module}"), saver)
     old = os.umask(0o022)
     try:
         save({"x": torch.zeros(2)}, tmp_path / "a.pt")

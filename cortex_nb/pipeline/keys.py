@@ -1,0 +1,166 @@
+"""Cache keys and cache paths of the pipeline: each cache is named by a digest of exactly what
+its result depends on.
+
+A key covers (1) the profile values the step reads, and (2) the keys of the artifacts it consumes
+-- the VQGM's weights (:func:`vqgm_key`), a token store's meta (:func:`store_key`), an extractor's
+or evaluator's weights (:func:`weights_key`) -- so a change anywhere upstream reaches every cache
+below it. Profile sections enter whole minus the keys the step is known not to read: a new
+profile key then costs at worst a needless rebuild, never a stale result.
+
+The device enters only where a result is *drawn* on it from a seeded RNG (token sampling,
+SmoothGrad noise, Gumbel noise): another device draws another sample, and resumable chunks from
+two devices must not mix. Trained models and deterministic computations differ across devices by
+float rounding only, as they do across CPUs, and train.fit resumes on another device by design;
+their keys leave the device out.
+"""
+from __future__ import annotations
+
+import hashlib
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..files import digest
+from ..store import TokenStore
+
+__all__ = [
+    "cache_path", "profile_section", "weights_key", "vqgm_key", "evaluators_key", "array_key",
+    "store_meta", "store_key", "evaluators_cache_key", "quality_key", "extractor_key",
+    "tsv_key", "random_baseline_key", "edit_key",
+]
+
+_VQGM_KEYS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def cache_path(cfg: DictConfig, *parts: str) -> Path:
+    """``results/<profile>/cache/<parts...>``: where every cache of the profile lives."""
+    return Path(cfg.paths.cache).joinpath(*parts)
+
+
+def profile_section(cfg: DictConfig, name: str, drop: tuple[str, ...] = ()) -> dict:
+    """Profile section ``name`` as a plain dict, without the keys in ``drop``."""
+    return {k: v for k, v in OmegaConf.to_container(cfg[name], resolve=True).items() if k not in drop}
+
+
+def weights_key(module: torch.nn.Module) -> str:
+    """Digest of a module's class and every tensor of its state_dict (names, dtypes, shapes, bytes):
+    what a cache computed with the module depends on, whoever trained or loaded it."""
+    h = hashlib.sha256(type(module).__name__.encode())
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous().reshape(-1)  # (numel,), any dtype
+        h.update(f"\n{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy())  # the buffer itself: no copy of a large tensor
+    return h.hexdigest()[:16]
+
+
+def vqgm_key(vqgm) -> str:
+    """Digest of the whole VQGM -- its config and all weights (tokenizer, prior, decoder), not only
+    the codebook that :meth:`VQGM.fingerprint` stamps -- computed once per loaded model (frozen)."""
+    if vqgm not in _VQGM_KEYS:
+        config = OmegaConf.to_container(vqgm.config, resolve=True) if vqgm.config is not None else None
+        _VQGM_KEYS[vqgm] = digest({"config": config, "weights": weights_key(vqgm.model)})
+    return _VQGM_KEYS[vqgm]
+
+
+def evaluators_key(evaluators: dict) -> str:
+    """Digest of a set of evaluators: names, specs (preprocessing, classes) and weights."""
+    return digest({name: {"spec": dict(getattr(e, "spec", {})), "weights": weights_key(e)}
+                   for name, e in evaluators.items()})
+
+
+def array_key(a) -> str:
+    """Digest of an array's dtype, shape and bytes (a TSV an edit region was built from)."""
+    a = np.ascontiguousarray(np.asarray(a))
+    h = hashlib.sha256(f"{a.dtype} {a.shape}\n".encode())
+    h.update(a)  # C-contiguous: hashed through the buffer protocol, no copy
+    return h.hexdigest()[:16]
+
+
+def store_meta(cfg: DictConfig, vqgm, split: str) -> dict:
+    """What a split's tokens depend on, stamped in its meta.json (``TokenStore.generate`` adds
+    n, shard_size, seed and split): a complete store with other meta is regenerated, and an
+    incomplete one is never resumed with shards sampled differently.
+
+    ``sample_batch`` is ``min(data.batch_size, data.shard_size)``: :meth:`VQGM.sample` draws a
+    shard in batches of ``batch_size`` and its tokens depend on that split, but a shard never
+    holds more than ``shard_size`` rows, so any larger batch samples exactly the same."""
+    d = cfg.data
+    return {"K": int(vqgm.K), "d": int(vqgm.d), "m": int(vqgm.m), "fingerprint": vqgm.fingerprint(),
+            "vqgm": vqgm_key(vqgm), "device": vqgm.device.type,
+            "sampler": {"temperature": float(d.temperature), "top_k": d.top_k, "top_p": d.top_p},
+            "sample_batch": min(int(d.batch_size), int(d.shard_size)),
+            "n_per_class": int(d[f"n_{split}"]), "n_classes": int(cfg.world.n_classes)}
+
+
+def store_key(store: TokenStore) -> str:
+    """Digest of a finished split's meta: everything its tokens (and images) depend on."""
+    return digest({k: v for k, v in store.meta.items() if k != "complete"})
+
+
+def evaluators_cache_key(cfg: DictConfig) -> str:
+    """Key of the toy evaluators: they are trained on real toy images (seed, world) with the
+    evaluators section's settings (weights_dir and preprocess are the pretrained ones')."""
+    return digest({"seed": int(cfg.seed), "world": profile_section(cfg, "world"),
+                   "evaluators": profile_section(cfg, "evaluators", drop=("weights_dir", "preprocess"))})
+
+
+def quality_key(cfg: DictConfig, vqgm, evaluators: dict) -> str:
+    """Key of the tokenizer's quality report (:func:`cortex_nb.pipeline.s00_vqgm.vqgm_report`):
+    held-out real images (seed, world, vqgm.n_report), the VQGM that reconstructs them and the
+    evaluators that judge them."""
+    return digest({"seed": int(cfg.seed), "world": profile_section(cfg, "world"),
+                   "n_report": int(cfg.vqgm.n_report), "vqgm": vqgm_key(vqgm),
+                   "evaluators": evaluators_key(evaluators)})
+
+
+def extractor_key(cfg: DictConfig, arch: str, train: TokenStore, val: TokenStore) -> str:
+    """Key of one trained extractor: its settings (the extractors section but the list of
+    archs), the seed, the number of classes and the train / val splits it learns from (their
+    meta covers the VQGM, whose codebook embeds the tokens)."""
+    return digest({"arch": arch, "extractors": profile_section(cfg, "extractors", drop=("archs",)),
+                   "seed": int(cfg.seed), "n_classes": int(cfg.world.n_classes),
+                   "train": store_key(train), "val": store_key(val)})
+
+
+#: saliency keys that TSVs do not read (masking, concept sets, localisation; the variant is an
+#: argument of get_tsv): a key missing here only costs a needless recompute, never a stale TSV
+TSV_IGNORES = ("variant", "mask_mode", "fill", "random_seeds", "n_concept", "k_concept", "n_localisation",
+               "head_fraction")
+
+
+def tsv_key(cfg: DictConfig, extractor, store, variant: str) -> str:
+    """Key of the TSVs of ``store`` under ``extractor``: the extractor's weights, the split
+    (its meta covers the VQGM whose codebook embeds the tokens), the variant, the SmoothGrad
+    settings (chunk included: each chunk's noise is seeded by its start), the seed, and the
+    device the noise is drawn on."""
+    return digest({"extractor": weights_key(extractor), "store": store_key(store), "variant": variant,
+                   "saliency": profile_section(cfg, "saliency", drop=TSV_IGNORES), "seed": int(cfg.seed),
+                   "device": torch.device(cfg.device).type})
+
+
+def random_baseline_key(cfg: DictConfig, evaluators: dict, test) -> str:
+    """Key of Fig. 3's random baseline: the test split (images, labels, grid), the evaluators,
+    the seed and the saliency settings it reads (seeds per n, fill); masks are drawn on the CPU."""
+    return digest({"test": store_key(test), "evaluators": evaluators_key(evaluators), "seed": int(cfg.seed),
+                   "saliency": {k: cfg.saliency[k] for k in ("random_seeds", "fill")}})
+
+
+#: optimization keys that an edit run does not read: which regions run is decided by the caller
+EDIT_IGNORES = ("saliency_region",)
+#: optimization settings that only token selection reads
+TOKEN_ONLY = ("tau", "init")
+
+
+def edit_key(cfg: DictConfig, extractor, test, method: str, region: str, tsv: np.ndarray | None = None) -> str:
+    """Key of one (extractor, method, region) run over the edit batch: the extractor's weights,
+    the test split (tokens, labels; its meta covers the codebook), the optimisation settings the
+    method reads, the seed, the TSV rows that place a saliency region, and, for token selection,
+    the device its Gumbel noise is drawn on."""
+    drop = EDIT_IGNORES + (() if method == "token" else TOKEN_ONLY)
+    return digest({"extractor": weights_key(extractor), "test": store_key(test), "method": method, "region": region,
+                   "optimization": profile_section(cfg, "optimization", drop=drop), "seed": int(cfg.seed),
+                   "tsv": array_key(tsv) if region == "saliency" else None,
+                   "device": torch.device(cfg.device).type if method == "token" else None})
