@@ -49,3 +49,72 @@ def test_bootstrap_matches_the_exact_resampling_distribution_on_a_tiny_sample():
 def test_mean_ci_of_a_constant_is_degenerate_and_empty_is_nan():
     assert mean_ci(np.full(7, 0.25)) == {"mean": 0.25, "lo": 0.25, "hi": 0.25}
     assert all(np.isnan(v) for v in bootstrap_ci(np.array([])))
+
+
+# --- the pipeline's own statistics, on hand-made inputs ---------------------------------------
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from cortex_nb.masking import mask_token_set  # noqa: E402
+from cortex_nb.pipeline.s03_image_level import masked_counts  # noqa: E402
+from cortex_nb.pipeline.s04_concept_level import (concept_rank_scores, head_positions,  # noqa: E402
+                                                  head_share_of_top_n)
+from cortex_nb.pipeline.s05_editing import best_of_checkpoints  # noqa: E402
+
+
+def test_head_positions_thresholds_each_patch_share():
+    # one 4 x 4 image, m = 2 (2 x 2 patches): head pixels cover 4/4, 1/4, 2/4 and 0/4 of the patches
+    px = np.zeros((1, 4, 4), bool)
+    px[0, :2, :2] = True            # patch (0, 0): all head
+    px[0, 0, 2] = True              # patch (0, 1): 1 of 4
+    px[0, 2:, 0] = True             # patch (1, 0): 2 of 4
+    assert head_positions(px, 2, 0.25).tolist() == [[True, True, True, False]]
+    assert head_positions(px, 2, 0.5).tolist() == [[True, False, True, False]]
+    assert head_positions(px, 2, 1.0).tolist() == [[True, False, False, False]]
+
+
+def test_head_share_of_top_n_counts_the_head_among_the_best_positions():
+    scores = torch.tensor([[[0.9, 0.1], [0.5, 0.7]],       # best two: positions 0 and 3
+                           [[0.0, 0.2], [0.3, 0.1]]])      # best two: positions 2 and 1
+    is_head = torch.tensor([[True, False, False, False],
+                            [False, True, True, False]])
+    assert head_share_of_top_n(scores, is_head, 2).tolist() == [0.5, 1.0]
+    assert head_share_of_top_n(scores, is_head, 1).tolist() == [1.0, 1.0]
+
+
+def test_concept_rank_scores_rank_each_position_by_its_class_set():
+    concept = torch.tensor([[7, 3, -1],                    # class 0: id 7 best, then 3 (padding -1)
+                            [3, 5, 9]])                    # class 1
+    tokens = torch.tensor([[[7, 3], [5, 0]],
+                           [[9, 3], [5, 7]]])
+    labels = torch.tensor([0, 1])
+    s = concept_rank_scores(concept, labels, tokens, K=10)
+    # k = 3, outside the set -> rank k + 1 = 4; the score is minus the rank
+    assert s.tolist() == [[[-0.0, -1.0], [-4.0, -4.0]],
+                          [[-2.0, -0.0], [-1.0, -4.0]]]
+
+
+def test_best_of_checkpoints_takes_each_images_best_target_checkpoint():
+    p_targ = np.array([[0.1, 0.6, 0.3],
+                       [0.4, 0.2, 0.3],                    # image 2: a tie between checkpoints 1 and 2 ...
+                       [0.2, 0.5, 0.3]])                   # ... the first wins
+    p_orig = np.array([[0.9, 0.3, 0.6],
+                       [0.5, 0.8, 0.65],
+                       [0.7, 0.4, 0.1]])
+    qo, qt = best_of_checkpoints(p_orig, p_targ)
+    assert qt.tolist() == [0.4, 0.6, 0.3] and qo.tolist() == [0.5, 0.3, 0.6]
+
+
+def test_masked_area_counts_of_the_token_id_mode():
+    """Every position holding one of the class's concept ids is masked, so a repeated id masks
+    several patches: count them by hand and through masked_counts' pivot."""
+    tokens = torch.tensor([[[1, 1], [2, 3]],                # class 0's set {1}: 2 patches
+                           [[4, 2], [2, 2]]])               # class 1's set {2, 4}: 4 patches
+    concept = torch.tensor([[1, -1], [2, 4]])
+    masks = mask_token_set(tokens, torch.tensor([0, 1]), concept)
+    assert masks.flatten(1).sum(1).tolist() == [2, 4]
+    df = pd.DataFrame({"method": ["CE", "CE", "RE", "random"], "n": [1, 2, 1, 1], "n_masked": [3.0, 5.0, 2.5, 9.0]})
+    pivot = masked_counts(df)
+    assert pivot.loc[1, "CE"] == 3.0 and pivot.loc[2, "CE"] == 5.0 and pivot.loc[1, "RE"] == 2.5
+    assert "random" not in pivot.columns

@@ -24,8 +24,8 @@ from ..tables import fmt_ci, mean_ci, write_table
 from .run import (Run, SectionResult, compose, display_name, embed_fn, get_tsv, load_split, real_toy_images,
                   saliency_of, setup, store_tokens)
 
-__all__ = ["METHOD_LABEL", "score_masked", "concept_sets", "concept_level", "table2", "localisation",
-           "localisation_table", "run"]
+__all__ = ["METHOD_LABEL", "score_masked", "concept_sets", "concept_level", "table2", "head_positions",
+           "concept_rank_scores", "head_share_of_top_n", "localisation", "localisation_table", "run"]
 
 #: how tables and figures name each token source
 METHOD_LABEL = {"CE": "CORTEX (CE)", "RE": "CORTEX (RE)", "random": "random", "frequency": "frequency baseline",
@@ -104,6 +104,34 @@ def table2(cfg: DictConfig, df: pd.DataFrame, name: str = "table2_concept_level"
     return disp
 
 
+def head_positions(head_pixels: np.ndarray, m: int, fraction: float) -> torch.Tensor:
+    """(B, H, W) bool head pixels -> (B, m²) bool: a grid position is 'head' when at least
+    ``fraction`` of its (H/m x W/m) patch is head pixels."""
+    p = head_pixels.shape[-1] // m
+    head = torch.from_numpy(np.asarray(head_pixels, dtype=np.float32))
+    share = head.view(-1, m, p, m, p).mean((2, 4))                      # (B, m, m) head share per patch
+    return (share >= fraction).flatten(1)
+
+
+def concept_rank_scores(concept: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor, K: int) -> torch.Tensor:
+    """A position score from a per-class ranked token set: minus the rank of the position's token id
+    in its image's class set (best = 0; ids outside the set, and -1 padding, rank k + 1).
+    concept (C, k) ids best first, labels (B,), tokens (B, m, m) -> (B, m, m) float."""
+    k = concept.shape[1]
+    rank = torch.full((concept.shape[0], K), float(k + 1))              # (C, K), lower = better
+    rows = torch.arange(concept.shape[0])[:, None].expand_as(concept)
+    valid = concept >= 0
+    rank[rows[valid], concept[valid]] = torch.arange(k, dtype=torch.float32).expand_as(concept)[valid]
+    return -rank[labels[:, None, None], tokens]                          # ties (same id) broken by position
+
+
+def head_share_of_top_n(scores: torch.Tensor, is_head: torch.Tensor, n: int) -> torch.Tensor:
+    """Per image, the share of its n top-scoring positions that are head: scores (B, m, m),
+    is_head (B, m²) bool -> (B,) float."""
+    top = top_n_positions(scores, n)                                     # (B, n) flat positions
+    return is_head.gather(1, top).float().mean(1)
+
+
 def localisation(cfg: DictConfig, extractors: dict, vqgm, sets: dict[str, torch.Tensor]) -> pd.DataFrame:
     """Beyond the paper: on real toy images (known part masks) encoded to tokens, the share of the
     top-n positions that lie on the head — the species-distinctive part — for each extractor's TSV,
@@ -117,10 +145,7 @@ def localisation(cfg: DictConfig, extractors: dict, vqgm, sets: dict[str, torch.
     tokens = vqgm.encode(x).cpu()                                       # (B, m, m)
     labels = torch.as_tensor(real.labels)
     m = int(vqgm.m)
-    p = real.masks.shape[-1] // m
-    head = torch.from_numpy((real.masks == toyworld.HEAD).astype(np.float32))
-    head_share = head.view(-1, m, p, m, p).mean((2, 4))                 # (B, m, m) head pixels per patch
-    is_head = (head_share >= float(cfg.saliency.head_fraction)).flatten(1)  # (B, m²)
+    is_head = head_positions(real.masks == toyworld.HEAD, m, float(cfg.saliency.head_fraction))  # (B, m²)
     n = masking.scaled_n(int(cfg.saliency.n_concept), m)
     embed = embed_fn(vqgm.codebook.to(cfg.device))
     scores: dict[str, torch.Tensor] = {}
@@ -129,19 +154,10 @@ def localisation(cfg: DictConfig, extractors: dict, vqgm, sets: dict[str, torch.
         scores[arch] = saliency_of(cfg, f).attribute(embed(tokens.to(cfg.device)), labels.to(cfg.device),
                                                      generator=gen).cpu()
     for method in ("frequency", "class-vs-rest"):
-        concept = sets[method]                                          # (C, k) ids, best first
-        k = concept.shape[1]
-        rank = torch.full((concept.shape[0], int(vqgm.K)), float(k + 1))  # lower = better
-        rows = torch.arange(concept.shape[0])[:, None].expand_as(concept)
-        valid = concept >= 0
-        rank[rows[valid], concept[valid]] = torch.arange(k, dtype=torch.float32).expand_as(concept)[valid]
-        # a position's score is minus its token's rank; ties (same id) broken by position
-        scores[method] = -rank[labels[:, None, None], tokens]
+        scores[method] = concept_rank_scores(sets[method], labels, tokens, int(vqgm.K))
     out = []
     for method, s in scores.items():
-        top = top_n_positions(s, n)
-        hit = is_head.gather(1, top).float().mean(1).numpy()
-        ci = mean_ci(hit, seed=int(cfg.seed))
+        ci = mean_ci(head_share_of_top_n(s, is_head, n).numpy(), seed=int(cfg.seed))
         out.append({"method": method, "n": n, "head_share": ci["mean"], "lo": ci["lo"], "hi": ci["hi"]})
     chance = is_head.float().mean(1).numpy()
     ci = mean_ci(chance, seed=int(cfg.seed))

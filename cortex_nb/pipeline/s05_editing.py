@@ -35,7 +35,7 @@ from .keys import cache_path, edit_key
 from .run import Run, SectionResult, class_names, compose, display_name, get_tsv, load_split, setup
 
 __all__ = ["METHODS", "REGION_METHODS", "pairs_of", "regions_of", "edit_batch", "edit_region", "run_edits",
-           "score_edits", "table3_frame", "table3", "fig4", "fig6", "run"]
+           "best_of_checkpoints", "score_edits", "table3_frame", "table3", "fig4", "fig6", "run"]
 
 log = logging.getLogger("cortex_nb")
 
@@ -131,6 +131,14 @@ def _probs(evaluators: dict, vqgm, tokens: torch.Tensor, source, target) -> dict
     return out
 
 
+def best_of_checkpoints(p_orig: np.ndarray, p_targ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's protocol: per image, the checkpoint with the highest P(target) (the first
+    on ties), and that checkpoint's P(orig) and P(target). (S, B), (S, B) -> (B,), (B,)."""
+    best = p_targ.argmax(0)                                              # (B,)
+    cols = np.arange(p_targ.shape[1])
+    return p_orig[best, cols], p_targ[best, cols]
+
+
 def score_edits(cfg: DictConfig, edits: dict, evaluators: dict, vqgm) -> pd.DataFrame:
     """Per evaluator x (arch, method, region) x protocol: ΔP_orig, ΔP_targ (paired per image, 95 %
     bootstrap intervals), plus Acc_orig, P_orig, P_targ before editing (from the stored test images).
@@ -155,10 +163,8 @@ def score_edits(cfg: DictConfig, edits: dict, evaluators: dict, vqgm) -> pd.Data
             p0o, p0t, acc0 = before[name]
             protocols = {"final": final[name]}
             if ck:  # best-of-checkpoints (the reference): per image, the checkpoint with the highest P(target)
-                cko = np.stack([c[name][0] for c in ck])                # (S, B)
-                ckt = np.stack([c[name][1] for c in ck])
-                best = ckt.argmax(0)
-                protocols["best-of-checkpoints"] = (cko[best, np.arange(len(best))], ckt[best, np.arange(len(best))])
+                protocols["best-of-checkpoints"] = best_of_checkpoints(np.stack([c[name][0] for c in ck]),
+                                                                       np.stack([c[name][1] for c in ck]))
             for protocol, (qo, qt) in protocols.items():
                 do, dt = mean_ci(qo - p0o, seed=seed), mean_ci(qt - p0t, seed=seed)
                 rows.append({"evaluator": display_name(name), "extractor": arch, "method": method,
