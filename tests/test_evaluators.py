@@ -19,6 +19,7 @@ from cortex_nb import toy_evaluators as TE
 from cortex_nb.errors import UserError
 from cortex_nb.errors import CheckpointError
 from cortex_nb.train import FitConfig
+from damage import flip_bytes_in_tensor
 
 # one grey level after normalisation (PIL rounds its resized uint8 image; we resize in float)
 GREY = 1.0 / 255 / min(E.IMAGENET_STD)
@@ -266,28 +267,6 @@ def test_train_toy_evaluators_trains_saves_and_resumes(tmp_path):
 # ------------------------------------------------------------------ damaged files
 
 
-def _flip_bytes_in_tensor(path, tensor, n=64):
-    """Flip ``n`` bytes inside ``tensor``'s stored data in ``path``; return the zip member."""
-    import struct
-    import zipfile
-
-    data = bytearray(path.read_bytes())
-    raw = tensor.detach().contiguous().numpy().tobytes()
-    at = data.find(raw)
-    assert at > 0 and len(raw) > n
-    for i in range(at, at + n):
-        data[i] ^= 0xFF
-    path.write_bytes(bytes(data))
-    with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
-            name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:
-                                                           info.header_offset + 30])
-            start = info.header_offset + 30 + name_len + extra_len
-            if start <= at < start + info.file_size:
-                return info.filename
-    raise AssertionError("tensor bytes not inside a member")
-
-
 def test_save_evaluator_writes_sidecar_atomically(tmp_path, monkeypatch):
     import hashlib
     import os
@@ -319,7 +298,7 @@ def test_damaged_evaluator_file_is_refused(tmp_path):
     ev = _toy("resnet18")
     path = TE.save_evaluator(ev, tmp_path / "resnet18.pt")
     recorded = (tmp_path / "resnet18.pt.sha256").read_text().strip()
-    member = _flip_bytes_in_tensor(path, ev.model.state_dict()["layer4.1.conv2.weight"])
+    member = flip_bytes_in_tensor(path, ev.model.state_dict()["layer4.1.conv2.weight"])
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
     # with its sidecar: the SHA-256 check names both digests
     with pytest.raises(CheckpointError) as err:
@@ -342,7 +321,7 @@ def test_damaged_torchvision_weights_unhashed_fail_the_crc(tmp_path, empty_hub, 
     wdir.mkdir()
     path = wdir / "resnet18-f37072fd.pth"
     torch.save(fake.state_dict(), path)
-    member = _flip_bytes_in_tensor(path, fake.state_dict()["fc.weight"])
+    member = flip_bytes_in_tensor(path, fake.state_dict()["fc.weight"])
     with pytest.raises(CheckpointError) as err:
         E.load_imagenet_evaluator("resnet18", weights_dir=wdir, check_hash=False)
     assert str(path) in err.value.message and repr(member) in err.value.message

@@ -30,6 +30,7 @@ from cortex_nb.taming_ckpt import CODEBOOK_KEY, save_taming_checkpoint
 from cortex_nb.taming_compat import filter_top_k_top_p
 from cortex_nb.taming_config import ConfigMismatchError, build_from_config, tiny_cin_config
 from cortex_nb.vqgm import TokenRangeError, load_vqgm
+from damage import flip_bytes_in_tensor
 
 N_EMBED, EMBED_DIM, N_CLASSES, RES = 64, 8, 5, 16
 M = RES // 2  # ch_mult [1, 2] -> one downsampling
@@ -638,28 +639,6 @@ def test_unknown_config_target_loads_only_when_trusted(tiny, tmp_path, monkeypat
 # ----------------------------------------------------------------------------- damaged files
 
 
-def _flip_bytes_in_tensor(path, tensor, n=64):
-    """Flip ``n`` bytes inside ``tensor``'s stored data in ``path``; return the zip member."""
-    import struct
-    import zipfile
-
-    data = bytearray(path.read_bytes())
-    raw = tensor.detach().contiguous().numpy().tobytes()
-    at = data.find(raw)
-    assert at > 0 and len(raw) > n
-    for i in range(at, at + n):
-        data[i] ^= 0xFF
-    path.write_bytes(bytes(data))
-    with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
-            name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:
-                                                           info.header_offset + 30])
-            start = info.header_offset + 30 + name_len + extra_len
-            if start <= at < start + info.file_size:
-                return info.filename
-    raise AssertionError("tensor bytes not inside a member")
-
-
 def test_save_writes_a_checksum_sidecar(tiny, tmp_path):
     import hashlib
 
@@ -676,7 +655,7 @@ def test_flipped_bytes_without_sidecar_fail_the_crc_check(tiny, tmp_path, trust)
     path = save_taming_checkpoint(model, tmp_path / "model.ckpt")
     (tmp_path / "model.ckpt.sha256").unlink(missing_ok=True)  # as official files: no checksum
     key = "first_stage_model.decoder.conv_out.weight"
-    member = _flip_bytes_in_tensor(path, model.state_dict()[key])
+    member = flip_bytes_in_tensor(path, model.state_dict()[key])
     with pytest.raises(CheckpointError) as e:
         load_vqgm(cfg, path, trust_checkpoint=trust)
     assert str(path) in e.value.message and repr(member) in e.value.message
@@ -690,7 +669,7 @@ def test_flipped_bytes_with_sidecar_fail_the_sha256_check(tiny, tmp_path):
     cfg, model, _ = tiny
     path = save_taming_checkpoint(model, tmp_path / "model.ckpt")
     recorded = (tmp_path / "model.ckpt.sha256").read_text().strip()
-    _flip_bytes_in_tensor(path, model.state_dict()["transformer.tok_emb.weight"])
+    flip_bytes_in_tensor(path, model.state_dict()["transformer.tok_emb.weight"])
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
     with pytest.raises(CheckpointError) as e:
         load_vqgm(cfg, path)
