@@ -44,10 +44,12 @@ What the loop guarantees
   rank 0 alone), so every rank sees the same accuracy and picks the same best epoch. Training
   metrics are all-reduced too; only rank 0 writes ``last.pt`` / ``best.pt``; all ranks resume
   from them, with any number of ranks. The result equals the single-process run up to float
-  rounding (measured on the smoke extractors: relative L2 distance of the weights 4e-6 to 1.2e-4
-  after 10 Adam steps, one thread per process on both sides; Adam turns rounding-level
-  differences of near-cancelling gradient entries into differences of order ``lr``, which is
-  also why one process with 2 threads against 1 thread differs by more: up to 2.7e-3).
+  rounding. A float64 model trains (loss included) in float64: the smoke extractors then agree
+  within 3e-12 after 10 Adam steps, on any CPU (``tests/test_distributed.py``). In float32,
+  Adam turns rounding-level differences of gradient entries that are zero in exact arithmetic
+  (a Linear bias in front of BatchNorm) into steps of +-``lr``, so the weights end up to a few
+  ``lr`` apart by an amount that depends on the CPU's kernels and thread count (relative L2
+  distance 2e-5 to 5e-3 on the smoke extractors), as does any change of summation order.
 
 Checkpoint files hold only tensors and plain Python containers: ``torch.load(...,
 weights_only=True)`` reads them.
@@ -218,6 +220,12 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device, non_blocking=True)
 
 
+def _loss_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Logits as the loss sees them: half / bfloat16 (autocast) upcast to float32, float32 and
+    float64 as they are, so a float64 model trains and is scored in float64 throughout."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
 # --------------------------------------------------------------------------------------
 # metrics, evaluation, prediction
 # --------------------------------------------------------------------------------------
@@ -322,7 +330,7 @@ def _evaluate_sums(model, data, transform, batch_size, device) -> tuple[float, i
             xb, yb = _to_device(xb, device), _to_device(yb, device).long()
             if transform is not None:
                 xb = transform(xb)
-            logits = model(xb).float()
+            logits = _loss_logits(model(xb))
             loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
             n += len(yb)
@@ -619,15 +627,17 @@ def fit(
                 )
                 logits = net(xb)
                 if ddp is None:
-                    loss = F.cross_entropy(logits.float(), yb)
+                    loss = F.cross_entropy(_loss_logits(logits), yb)
                     batch_loss = loss.detach()
                 else:
                     # DDP averages gradients over ranks: scale this rank's loss sum by world / n
                     # so the average is the gradient of the global batch's mean loss, whatever
                     # the split; the global mean (for the non-finite check) is all-reduced
-                    local_sum = F.cross_entropy(logits.float(), yb, reduction="sum")
+                    local_sum = F.cross_entropy(_loss_logits(logits), yb, reduction="sum")
                     loss = local_sum * (world / n_global)
-                    batch_loss = distributed.all_reduce_sum(local_sum.detach().double()) / n_global
+                    # (a copy: all_reduce_sum works in place, and .double() of float64 is no copy)
+                    batch_loss = distributed.all_reduce_sum(
+                        local_sum.detach().to(torch.float64, copy=True)) / n_global
                 if cfg.skip_nonfinite and not torch.isfinite(batch_loss):
                     if ddp is not None:  # DDP expects a backward after each forward
                         (loss * 0.0).backward()
