@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cortex_nb.train import eval_mode
+from cortex_nb.inference import eval_mode
 
 __all__ = ["evaluate_masked_reference", "mask_image_pil", "sample_uncached", "tsv_reference"]
 

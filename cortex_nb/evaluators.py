@@ -39,7 +39,7 @@ from torchvision.transforms import functional as TF
 
 from .errors import CheckpointError, UserError
 from .files import file_sha256, verify_file
-from .train import eval_mode
+from .inference import eval_mode
 
 __all__ = [
     "EVALUATOR_NAMES",

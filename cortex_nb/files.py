@@ -29,7 +29,7 @@ from .errors import CheckpointError
 __all__ = [
     "atomic_path", "save_npy", "save_json", "load_json", "load_cache_json", "cached", "digest",
     "checksum_path", "file_sha256", "write_checksum", "rebuild_fix", "verify_file", "save_with_checksum",
-    "DAMAGED_FIX", "progress",
+    "DAMAGED_FIX", "save_torch", "progress",
 ]
 
 log = logging.getLogger("cortex_nb")
@@ -259,6 +259,14 @@ def verify_file(
     if _check_sidecar(path, mismatch_fix or rebuild_fix(path)):
         return "sha256"
     return "crc" if _check_zip_crcs(path, damaged_fix) else "none"
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically: a training checkpoint, rewritten often (no sidecar)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_with_checksum(obj: Any, path: str | os.PathLike) -> str:

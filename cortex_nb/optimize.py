@@ -72,7 +72,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .train import eval_mode
+from .inference import eval_mode
 
 __all__ = ["OptimResult", "select_tokens", "optimize_embeddings", "nearest_tokens",
            "central_region", "saliency_region"]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .train import eval_mode
+from .inference import eval_mode
 
 __all__ = [
     "TokenSaliency", "Sigma", "Reduce", "Output",

@@ -19,10 +19,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .files import digest
+from .files import digest, save_torch
 from .taming_config import instantiate, transformer_config
 from .toy_training import (RECIPE_VERSION, bf16_ok, config_dict, end_step, load_state, lr_at,
-                           save_state, step_bar, step_seed)
+                           step_bar, step_seed)
 
 __all__ = ["PriorConfig", "gpt_config", "build_prior", "prior_logits", "train_prior"]
 
@@ -145,7 +145,7 @@ def train_prior(prior: PriorConfig, tokens: torch.Tensor, labels: torch.Tensor, 
         recent = state.get("recent", [])
 
     def save() -> None:
-        save_state(dict(key=key, model=gpt.state_dict(), opt=opt.state_dict(), step=step,
+        save_torch(dict(key=key, model=gpt.state_dict(), opt=opt.state_dict(), step=step,
                         seconds=seconds, history=history, recent=recent,
                         done=step >= prior.steps), path)
 

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from . import toyworld
-from .files import digest
+from .files import digest, save_torch
 from .taming_config import first_stage_config, instantiate
 from .toy_training import (RECIPE_VERSION, bf16_ok, config_dict, end_step, load_state, lr_at,
-                           save_state, step_bar, step_seed)
+                           step_bar, step_seed)
 
 __all__ = ["TokenizerConfig", "vqgan_config", "build_tokenizer", "train_tokenizer",
            "encode_images", "codebook_usage", "restart_dead_codes"]
@@ -268,7 +268,7 @@ def train_tokenizer(tok: TokenizerConfig, *, seed: int, device: str | torch.devi
         restarts, history = state["restarts"], state["history"]
 
     def save() -> None:
-        save_state(dict(key=key, model=model.state_dict(), opt=opt.state_dict(),
+        save_torch(dict(key=key, model=model.state_dict(), opt=opt.state_dict(),
                         gen=gen.get_state(), counts=counts.cpu(), ema_n=ema_n.cpu(),
                         ema_s=ema_s.cpu(), window_z=[z.cpu() for z in window_z],
                         window_hist=None if window_hist is None else window_hist.cpu(), step=step,

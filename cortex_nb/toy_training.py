@@ -19,9 +19,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .files import atomic_path, progress
+from .files import progress
 
-__all__ = ["RECIPE_VERSION", "config_dict", "step_seed", "lr_at", "bf16_ok", "save_state",
+__all__ = ["RECIPE_VERSION", "config_dict", "step_seed", "lr_at", "bf16_ok",
            "load_state", "step_bar", "end_step"]
 
 logger = logging.getLogger(__name__)
@@ -64,14 +64,8 @@ def bf16_ok(device: torch.device) -> bool:
     return False
 
 
-def save_state(obj: Any, path: Path) -> None:
-    """``torch.save`` a training checkpoint atomically (:func:`cortex_nb.files.atomic_path`)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def load_state(path: Path, key: str) -> dict | None:
-    """A training checkpoint written by :func:`save_state`, if it exists and belongs to ``key``."""
+    """A training checkpoint written by :func:`cortex_nb.files.save_torch`, if it exists and belongs to ``key``."""
     if not path.is_file():
         return None
     try:

@@ -56,7 +56,7 @@ from .toy_tokenizer import (TokenizerConfig, codebook_usage, encode_images, trai
                             vqgan_config)
 from .toy_training import RECIPE_VERSION, config_dict, load_state, step_seed
 # tests/test_stages.py checks this module's checkpoint writer under this name
-from .toy_training import save_state as _atomic_save
+from .files import save_torch
 
 __all__ = ["toy_cin_config", "build_toy_vqgm"]
 
@@ -174,7 +174,7 @@ def build_toy_vqgm(out_dir: str | os.PathLike, tok: TokenizerConfig | None = Non
                             scene_bias=scene_bias)
         tokens = encode_images(first_stage, toyworld.to_tensor(b.images))
         labels = torch.as_tensor(b.labels, dtype=torch.int64)
-        _atomic_save(dict(key=tok_key, tokens=tokens, labels=labels), tok_path)
+        save_torch(dict(key=tok_key, tokens=tokens, labels=labels), tok_path)
     else:
         tokens, labels = cached_tokens["tokens"], cached_tokens["labels"]
     encode_seconds = time.perf_counter() - t0

@@ -58,37 +58,28 @@ weights_only=True)`` reads them.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import os
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from .files import progress
+from .files import progress, save_torch
+from .fit_state import (cfg_dict, check_resumable, compact_record, finished_weights, load_state,
+                        loader_generator, refuse_compact_continuation, rng_state, set_rng_state)
+from .inference import (Transform, check_pair, evaluate_sums, is_tensor_pair, iter_batches, loss_logits,
+                        n_items, to_device)
 
-__all__ = [
-    "FitConfig",
-    "FitResult",
-    "fit",
-    "evaluate",
-    "predict_logits",
-    "topk_accuracy",
-    "eval_mode",
-    "HISTORY_COLUMNS",
-]
+__all__ = ["FitConfig", "FitResult", "fit", "HISTORY_COLUMNS"]
 
-Transform = Callable[[torch.Tensor], torch.Tensor]
 
 #: Columns of :attr:`FitResult.history`, one row per epoch (epochs count from 1).
 HISTORY_COLUMNS = (
@@ -96,7 +87,6 @@ HISTORY_COLUMNS = (
 )
 
 # Fields of FitConfig that may differ between an interrupted run and its resumption.
-_RESUME_FREE_FIELDS = ("epochs", "device", "progress")
 
 
 @dataclass
@@ -129,318 +119,8 @@ class FitResult:
 
 
 # --------------------------------------------------------------------------------------
-# data plumbing
+# the result
 # --------------------------------------------------------------------------------------
-
-
-def _as_tensor(a: Any) -> torch.Tensor:
-    if isinstance(a, torch.Tensor):
-        return a
-    if isinstance(a, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(a))
-    return torch.as_tensor(a)
-
-
-def _is_tensor_pair(data: Any) -> bool:
-    return isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data, Dataset)
-
-
-def _n_items(data: Any) -> int | None:
-    if _is_tensor_pair(data):
-        return len(data[0])
-    try:
-        return len(data.dataset) if isinstance(data, DataLoader) else len(data)
-    except TypeError:
-        return None
-
-
-def _check_pair(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = (_as_tensor(data[0]), _as_tensor(data[1]))
-    if len(x) != len(y):
-        raise ValueError(f"{what}: x has {len(x)} items but y has {len(y)}")
-    if y.dtype.is_floating_point:
-        raise ValueError(f"{what}: labels must be integer class indices, got dtype {y.dtype}")
-    return x, y
-
-
-def _batches(
-    data: Any,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    generator: torch.Generator | None = None,
-    max_steps: int | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield CPU (or wherever the data lives) batches ``(x, y)``.
-
-    Tensor pairs and map-style Datasets: ``perm = torch.randperm(n, generator=generator)`` once
-    per epoch, then consecutive slices of ``batch_size`` indices (the last batch may be smaller).
-    A DataLoader is iterated as it is (its own sampler decides the order; checkpoints keep
-    its ``generator=`` state when it has one, and torch's global RNG, which it uses otherwise).
-    """
-    if _is_tensor_pair(data):
-        x, y = _check_pair(data, "data")
-        n = len(x)
-        if shuffle:
-            order = torch.randperm(n, generator=generator)
-        else:
-            order = None
-        for step, start in enumerate(range(0, n, batch_size)):
-            if max_steps is not None and step >= max_steps:
-                return
-            if order is None:
-                yield x[start : start + batch_size], y[start : start + batch_size]
-            else:
-                idx = order[start : start + batch_size]
-                yield x[idx], y[idx]
-        return
-    if isinstance(data, DataLoader):
-        loader = data
-    elif isinstance(data, Dataset):
-        # same order as the tensor fast path: one randperm per epoch, consecutive slices
-        n = len(data)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        loader = DataLoader(data, batch_sampler=[
-            order[i : i + batch_size].tolist() for i in range(0, n, batch_size)
-        ])
-    else:
-        raise TypeError(
-            "data must be a tuple (x, y) of tensors/arrays, a torch Dataset or a DataLoader; "
-            f"got {type(data).__name__}"
-        )
-    for step, batch in enumerate(loader):
-        if max_steps is not None and step >= max_steps:
-            return
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise ValueError("each batch of a Dataset/DataLoader must be (x, y, ...)")
-        yield batch[0], batch[1]
-
-
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return x.to(device, non_blocking=True)
-
-
-def _loss_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Logits as the loss sees them: half / bfloat16 (autocast) upcast to float32, float32 and
-    float64 as they are, so a float64 model trains and is scored in float64 throughout."""
-    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-
-
-# --------------------------------------------------------------------------------------
-# metrics, evaluation, prediction
-# --------------------------------------------------------------------------------------
-
-
-def topk_accuracy(
-    logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 3, 5, 10)
-) -> dict[int, float]:
-    """Fraction of rows whose label is among the ``k`` highest logits, for each ``k``.
-
-    Table 1 of the paper reports k = 1, 3, 5, 10. ``k`` larger than the number of classes
-    counts every row as correct. Ties between logits are broken by ``torch.topk``.
-    """
-    logits = _as_tensor(logits)
-    labels = _as_tensor(labels).long().to(logits.device)
-    if logits.ndim != 2 or labels.ndim != 1 or len(labels) != len(logits):
-        raise ValueError(
-            f"expected logits (N, C) and labels (N,), got {tuple(logits.shape)} and "
-            f"{tuple(labels.shape)}"
-        )
-    n, c = logits.shape
-    if n == 0:
-        raise ValueError("topk_accuracy of an empty batch")
-    if labels.min() < 0 or labels.max() >= c:
-        raise ValueError(f"labels must lie in [0, {c}), got [{labels.min()}, {labels.max()}]")
-    kmax = min(max(ks), c)
-    top = logits.topk(kmax, dim=1).indices  # (N, kmax), best first
-    hit = top == labels[:, None]
-    cum = hit.cumsum(dim=1).clamp_(max=1).float().mean(dim=0)  # acc@1..kmax
-    return {int(k): float(cum[min(k, c) - 1]) for k in ks}
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode inside the block; afterwards every submodule gets back the mode it
-    had (also when a caller keeps some submodules, e.g. frozen BatchNorm, in eval mode)."""
-    modes = [m.training for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, was_training in zip(model.modules(), modes):
-            m.training = was_training
-
-
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module,
-    x: Any,
-    transform: Transform | None = None,
-    batch_size: int = 1024,
-    device: str | torch.device | None = None,
-) -> torch.Tensor:
-    """Logits of ``model`` for every item of ``x`` (tensor/array, or Dataset yielding (x, y)).
-
-    Batched, no grad, eval mode (the model's train/eval mode is restored afterwards). The
-    result is a float tensor on the CPU, rows in input order.
-    """
-    device = torch.device(device) if device is not None else _model_device(model)
-    outs = []
-    with eval_mode(model):
-        if isinstance(x, (Dataset, DataLoader)):
-            it = (xb for xb, _ in _batches(x, batch_size, shuffle=False))
-        else:
-            xt = _as_tensor(x)
-            it = (xt[i : i + batch_size] for i in range(0, len(xt), batch_size))
-        for xb in it:
-            xb = _to_device(xb, device)
-            if transform is not None:
-                xb = transform(xb)
-            outs.append(model(xb).float().cpu())
-    if not outs:
-        raise ValueError("predict_logits got no items")
-    return torch.cat(outs)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data: Any,
-    transform: Transform | None = None,
-    batch_size: int = 1024,
-    device: str | torch.device | None = None,
-) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy of ``model`` on ``data`` (batched, no grad, eval).
-
-    Non-finite per-sample losses are kept (the mean is then NaN/Inf): evaluation hides nothing.
-    """
-    loss_sum, correct, n = _evaluate_sums(model, data, transform, batch_size, device)
-    if n == 0:
-        raise ValueError("evaluate got no items")
-    return loss_sum / n, correct / n
-
-
-@torch.no_grad()
-def _evaluate_sums(model, data, transform, batch_size, device) -> tuple[float, int, int]:
-    """(sum of cross-entropy, correct count, item count) of ``model`` on ``data``."""
-    device = torch.device(device) if device is not None else _model_device(model)
-    loss_sum, correct, n = 0.0, 0, 0
-    with eval_mode(model):
-        for xb, yb in _batches(data, batch_size, shuffle=False):
-            xb, yb = _to_device(xb, device), _to_device(yb, device).long()
-            if transform is not None:
-                xb = transform(xb)
-            logits = _loss_logits(model(xb))
-            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(1) == yb).sum())
-            n += len(yb)
-    return loss_sum, correct, n
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
-# --------------------------------------------------------------------------------------
-# checkpoints
-# --------------------------------------------------------------------------------------
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    from .files import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-#: what last.pt holds only to resume an unfinished run (3x the weights with Adam's moments)
-_RESUME_ONLY = ("model", "optimizer", "scheduler", "rng")
-
-
-def _compact_record(state: Mapping) -> dict:
-    """A finished run's last.pt without what only resuming needs: epoch, history, best epoch and
-    accuracy, cfg, seconds, and ``compact: True``. The weights stay in best.pt."""
-    return {**{k: v for k, v in state.items() if k not in _RESUME_ONLY}, "compact": True}
-
-
-def _finished_weights(best_path: Path, state: Mapping, last_path: Path) -> dict:
-    """The weights a finished run returns: best.pt's, or (a run without best.pt) last.pt's."""
-    if best_path.exists():
-        return _load(best_path)["model"]
-    if "model" in state:
-        return state["model"]
-    from .errors import UserError
-
-    raise UserError(
-        f"{best_path} is missing, and {last_path} records a finished run of {state['epoch']} epochs whose "
-        "weights were kept only in best.pt",
-        fix=f"delete {last_path.parent} and rerun to train again")
-
-
-def _refuse_compact_continuation(state: Mapping, cfg: "FitConfig", last_path: Path) -> None:
-    from .errors import UserError
-
-    raise UserError(
-        f"{last_path} holds a finished run of {state['epoch']} epochs kept without its optimiser state "
-        f"(compact=True), so it cannot continue to cfg.epochs={cfg.epochs}",
-        fix=f"train from the start: pass resume=False, or delete {last_path.parent}")
-
-
-def _load(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raise with the file named
-        raise RuntimeError(
-            f"cannot read checkpoint {path}: {e}. Delete the file (or its directory) to start "
-            "this training afresh."
-        ) from e
-
-
-def _cfg_dict(cfg: FitConfig) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def _check_resumable(saved: Mapping, cfg: FitConfig, path: Path) -> None:
-    now = _cfg_dict(cfg)
-    diff = {
-        k: (saved.get(k), now[k])
-        for k in now
-        if k not in _RESUME_FREE_FIELDS and saved.get(k) != now[k]
-    }
-    if diff:
-        lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(
-            f"{path} was written with a different FitConfig ({lines}). Resume with the same "
-            "settings, pass resume=False to start over, or use another ckpt_dir."
-        )
-
-
-def _loader_generator(data: Any) -> torch.Generator | None:
-    """The ``generator=`` of a user's DataLoader (its shuffling state is checkpointed too)."""
-    return getattr(data, "generator", None) if isinstance(data, DataLoader) else None
-
-
-def _rng_state(shuffler: torch.Generator, device: torch.device, loader_gen=None) -> dict:
-    state = {"shuffler": shuffler.get_state(), "torch": torch.get_rng_state()}
-    if loader_gen is not None:
-        state["loader"] = loader_gen.get_state()
-    if device.type == "cuda" and torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: Mapping, shuffler: torch.Generator, device: torch.device,
-                   loader_gen=None) -> None:
-    shuffler.set_state(state["shuffler"])
-    torch.set_rng_state(state["torch"])
-    if loader_gen is not None and "loader" in state:
-        loader_gen.set_state(state["loader"])
-    if "cuda" in state and device.type == "cuda" and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _history_frame(rows: list[dict]) -> pd.DataFrame:
@@ -506,12 +186,12 @@ def fit(
         raise ValueError(f"cfg.epochs must be >= 1, got {cfg.epochs}")
     if cfg.batch_size < 1:
         raise ValueError(f"cfg.batch_size must be >= 1, got {cfg.batch_size}")
-    if _n_items(train_data) == 0:
+    if n_items(train_data) == 0:
         raise ValueError("train_data is empty")
-    if _is_tensor_pair(train_data):
-        train_data = _check_pair(train_data, "train_data")
-    if val_data is not None and _is_tensor_pair(val_data):
-        val_data = _check_pair(val_data, "val_data")
+    if is_tensor_pair(train_data):
+        train_data = check_pair(train_data, "train_data")
+    if val_data is not None and is_tensor_pair(val_data):
+        val_data = check_pair(val_data, "val_data")
 
     from . import distributed
 
@@ -533,8 +213,8 @@ def fit(
     seconds_before = 0.0
 
     if last_path is not None and resume and last_path.exists():
-        state = _load(last_path)
-        _check_resumable(state["cfg"], cfg, last_path)
+        state = load_state(last_path)
+        check_resumable(state["cfg"], cfg, last_path)
         rows = list(state["history"])
         best_acc, best_epoch = state["best_val_acc"], state["best_epoch"]
         seconds_before = state["seconds"]
@@ -545,19 +225,19 @@ def fit(
                     f"{cfg.epochs}; returning the finished run as it is",
                     stacklevel=2,
                 )
-            weights = _finished_weights(best_path, state, last_path)
+            weights = finished_weights(best_path, state, last_path)
             if compact and main and "optimizer" in state:  # a run finished before compaction existed
-                _atomic_save(_compact_record(state), last_path)
+                save_torch(compact_record(state), last_path)
             return _finish(model, rows, weights, best_epoch, best_acc, seconds_before)
         if state.get("compact"):
-            _refuse_compact_continuation(state, cfg, last_path)
+            refuse_compact_continuation(state, cfg, last_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"], shuffler, device, _loader_generator(train_data))
+        set_rng_state(state["rng"], shuffler, device, loader_generator(train_data))
         start_epoch = state["epoch"]
         if best_path.exists():
-            best_state = _load(best_path)["model"]
+            best_state = load_state(best_path)["model"]
     else:
         if last_path is not None and not resume and main:  # start over: drop the old run's files
             for f in (last_path, best_path):
@@ -582,7 +262,7 @@ def fit(
         if isinstance(m, nn.modules.batchnorm._NormBase)
         for b in m.buffers(recurse=False)
     ]
-    n_train = _n_items(train_data)
+    n_train = n_items(train_data)
     steps = None if n_train is None else math.ceil(n_train / cfg.batch_size)
     if steps is not None and cfg.max_steps_per_epoch is not None:
         steps = min(steps, cfg.max_steps_per_epoch)
@@ -608,7 +288,7 @@ def fit(
                 total=steps, desc=f"epoch {epoch_idx + 1}", leave=False,
                 enabled=cfg.progress and main, unit="batch", mininterval=1.0,
             )
-            for xb, yb in _batches(
+            for xb, yb in iter_batches(
                 train_data, cfg.batch_size, shuffle=True, generator=shuffler,
                 max_steps=cfg.max_steps_per_epoch,
             ):
@@ -617,7 +297,7 @@ def fit(
                     lo, hi = distributed.batch_slice(n_global)
                     xb, yb = xb[lo:hi], yb[lo:hi]
                     ddp.set_rows(n_global, lo)
-                xb, yb = _to_device(xb, device), _to_device(yb, device).long()
+                xb, yb = to_device(xb, device), to_device(yb, device).long()
                 if transform is not None:
                     xb = transform(xb)
                 if augment is not None:
@@ -627,13 +307,13 @@ def fit(
                 )
                 logits = net(xb)
                 if ddp is None:
-                    loss = F.cross_entropy(_loss_logits(logits), yb)
+                    loss = F.cross_entropy(loss_logits(logits), yb)
                     batch_loss = loss.detach()
                 else:
                     # DDP averages gradients over ranks: scale this rank's loss sum by world / n
                     # so the average is the gradient of the global batch's mean loss, whatever
                     # the split; the global mean (for the non-finite check) is all-reduced
-                    local_sum = F.cross_entropy(_loss_logits(logits), yb, reduction="sum")
+                    local_sum = F.cross_entropy(loss_logits(logits), yb, reduction="sum")
                     loss = local_sum * (world / n_global)
                     # (a copy: all_reduce_sum works in place, and .double() of float64 is no copy)
                     batch_loss = distributed.all_reduce_sum(
@@ -672,7 +352,7 @@ def fit(
             train_loss = float(loss_sum) / seen if seen else math.nan
             train_acc = int(correct) / seen if seen else math.nan
             if val_data is not None:
-                v_loss, v_correct, v_n = _evaluate_sums(
+                v_loss, v_correct, v_n = evaluate_sums(
                     model, val_shard, transform, cfg.batch_size, device
                 ) if val_shard is not None else (0.0, 0, 0)
                 if ddp is not None:
@@ -698,7 +378,7 @@ def fit(
                 best_acc, best_epoch = val_acc, epoch
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
                 if best_path is not None and main:
-                    _atomic_save({"model": best_state, "epoch": epoch, "val_acc": val_acc}, best_path)
+                    save_torch({"model": best_state, "epoch": epoch, "val_acc": val_acc}, best_path)
             elapsed = seconds_before + time.perf_counter() - t_session
             if last_path is not None and main:
                 record = {
@@ -709,13 +389,13 @@ def fit(
                     "history": rows,
                     "best_val_acc": best_acc,
                     "best_epoch": best_epoch,
-                    "rng": _rng_state(shuffler, device, _loader_generator(train_data)),
-                    "cfg": _cfg_dict(cfg),
+                    "rng": rng_state(shuffler, device, loader_generator(train_data)),
+                    "cfg": cfg_dict(cfg),
                     "seconds": elapsed,
                 }
                 # the final epoch of a compact run: best.pt (written above) holds the weights
                 done = compact and epoch == cfg.epochs and best_path.exists()
-                _atomic_save(_compact_record(record) if done else record, last_path)
+                save_torch(compact_record(record) if done else record, last_path)
             epoch_bar.set_postfix(
                 loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}", val_acc=f"{val_acc:.3f}",
                 refresh=False,
@@ -726,6 +406,7 @@ def fit(
             ddp.restore()
     epoch_bar.close()
     seconds = seconds_before + time.perf_counter() - t_session
+    distributed.barrier()  # rank 0 has written the final files before any rank returns (and reads them)
     return _finish(model, rows, best_state, best_epoch, best_acc, seconds)
 
 
@@ -738,7 +419,7 @@ def _shard(data: Any) -> Any:
         return None
     if isinstance(data, DataLoader):
         return data if distributed.is_main() else None
-    lo, hi = distributed.batch_slice(_n_items(data))
-    if _is_tensor_pair(data):
+    lo, hi = distributed.batch_slice(n_items(data))
+    if is_tensor_pair(data):
         return data[0][lo:hi], data[1][lo:hi]
     return torch.utils.data.Subset(data, range(lo, hi))

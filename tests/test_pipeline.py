@@ -397,7 +397,7 @@ def test_compacted_run_refuses_to_continue_and_a_lost_best_is_named(tmp_path):
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module, saver", [("train", "_atomic_save"), ("toy_training", "save_state")])
+@pytest.mark.parametrize("module, saver", [("files", "save_torch")])
 def test_checkpoint_files_get_the_umask_mode_and_no_temporaries(tmp_path, module, saver):
     """Checkpoints are written through files.atomic_path: mode 0o666 & ~umask (as ``open`` gives,
     not mkstemp's 0600), and a failed write leaves the old file and no temporary."""
