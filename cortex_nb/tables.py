@@ -2,6 +2,12 @@
 
 Every mean that a table reports carries a 95 % percentile-bootstrap interval
 (:func:`bootstrap_ci`); :func:`write_table` writes ``results/<profile>/tables/<name>.{csv,md,tex}``.
+
+Resampling the right unit: when rows are not independent -- images of one class share that
+class's concept set, or one image appears once per noise seed -- :func:`cluster_bootstrap_ci`
+resamples whole clusters (classes), and :func:`seed_average` first averages an image's seeds. A
+comparison of two methods on the same images is :func:`paired_ci` (the interval of the per-image
+difference, optionally by cluster), not two separate intervals.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import pandas as pd
 
 from .files import atomic_path
 
-__all__ = ["bootstrap_ci", "mean_ci", "fmt_ci", "write_table"]
+__all__ = ["bootstrap_ci", "mean_ci", "cluster_bootstrap_ci", "paired_ci", "seed_average", "fmt_ci", "write_table"]
 
 
 def bootstrap_ci(values: np.ndarray, *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
@@ -34,6 +40,46 @@ def mean_ci(values, **kw) -> dict:
     """{'mean', 'lo', 'hi'} for a 1-D array (see :func:`bootstrap_ci`)."""
     m, lo, hi = bootstrap_ci(values, **kw)
     return {"mean": m, "lo": lo, "hi": hi}
+
+
+def cluster_bootstrap_ci(values, clusters, *, n_boot: int = 2000, alpha: float = 0.05,
+                         seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high) of ``values`` (N,) whose rows fall into ``clusters`` (N,) labels: the
+    percentile-bootstrap interval that resamples whole clusters with replacement (the mean of a
+    resample is the mean of all rows of the drawn clusters). Vectorised: per-cluster sums and
+    counts, one (n_boot, C) index draw."""
+    values = np.asarray(values, dtype=np.float64)
+    _, which = np.unique(np.asarray(clusters), return_inverse=True)   # (N,) cluster index 0..C-1
+    if values.size == 0:
+        return (float("nan"),) * 3
+    sums = np.bincount(which, weights=values)                          # (C,)
+    counts = np.bincount(which).astype(np.float64)                     # (C,)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(sums), size=(n_boot, len(sums)))         # (n_boot, C) drawn clusters
+    boots = sums[idx].sum(1) / counts[idx].sum(1)
+    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    return float(values.mean()), float(lo), float(hi)
+
+
+def paired_ci(a, b, clusters=None, **kw) -> dict:
+    """{'mean', 'lo', 'hi'} of mean(a - b) for two methods measured on the same units (a[i] and b[i]
+    on unit i): the interval of the paired difference, resampling units -- or, with ``clusters``,
+    whole clusters (:func:`cluster_bootstrap_ci`)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_ci needs the same units on both sides, got shapes {a.shape} and {b.shape}")
+    d = a - b
+    m, lo, hi = bootstrap_ci(d, **kw) if clusters is None else cluster_bootstrap_ci(d, clusters, **kw)
+    return {"mean": m, "lo": lo, "hi": hi}
+
+
+def seed_average(values) -> np.ndarray:
+    """(S, N) values of N units under S seeds -> (N,): each unit's mean over seeds, so that the
+    units, not unit x seed pairs, are what a bootstrap resamples."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"seed_average expects (seeds, units), got shape {values.shape}")
+    return values.mean(0)
 
 
 def fmt_ci(mean: float, lo: float, hi: float, *, pct: bool = False, digits: int = 3) -> str:

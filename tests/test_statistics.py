@@ -118,3 +118,80 @@ def test_masked_area_counts_of_the_token_id_mode():
     pivot = masked_counts(df)
     assert pivot.loc[1, "CE"] == 3.0 and pivot.loc[2, "CE"] == 5.0 and pivot.loc[1, "RE"] == 2.5
     assert "random" not in pivot.columns
+
+
+# --- resampling units (issue #12): clusters, pairs, seeds ------------------------------------
+
+from cortex_nb.tables import cluster_bootstrap_ci, paired_ci, seed_average  # noqa: E402
+
+
+def test_cluster_bootstrap_matches_the_exact_cluster_resampling_distribution():
+    """3 clusters of unequal size: all 3^3 = 27 cluster resamples are equally likely; the pooled
+    mean of each is sum of the drawn clusters' sums / sum of their counts (brute force below)."""
+    values = np.array([0.0, 1.0, 2.0, 10.0, 11.0, 4.0])
+    clusters = np.array(["a", "a", "a", "b", "b", "c"])
+    groups = [values[clusters == c] for c in ("a", "b", "c")]
+    exact = np.array([np.concatenate([groups[i] for i in draw]).mean()
+                      for draw in itertools.product(range(3), repeat=3)])
+    # quantiles of the exact (atomic) distribution; no quantile falls on an atom boundary
+    # (27 q is not an integer for q = 0.025, 0.975, 0.25, 0.75), so 200k draws land on the same atoms
+    for alpha in (0.05, 0.5):
+        m, lo, hi = cluster_bootstrap_ci(values, clusters, n_boot=200_000, alpha=alpha, seed=5)
+        e_lo, e_hi = np.quantile(exact, [alpha / 2, 1 - alpha / 2], method="inverted_cdf")
+        assert (lo, hi) == (pytest.approx(e_lo), pytest.approx(e_hi)), alpha
+    assert m == pytest.approx(values.mean())
+
+    # the extremes of the exact distribution are all-'a' (mean 1) and all-'b' (mean 10.5)
+    assert exact.min() == 1.0 and exact.max() == 10.5
+
+
+def test_cluster_bootstrap_is_wider_than_row_bootstrap_when_rows_share_a_cluster_effect():
+    """10 clusters x 50 rows with a cluster effect of sd 1 and row noise of sd 0.1: the sd of the
+    grand mean is ~ 1 / sqrt(10) = 0.32, which the cluster interval (~ +-0.62) shows and the row
+    interval (~ +-0.09, as if 500 independent rows) does not."""
+    rng = np.random.default_rng(2)
+    effect = rng.normal(0, 1, size=10)
+    clusters = np.repeat(np.arange(10), 50)
+    values = effect[clusters] + rng.normal(0, 0.1, size=500)
+    _, clo, chi = cluster_bootstrap_ci(values, clusters, seed=1)
+    _, rlo, rhi = bootstrap_ci(values, seed=1)
+    assert (chi - clo) > 4 * (rhi - rlo)
+    assert 0.8 < (chi - clo) < 2.0  # 2 x 1.96 x 0.32 = 1.24 give or take the 10 drawn effects
+
+
+def test_singleton_clusters_reduce_to_the_row_bootstrap():
+    x = np.random.default_rng(0).normal(size=40)
+    assert cluster_bootstrap_ci(x, np.arange(40), seed=4) == bootstrap_ci(x, seed=4)
+
+
+def test_paired_interval_removes_what_both_methods_share():
+    """Two methods on the same 200 images whose difficulty varies a lot (sd 1) and which differ by
+    0.05 +- 0.01 per image: separate intervals overlap, the paired one excludes zero."""
+    rng = np.random.default_rng(7)
+    difficulty = rng.normal(0, 1, size=200)
+    a = difficulty + 0.05 + rng.normal(0, 0.01, size=200)
+    b = difficulty
+    sep_a, sep_b = mean_ci(a), mean_ci(b)
+    assert sep_a["lo"] < sep_b["hi"]                       # separately: inconclusive
+    d = paired_ci(a, b)
+    assert 0.04 < d["lo"] < d["mean"] < d["hi"] < 0.06     # paired: clearly positive
+    assert d["mean"] == pytest.approx(np.mean(a - b))
+    dc = paired_ci(a, b, clusters=np.repeat(np.arange(10), 20))
+    assert dc["mean"] == pytest.approx(d["mean"]) and dc["lo"] > 0
+    with pytest.raises(ValueError, match="same units"):
+        paired_ci(a, b[:-1])
+
+
+def test_seed_average_makes_images_the_resampled_unit():
+    """5 seeds x 100 images: pooling the 500 rows understates the interval of a quantity whose
+    variation is mostly between images; averaging seeds first gives the image-level interval."""
+    rng = np.random.default_rng(3)
+    image_effect = rng.normal(0, 1, size=100)
+    rows = image_effect[None, :] + rng.normal(0, 0.2, size=(5, 100))   # (S, N)
+    per_image = seed_average(rows)
+    assert per_image.shape == (100,) and per_image == pytest.approx(rows.mean(0))
+    _, lo, hi = bootstrap_ci(per_image, seed=0)
+    _, plo, phi = bootstrap_ci(rows.ravel(), seed=0)
+    assert (hi - lo) > 1.8 * (phi - plo)                   # sqrt(5) = 2.2 when seeds barely matter
+    with pytest.raises(ValueError, match="seeds, units"):
+        seed_average(rows.ravel())
