@@ -30,7 +30,7 @@ from .saliency import positions_to_mask, top_n_positions
 
 __all__ = [
     "Fill", "MaskMode", "position_mask_to_pixels", "mask_images", "mask_top_n", "mask_random",
-    "mask_token_set", "scaled_n", "image_level_grid", "evaluate_masked",
+    "mask_token_set", "infill_tokens", "scaled_n", "image_level_grid", "evaluate_masked",
 ]
 
 PAPER_N = tuple(range(5, 55, 5))   # Fig. 3: n = 5, 10, ..., 50 masked tokens on a 16×16 grid
@@ -126,6 +126,27 @@ def mask_images(images: Any, mask: torch.Tensor, fill: str | Fill = Fill.BLACK) 
     patch = (H // mask.shape[1], W // mask.shape[2])
     out = torch.where(px, _fill_values(x, fill, patch), x)              # (B, 3, H, W)
     return _from_bchw(out, is_np, hwc)
+
+
+def infill_tokens(tokens: Any, mask: torch.Tensor, fill_token: Any, K: int | None = None) -> torch.Tensor:
+    """Token in-fill, the VQ model's own removal: replace the masked positions' token ids by
+    ``fill_token`` (an int for every image, or (B,) one per image: a background token, the prior's
+    most likely token) and leave every other id as it is. Decoding the result gives an image with
+    the patches removed *by the model* (no black square the classifier has never seen; ROAD-style).
+
+    tokens (B, m, m) int, mask (B, m, m) bool -> (B, m, m) int64.
+    """
+    t = _long(tokens)
+    mask = torch.as_tensor(mask, device=t.device).bool()
+    if mask.shape != t.shape:
+        raise ValueError(f"mask must have the token grid's shape {tuple(t.shape)}, got {tuple(mask.shape)}")
+    fill = torch.as_tensor(fill_token, dtype=torch.long, device=t.device)
+    if fill.dim() not in (0, 1) or (fill.dim() == 1 and fill.shape[0] != t.shape[0]):
+        raise ValueError(f"fill_token must be one id or one per image ({t.shape[0]}), got shape {tuple(fill.shape)}")
+    if K is not None and fill.numel() and (int(fill.min()) < 0 or int(fill.max()) >= K):
+        raise ValueError(f"fill_token ids must lie in [0, K = {K}), got {fill.tolist()}")
+    fill = fill.view(-1, 1, 1) if fill.dim() == 1 else fill                 # broadcast over (m, m)
+    return torch.where(mask, fill, t)
 
 
 # ---------------------------------------------------------------------- which positions

@@ -175,3 +175,21 @@ def test_evaluate_masked_batched_equals_direct():
     u8 = uint8_images().numpy()
     res = evaluate_masked(lambda x: np.full((len(x), 3), 1 / 3), u8, labels.numpy(), masks, batch_size=2)
     np.testing.assert_allclose(res["p_true"], 1 / 3)
+
+
+def test_infill_tokens_replaces_exactly_the_masked_ids():
+    from cortex_nb.masking import infill_tokens
+
+    tokens = np.array([[[5, 6], [7, 8]], [[1, 2], [3, 4]]], dtype=np.uint16)   # a token store's dtype
+    mask = torch.tensor([[[True, False], [False, True]], [[False, False], [True, False]]])
+    one = infill_tokens(tokens, mask, 0)
+    assert one.tolist() == [[[0, 6], [7, 0]], [[1, 2], [0, 4]]] and one.dtype == torch.int64
+    per_image = infill_tokens(tokens, mask, torch.tensor([9, 11]), K=12)      # one fill id per image
+    assert per_image.tolist() == [[[9, 6], [7, 9]], [[1, 2], [11, 4]]]
+    assert tokens.tolist() == [[[5, 6], [7, 8]], [[1, 2], [3, 4]]]            # input untouched
+    with pytest.raises(ValueError, match=r"in \[0, K = 12\)"):
+        infill_tokens(tokens, mask, 12, K=12)
+    with pytest.raises(ValueError, match="one per image"):
+        infill_tokens(tokens, mask, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="token grid's shape"):
+        infill_tokens(tokens, mask[:, :1], 0)
