@@ -32,6 +32,10 @@ __all__ = ["random_baseline", "image_level", "fig3", "masked_counts", "token_exa
            "fig2", "fig5", "run"]
 
 
+#: the columns of an image-level frame, in table order (a cached JSON row comes back key-sorted)
+COLUMNS = ["method", "evaluator", "n", "p", "p_lo", "p_hi", "acc", "n_masked"]
+
+
 def _ci_rows(cfg: DictConfig, method: str, n: int, res: dict[str, dict]) -> list[dict]:
     rows = []
     for name, r in res.items():
@@ -66,7 +70,7 @@ def random_baseline(cfg: DictConfig, evaluators: dict, vqgm) -> pd.DataFrame:
                                                 for name, r in pooled.items()})
         return {"rows": rows}
 
-    return pd.DataFrame(cached(cache_path(cfg, "fig3", "random.json"), build, key=key)["rows"])
+    return pd.DataFrame(cached(cache_path(cfg, "fig3", "random.json"), build, key=key)["rows"], columns=COLUMNS)
 
 
 def image_level(cfg: DictConfig, tsvs: dict[str, np.ndarray], evaluators: dict, vqgm,
@@ -85,7 +89,7 @@ def image_level(cfg: DictConfig, tsvs: dict[str, np.ndarray], evaluators: dict, 
             mask = masking.mask_top_n(tokens, torch.from_numpy(np.asarray(tsv)), n, mode=mode)
             rows += _ci_rows(cfg, arch, n, score_masked(cfg, evaluators, images, labels, mask))
         rows += base[(base.method == "random") & (base.n == n)].to_dict("records")
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows, columns=COLUMNS)  # the same columns whether the baseline was cached or not
     df["mode"] = mode
     return df
 
