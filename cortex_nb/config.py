@@ -4,9 +4,11 @@
 (every key, with its default and comment) merged with ``cortex_nb/profiles/<name>.yaml`` (only what
 that profile changes) with OmegaConf, applies overrides, checks every value
 (:mod:`cortex_nb.schema`), resolves paths and the device, and returns a read-only ``DictConfig``.
-:func:`write_resolved` saves the result, with the machine it ran on, beside the results. Overrides name existing keys only (``load_profile("toy", seed=1)``, nested keys
-with ``__`` or dots: ``load_profile("toy", **{"data.n_test": 10})`` or ``data__n_test=10``); a
-key that the profile does not have is an error, so a typo never silently does nothing.
+:func:`write_resolved` saves the result, with the machine it ran on, beside the results.
+
+Overrides name existing keys only (``load_profile("toy", seed=1)``, nested keys with ``__`` or
+dots: ``load_profile("toy", **{"data.n_test": 10})`` or ``data__n_test=10``); a key that the
+profile does not have is an error, so a typo never silently does nothing.
 
 Environment variables (for the imagenet profile's checkpoints, see README):
 ``CORTEX_PROFILE`` (the notebooks' default profile), ``CORTEX_VQGM_CONFIG``, ``CORTEX_VQGM_CKPT``,
@@ -17,8 +19,6 @@ from __future__ import annotations
 
 from .errors import UserError
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -156,9 +156,9 @@ def profile_hash(cfg: DictConfig | dict, *keys: str) -> str:
             tree = tree[part]
         return tree
 
-    sub = {k: get(container, k) for k in keys} if keys else container
-    blob = json.dumps(sub, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+    from .files import digest
+
+    return digest({k: get(container, k) for k in keys} if keys else container)[:12]
 
 
 def ensure_writable(cfg: DictConfig) -> None:
@@ -197,12 +197,11 @@ def run_info() -> dict:
 def write_resolved(cfg: DictConfig, path: str | os.PathLike | None = None) -> Path:
     """Write the resolved profile (every value, overrides applied) plus :func:`run_info` as YAML,
     by default to ``results/<profile>/profile.yaml``: the record of what produced the results there."""
-    from .files import atomic_path
+    from .files import save_text
 
     path = Path(path) if path is not None else Path(cfg.paths.results) / "profile.yaml"
     tree = OmegaConf.to_container(cfg, resolve=True)
     tree.pop("paths", None)  # machine-specific locations, not settings
     text = OmegaConf.to_yaml(OmegaConf.create({"profile": tree, "run": run_info()}))
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    save_text(path, text)
     return path

@@ -48,12 +48,11 @@ def make_rule(target: str, files: list[Path], root: Path) -> str:
 
 
 def _write(path: Path, target: str) -> None:
-    from .files import atomic_path
+    from .files import save_text
 
     root = PACKAGE_DIR.parent
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(make_rule(target, loaded_module_files(), root))
+    save_text(path, make_rule(target, loaded_module_files(), root))
 
 
 def record_on_exit() -> bool:

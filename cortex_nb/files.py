@@ -29,7 +29,7 @@ from .errors import CheckpointError
 __all__ = [
     "atomic_path", "save_npy", "save_json", "load_json", "load_cache_json", "cached", "digest",
     "checksum_path", "file_sha256", "write_checksum", "rebuild_fix", "verify_file", "save_with_checksum",
-    "DAMAGED_FIX", "save_torch", "progress",
+    "DAMAGED_FIX", "save_text", "save_torch", "progress",
 ]
 
 log = logging.getLogger("cortex_nb")
@@ -72,6 +72,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def save_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (tables, JSON, sidecars, records)."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """``np.save`` atomically."""
     with atomic_path(path) as tmp:
@@ -81,8 +87,7 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically (sorted keys, indented)."""
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    save_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
 
 
 def load_json(path: str | os.PathLike) -> Any:
@@ -175,8 +180,7 @@ def write_checksum(path: str | os.PathLike, digest: str | None = None) -> Path:
     """Write ``path``'s SHA-256 sidecar atomically (computing the digest unless given)."""
     side = checksum_path(path)
     text = (digest or file_sha256(path)) + "\n"
-    with atomic_path(side) as tmp:
-        tmp.write_text(text)
+    save_text(side, text)
     return side
 
 

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .files import atomic_path
+from .files import atomic_path, save_text
 
 __all__ = ["bootstrap_ci", "mean_ci", "cluster_bootstrap_ci", "paired_ci", "seed_average", "fmt_ci", "write_table"]
 
@@ -100,11 +100,9 @@ def write_table(df: pd.DataFrame, directory: str | Path, name: str, *, caption: 
     with atomic_path(paths["csv"]) as tmp:
         df.to_csv(tmp, index=index)
     md = display.to_markdown(index=index) if _has_tabulate() else _markdown(display, index)
-    with atomic_path(paths["md"]) as tmp:
-        Path(tmp).write_text((f"{caption}\n\n" if caption else "") + md + "\n")
+    save_text(paths["md"], (f"{caption}\n\n" if caption else "") + md + "\n")
     tex = display.to_latex(index=index, escape=True, caption=caption or None, label=f"tab:{name}")
-    with atomic_path(paths["tex"]) as tmp:
-        Path(tmp).write_text(tex)
+    save_text(paths["tex"], tex)
     return paths
 
 

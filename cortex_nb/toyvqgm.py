@@ -48,7 +48,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import toyworld
-from .files import atomic_path, digest
+from .files import atomic_path, digest, save_text
 from .taming_ckpt import save_taming_checkpoint
 from .taming_config import build_from_config, cin_config
 from .toy_prior import PriorConfig, gpt_config, train_prior
@@ -74,12 +74,6 @@ def toy_cin_config(tok: TokenizerConfig, prior: PriorConfig, n_classes: int = 10
         raise ValueError(f"n_classes={n_classes} > K={tok.n_embed}: the class token must be a "
                          f"valid GPT vocabulary id (the cin model shares one vocabulary)")
     return cin_config(vqgan_config(tok), gpt_config(prior, tok.n_embed, tok.grid), n_classes)
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write a small text file atomically (build.json, the cache marker, is read back whole)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def _build_key(tok, prior, seed, n_classes, scene_bias, n_report) -> dict:
@@ -200,6 +194,6 @@ def build_toy_vqgm(out_dir: str | os.PathLike, tok: TokenizerConfig | None = Non
         prior_n_train=int(tokens.shape[0]), K=tok.n_embed, m=tok.grid, d=tok.embed_dim,
         settings=spec, hash=key,
     )
-    _write_text(report_path, json.dumps(report, indent=2))
-    _write_text(build_path, json.dumps(dict(hash=key, settings=spec), indent=2))
+    save_text(report_path, json.dumps(report, indent=2))
+    save_text(build_path, json.dumps(dict(hash=key, settings=spec), indent=2))
     return dict(**paths, report=dict(report, cached=False))
