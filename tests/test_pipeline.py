@@ -419,3 +419,27 @@ def test_checkpoint_files_get_the_umask_mode_and_no_temporaries(tmp_path, module
         save({"x": Unpicklable()}, tmp_path / "a.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
     assert torch.equal(_load(tmp_path / "a.pt")["x"], torch.zeros(2))
+
+
+def test_weights_key_is_remembered_until_the_weights_change_in_place():
+    """weights_key hashes a module once per state: an optimiser step, an in-place edit or
+    load_state_dict gives a new key, equal to the key of an independent copy in that state."""
+    import copy
+
+    from cortex_nb.pipeline.keys import weights_key
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    k0 = weights_key(net)
+    assert weights_key(net) == k0 == weights_key(copy.deepcopy(net))
+    with torch.no_grad():
+        net[0].weight[0, 0] += 1.0
+    k1 = weights_key(net)
+    assert k1 != k0 and k1 == weights_key(copy.deepcopy(net))
+    net.train()(torch.randn(5, 4))                         # BatchNorm running stats update in place
+    k2 = weights_key(net)
+    assert k2 not in (k0, k1) and k2 == weights_key(copy.deepcopy(net))
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        other[0].bias.zero_()
+    net.load_state_dict(other.state_dict())
+    assert weights_key(net) == weights_key(other) != k2
