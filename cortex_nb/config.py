@@ -131,13 +131,17 @@ def load_profile(name: str | None = None, **overrides: Any) -> DictConfig:
     validate(OmegaConf.to_container(cfg, resolve=True), _refuse(name))
     root = repo_root()
     results = root / "results" / cfg.name
+    # a seed replicate (r > 0) shares the profile's cache (its keys differ) and writes its tables
+    # and figures under results/<profile>/seeds/r<r>/, never over the headline run's
+    own = results / "seeds" / f"r{int(cfg.replicate)}" if int(cfg.replicate) else None
     cfg.paths = {
         "root": str(root),
-        "results": str(results),
-        "tables": str(results / "tables"),
-        "executed": str(results / "executed"),
+        "results": str(own or results),
+        "tables": str((own or results) / "tables"),
+        "executed": str((own or results) / "executed"),
         "cache": str(results / "cache"),
-        "figures": str(root / "figures" / cfg.name),
+        "figures": str(own / "figures" if own else root / "figures" / cfg.name),
+        "seeds": str(results / "seeds"),
     }
     cfg.device = resolve_device(str(cfg.device))
     OmegaConf.resolve(cfg)
@@ -190,8 +194,21 @@ def run_info() -> dict:
     from . import __version__
 
     return {"cortex_nb": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-            "machine": platform.machine()}
+            "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "machine": platform.machine()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo; elsewhere platform.processor()), or 'unknown'."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def write_resolved(cfg: DictConfig, path: str | os.PathLike | None = None) -> Path:

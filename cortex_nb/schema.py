@@ -23,7 +23,7 @@ __all__ = ["SCHEMA", "validate", "Check"]
 
 @dataclass(frozen=True)
 class Check:
-    """One key's rule: ``kind`` is int | float | bool | str | choice | list | pairs | section;
+    """One key's rule: ``kind`` is int | float | bool | str | choice | list | ints | pairs | section;
     ``lo`` / ``hi`` bound numbers (inclusive; ``lo_open`` makes lo exclusive); ``optional``
     admits null; ``choices`` for choice and the items of list."""
 
@@ -52,6 +52,8 @@ class Check:
             what = "one of " + ", ".join(map(str, self.choices))
         elif self.kind == "list":
             what = "a non-empty list of " + ", ".join(map(str, self.choices))
+        elif self.kind == "ints":
+            what = f"a non-empty list of distinct integers >= {self.lo:g}"
         elif self.kind == "pairs":
             what = "a non-empty list of [source, target] class pairs, two different classes in [0, world.n_classes)"
         else:
@@ -74,6 +76,9 @@ class Check:
             return v in self.choices
         if self.kind == "list":
             return isinstance(v, list) and len(v) > 0 and all(x in self.choices for x in v) and len(set(v)) == len(v)
+        if self.kind == "ints":
+            return (isinstance(v, list) and len(v) > 0 and len(set(v)) == len(v)
+                    and all(isinstance(x, int) and not isinstance(x, bool) and self._in_range(x) for x in v))
         if self.kind == "pairs":
             return (isinstance(v, list) and len(v) > 0
                     and all(isinstance(p, list) and len(p) == 2 and all(isinstance(c, int) and not isinstance(c, bool)
@@ -109,10 +114,15 @@ def _evaluator_names() -> tuple:
     return tuple(dict.fromkeys((*TOY_EVALUATOR_NAMES, *EVALUATOR_NAMES)))
 
 
+#: what may replace a masked patch (cortex_nb.masking.Fill, plus "token": token in-fill and decode)
+FILLS = ("black", "mean", "blur", "token")
+
 #: every leaf key of a profile and its rule; sections checked against a dataclass map to "section"
 SCHEMA: dict[str, Check] = {
     "name": Check("str"),
     "seed": _int(0),
+    "replicate": _int(0),
+    "replicates": _int(1),
     "device": Check("str"),  # resolved and checked by config.resolve_device
     "threads": _int(1),
     "progress": Check("bool"),
@@ -154,7 +164,9 @@ SCHEMA: dict[str, Check] = {
     "saliency.chunk": _int(1),
     "saliency.chunk_rows": _int(1),
     "saliency.mask_mode": _choice("equal_area", "token_ids"),
-    "saliency.fill": _choice("black", "mean", "blur"),
+    "saliency.fill": _choice(*FILLS),
+    "saliency.fills": Check("list", choices=FILLS),
+    "saliency.area_k": Check("ints", lo=1),
     "saliency.random_seeds": _int(1),
     "saliency.n_concept": _int(1),
     "saliency.k_concept": _int(1),
@@ -169,6 +181,8 @@ SCHEMA: dict[str, Check] = {
     "optimization.record_every": _int(1),
     "optimization.region_size": _int(1, optional=True),
     "optimization.saliency_region": Check("bool"),
+    "optimization.controls": Check("bool"),
+    "verdicts.equivalence_margin": _pos(),
 }
 
 #: keys added by load_profile itself (not in the YAML files)

@@ -27,13 +27,22 @@ from ..files import digest
 from ..store import TokenStore
 
 __all__ = [
-    "cache_path", "profile_section", "weights_key", "vqgm_key", "evaluators_key", "array_key",
+    "cache_path", "replicate_seed", "profile_section", "weights_key", "vqgm_key", "evaluators_key", "array_key",
     "store_meta", "store_key", "evaluators_cache_key", "quality_key", "extractor_key",
     "tsv_key", "random_baseline_key", "edit_key",
 ]
 
 #: module -> (version counters of its state tensors, digest): see weights_key
 _WEIGHT_KEYS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def replicate_seed(cfg: DictConfig) -> int:
+    """The seed of everything a seed replicate redraws -- the extractors' initialisation and data
+    order, SmoothGrad noise, random baselines, Gumbel noise, the random-token control: ``seed`` for
+    the headline run (``replicate: 0``, so its cache keys are unchanged), ``seed + 7919 r`` for
+    replicate r. The VQGM, the dataset and the evaluators always use ``seed``: replicates measure
+    the spread that the extractor and the noise add."""
+    return int(cfg.seed) + 7919 * int(cfg.replicate)
 
 
 def cache_path(cfg: DictConfig, *parts: str) -> Path:
@@ -132,14 +141,14 @@ def extractor_key(cfg: DictConfig, arch: str, train: TokenStore, val: TokenStore
     archs), the seed, the number of classes and the train / val splits it learns from (their
     meta covers the VQGM, whose codebook embeds the tokens)."""
     return digest({"arch": arch, "extractors": profile_section(cfg, "extractors", drop=("archs",)),
-                   "seed": int(cfg.seed), "n_classes": int(cfg.world.n_classes),
+                   "seed": replicate_seed(cfg), "n_classes": int(cfg.world.n_classes),
                    "train": store_key(train), "val": store_key(val)})
 
 
 #: saliency keys that TSVs do not read (masking, concept sets, localisation; the variant is an
 #: argument of get_tsv): a key missing here only costs a needless recompute, never a stale TSV
-TSV_IGNORES = ("variant", "mask_mode", "fill", "random_seeds", "n_concept", "k_concept", "n_localisation",
-               "head_fraction")
+TSV_IGNORES = ("variant", "mask_mode", "fill", "fills", "area_k", "random_seeds", "n_concept", "k_concept",
+               "n_localisation", "head_fraction")
 
 
 def tsv_key(cfg: DictConfig, extractor, store, variant: str) -> str:
@@ -148,19 +157,21 @@ def tsv_key(cfg: DictConfig, extractor, store, variant: str) -> str:
     settings (chunk included: each chunk's noise is seeded by its start), the seed, and the
     device the noise is drawn on."""
     return digest({"extractor": weights_key(extractor), "store": store_key(store), "variant": variant,
-                   "saliency": profile_section(cfg, "saliency", drop=TSV_IGNORES), "seed": int(cfg.seed),
+                   "saliency": profile_section(cfg, "saliency", drop=TSV_IGNORES), "seed": replicate_seed(cfg),
                    "device": torch.device(cfg.device).type})
 
 
-def random_baseline_key(cfg: DictConfig, evaluators: dict, test) -> str:
-    """Key of Fig. 3's random baseline: the test split (images, labels, grid), the evaluators,
-    the seed and the saliency settings it reads (seeds per n, fill); masks are drawn on the CPU."""
-    return digest({"test": store_key(test), "evaluators": evaluators_key(evaluators), "seed": int(cfg.seed),
-                   "saliency": {k: cfg.saliency[k] for k in ("random_seeds", "fill")}})
+def random_baseline_key(cfg: DictConfig, evaluators: dict, test, fill: str, vqgm=None) -> str:
+    """Key of Fig. 3's random baseline under ``fill``: the test split (images, labels, grid), the
+    evaluators, the replicate's seed and the seeds per n; for the token fill also the VQGM that
+    decodes the in-filled tokens. Masks are drawn on the CPU."""
+    return digest({"test": store_key(test), "evaluators": evaluators_key(evaluators), "seed": replicate_seed(cfg),
+                   "random_seeds": int(cfg.saliency.random_seeds), "fill": fill, "per_image": True,
+                   "vqgm": vqgm_key(vqgm) if fill == "token" else None})
 
 
 #: optimization keys that an edit run does not read: which regions run is decided by the caller
-EDIT_IGNORES = ("saliency_region",)
+EDIT_IGNORES = ("saliency_region", "controls")
 #: optimization settings that only token selection reads
 TOKEN_ONLY = ("tau", "init")
 
@@ -170,8 +181,11 @@ def edit_key(cfg: DictConfig, extractor, test, method: str, region: str, tsv: np
     the test split (tokens, labels; its meta covers the codebook), the optimisation settings the
     method reads, the seed, the TSV rows that place a saliency region, and, for token selection,
     the device its Gumbel noise is drawn on."""
-    drop = EDIT_IGNORES + (() if method == "token" else TOKEN_ONLY)
+    drop = EDIT_IGNORES + (() if method.startswith("token") else TOKEN_ONLY)
+    opt = profile_section(cfg, "optimization", drop=drop)
+    if method == "token-original":  # Table 3's control: token selection started from the original tokens
+        opt["init"] = "original"
     return digest({"extractor": weights_key(extractor), "test": store_key(test), "method": method, "region": region,
-                   "optimization": profile_section(cfg, "optimization", drop=drop), "seed": int(cfg.seed),
+                   "optimization": opt, "seed": replicate_seed(cfg),
                    "tsv": array_key(tsv) if region == "saliency" else None,
-                   "device": torch.device(cfg.device).type if method == "token" else None})
+                   "device": torch.device(cfg.device).type if method.startswith("token") else None})

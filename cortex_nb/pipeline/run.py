@@ -36,9 +36,9 @@ from ..evaluators import DISPLAY_NAMES
 from ..files import load_cache_json, save_json
 from ..saliency import TokenSaliency
 from ..store import TokenStore, chunked_array
-from .keys import cache_path, evaluators_cache_key, extractor_key, store_meta, tsv_key
+from .keys import cache_path, evaluators_cache_key, extractor_key, replicate_seed, store_meta, tsv_key
 
-__all__ = ["setup", "display_name", "class_names", "get_vqgm", "check_n_classes", "real_toy_images",
+__all__ = ["setup", "replicate_seed", "display_name", "class_names", "get_vqgm", "check_n_classes", "real_toy_images",
            "get_evaluators", "generate_dataset", "load_split", "store_tokens", "embed_fn", "extractor_config",
            "get_extractors", "saliency_of", "get_tsv", "Run", "compose", "SectionResult"]
 
@@ -276,11 +276,11 @@ def get_extractors(cfg: DictConfig, vqgm=None, *, archs=None) -> dict:
     embed = embed_fn(vqgm.codebook.to(cfg.device))
     out = {}
     for arch in archs or list(e.archs):
-        torch.manual_seed(int(cfg.seed))
+        torch.manual_seed(replicate_seed(cfg))
         model = build_extractor(extractor_config(cfg, arch, vqgm))
         fit_cfg = FitConfig(epochs=int(e.epochs), lr=float(e.lr), weight_decay=float(e.weight_decay),
                             step_size=max(1, int(e.epochs) // 4), gamma=0.1, batch_size=int(e.batch_size),
-                            seed=int(cfg.seed), device=cfg.device, progress=bool(cfg.progress))
+                            seed=replicate_seed(cfg), device=cfg.device, progress=bool(cfg.progress))
         ckpt_dir = cache_path(cfg, "extractors", f"{arch}-{extractor_key(cfg, arch, train, val)}")
         res = fit(model, (torch.from_numpy(np.array(train.tokens)), torch.from_numpy(train.labels)),
                   (torch.from_numpy(np.array(val.tokens)), torch.from_numpy(val.labels)), fit_cfg,
@@ -319,7 +319,7 @@ def get_tsv(cfg: DictConfig, arch: str, extractor, vqgm, split: str, variant: st
     tokens, labels = store_tokens(store), torch.from_numpy(store.labels)
 
     def compute(a: int, b: int) -> np.ndarray:
-        gen = torch.Generator(device=cfg.device).manual_seed(int(cfg.seed) * 1_000_003 + a)
+        gen = torch.Generator(device=cfg.device).manual_seed(replicate_seed(cfg) * 1_000_003 + a)
         E = embed(tokens[a:b].to(cfg.device))                          # (b - a, d, m, m)
         return ts.attribute(E, labels[a:b].to(cfg.device), generator=gen).cpu().numpy().astype(np.float32)
 
