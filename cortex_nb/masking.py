@@ -30,7 +30,7 @@ from .saliency import positions_to_mask, top_n_positions
 
 __all__ = [
     "Fill", "MaskMode", "position_mask_to_pixels", "mask_images", "mask_top_n", "mask_random",
-    "mask_token_set", "infill_tokens", "scaled_n", "image_level_grid", "evaluate_masked",
+    "mask_token_set", "background_tokens", "infill_tokens", "scaled_n", "image_level_grid", "evaluate_masked",
 ]
 
 PAPER_N = tuple(range(5, 55, 5))   # Fig. 3: n = 5, 10, ..., 50 masked tokens on a 16×16 grid
@@ -126,6 +126,20 @@ def mask_images(images: Any, mask: torch.Tensor, fill: str | Fill = Fill.BLACK) 
     patch = (H // mask.shape[1], W // mask.shape[2])
     out = torch.where(px, _fill_values(x, fill, patch), x)              # (B, 3, H, W)
     return _from_bchw(out, is_np, hwc)
+
+
+def background_tokens(tokens: Any, mask: torch.Tensor) -> torch.Tensor:
+    """Per image, the most common token id among its UNMASKED positions (ties: the smallest id; an
+    image masked everywhere: its most common id overall) -- the in-fill token of the "token" fill.
+    It is drawn from what the image still shows, so it adds nothing the classifier has not seen
+    (no class-conditional prior, no other image). tokens (B, m, m) int, mask (B, m, m) bool -> (B,)."""
+    t = _long(tokens).flatten(1)                                          # (B, m²)
+    keep = ~torch.as_tensor(mask, device=t.device).bool().flatten(1)      # (B, m²)
+    keep = torch.where(keep.any(1, keepdim=True), keep, torch.ones_like(keep))
+    B, K = t.shape[0], int(t.max()) + 1 if t.numel() else 1
+    counts = torch.zeros(B, K, dtype=torch.long, device=t.device)
+    counts.scatter_add_(1, t, keep.long())                                # (B, K) unmasked count per id
+    return counts.argmax(1)                                               # first maximum = smallest id
 
 
 def infill_tokens(tokens: Any, mask: torch.Tensor, fill_token: Any, K: int | None = None) -> torch.Tensor:
@@ -252,14 +266,15 @@ def evaluate_masked(
         batch_size: images per call of ``predict_proba``. fill: as ``mask_images``.
 
     Returns:
-        ``{"p_true": (B,) float, "correct": (B,) bool (argmax == label), "n_masked": (B,) int}``.
+        ``{"p_true": (B,) float, "correct": (B,) bool (argmax == label), "pred": (B,) int (argmax),
+        "n_masked": (B,) int}``.
     """
     labels_t = _long(labels)
     masks = torch.as_tensor(masks).bool()
     B = labels_t.shape[0]
     if len(images) != B or masks.shape[0] != B:
         raise ValueError(f"images ({len(images)}), labels ({B}) and masks ({masks.shape[0]}) must have the same length")
-    p_true, correct = [], []
+    p_true, correct, pred = [], [], []
     with torch.no_grad():
         for s in range(0, B, batch_size):
             masked = mask_images(images[s:s + batch_size], masks[s:s + batch_size], fill)
@@ -267,9 +282,11 @@ def evaluate_masked(
             p = probs.detach() if torch.is_tensor(probs) else torch.as_tensor(np.asarray(probs))
             y = labels_t[s:s + batch_size].to(p.device)
             p_true.append(p.gather(1, y[:, None]).squeeze(1).double().cpu())
-            correct.append((p.argmax(1) == y).cpu())
+            pred.append(p.argmax(1).cpu())
+            correct.append((pred[-1] == y.cpu()))
     return {
         "p_true": torch.cat(p_true).numpy() if p_true else np.zeros(0),
         "correct": torch.cat(correct).numpy() if correct else np.zeros(0, dtype=bool),
+        "pred": torch.cat(pred).numpy() if pred else np.zeros(0, dtype=np.int64),
         "n_masked": masks.flatten(1).sum(1).numpy(),
     }

@@ -7,8 +7,13 @@ and Fig. 2 / 5, the same concept token across images.
   most test images, and where (Fig. 2 / 5; the concept sets come from section 04's
   :func:`~cortex_nb.pipeline.s04_concept_level.concept_sets`).
 
-Writes figures/<p>/fig3_image_level (+ the token_ids mode), fig2_token_visualisation,
-fig5_token_visualisation and their data tables. :func:`run` computes everything the notebook
+Every curve is under the profile's headline fill (``saliency.fill``) and, for comparison, under
+every fill of ``saliency.fills`` (:func:`fills_frame`; :func:`fill_check` asks whether a fill is
+itself a class feature). Each method is compared with random on the same images (d_random, a
+paired interval; random seeds averaged per image).
+
+Writes figures/<p>/fig3_image_level (+ the token_ids mode), fig3_fills, fig2_token_visualisation,
+fig5_token_visualisation and their data tables, and tables/<p>/fill_check. :func:`run` computes everything the notebook
 shows; ``python -m cortex_nb fig3`` calls it.
 """
 from __future__ import annotations
@@ -20,77 +25,109 @@ from omegaconf import DictConfig
 
 from .. import masking
 from ..figures import image_grid, save_figure
-from ..files import cached
+from ..files import save_npy
 from ..saliency import top_n_positions
-from ..tables import mean_ci, write_table
-from .keys import cache_path, random_baseline_key
+from ..tables import fmt_ci, mean_ci, paired_ci, write_table
+from .keys import cache_path, random_baseline_key, replicate_seed
 from .run import (Run, SectionResult, class_names, compose, display_name, get_tsv, load_split, saliency_of, setup,
                   store_tokens)
-from .s04_concept_level import METHOD_LABEL, concept_sets, score_masked
+from .s04_concept_level import METHOD_LABEL, concept_sets, fill_of, score_masked
 
-__all__ = ["random_baseline", "image_level", "fig3", "masked_counts", "token_examples", "token_figure",
+__all__ = ["COLUMNS", "modal_share", "random_baseline", "image_level", "fig3", "fills_frame", "fig3_fills",
+           "fill_check", "masked_counts", "token_examples", "token_figure",
            "fig2", "fig5", "run"]
 
 
-#: the columns of an image-level frame, in table order (a cached JSON row comes back key-sorted)
-COLUMNS = ["method", "evaluator", "n", "p", "p_lo", "p_hi", "acc", "n_masked"]
+#: the columns of an image-level frame, in table order. d_random: the method's mean p minus the random
+#: baseline's on the same images (each image's random seeds averaged first), a paired 95 % interval
+COLUMNS = ["method", "evaluator", "n", "p", "p_lo", "p_hi", "acc", "n_masked", "d_random", "d_random_lo",
+           "d_random_hi", "modal_share"]
 
 
-def _ci_rows(cfg: DictConfig, method: str, n: int, res: dict[str, dict]) -> list[dict]:
-    rows = []
-    for name, r in res.items():
-        ci = mean_ci(r["p_true"], seed=int(cfg.seed))
-        rows.append({"method": method, "evaluator": display_name(name), "n": n, "p": ci["mean"],
-                     "p_lo": ci["lo"], "p_hi": ci["hi"], "acc": float(np.mean(r["correct"])),
-                     "n_masked": float(np.mean(r["n_masked"]))})
-    return rows
+def modal_share(pred: np.ndarray) -> float:
+    """The share of images assigned to the single most-predicted class: 1 / C for predictions spread
+    evenly over C balanced classes, 1.0 when one class takes every image (a fill that is itself a
+    class feature: the black fill turns the toy ResNets' answer to the black-headed species)."""
+    pred = np.asarray(pred)
+    return float(np.bincount(pred).max() / len(pred)) if len(pred) else float("nan")
 
 
-def random_baseline(cfg: DictConfig, evaluators: dict, vqgm) -> pd.DataFrame:
-    """Fig. 3's random baseline: n random positions per test image (``saliency.random_seeds``
-    seeds pooled) for every n of the grid, plus the unmasked row (n = 0). It depends on neither
-    the extractor nor the mask mode, so it is computed once and cached (JSON) under cache/fig3/."""
+def _row(cfg: DictConfig, method: str, evaluator: str, n: int, p: np.ndarray, correct: np.ndarray,
+         n_masked: np.ndarray, pred: np.ndarray | None, base_p: np.ndarray | None = None) -> dict:
+    seed = int(cfg.seed)
+    ci = mean_ci(p, seed=seed)
+    d = paired_ci(p, base_p, seed=seed) if base_p is not None else {"mean": np.nan, "lo": np.nan, "hi": np.nan}
+    return {"method": method, "evaluator": display_name(evaluator), "n": n, "p": ci["mean"], "p_lo": ci["lo"],
+            "p_hi": ci["hi"], "acc": float(np.mean(correct)), "n_masked": float(np.mean(n_masked)),
+            "d_random": d["mean"], "d_random_lo": d["lo"], "d_random_hi": d["hi"],
+            "modal_share": modal_share(pred) if pred is not None else np.nan}
+
+
+def random_baseline(cfg: DictConfig, evaluators: dict, vqgm, fill: str | None = None) -> dict:
+    """Fig. 3's random baseline under ``fill`` (default: the headline fill): for n = 0 (unmasked)
+    and every n of the grid, ``saliency.random_seeds`` random draws of n positions per test image.
+    The unit is the image: its seeds are averaged before anything is resampled (pooling seeds x
+    images as independent rows would narrow the interval by ~sqrt(seeds)). It depends on neither
+    the extractor nor the mask mode, so it is computed once per fill and replicate and cached
+    (.npy, under cache/fig3/).
+
+    Returns {"n": [0, *grid], "p": {evaluator: (L, N) seed-mean P(true)}, "correct": {evaluator:
+    (L, N) seed-mean top-1 correct}, "pred": {evaluator: (L, N) the first seed's argmax}}."""
+    fill = fill_of(cfg, fill)
     test = load_split(cfg, "test", vqgm)
-    key = random_baseline_key(cfg, evaluators, test)
-
-    def build() -> dict:
-        images, labels = np.asarray(test.images), test.labels
-        none = torch.zeros(len(labels), vqgm.m, vqgm.m, dtype=torch.bool)
-        rows = _ci_rows(cfg, "unmasked", 0, score_masked(cfg, evaluators, images, labels, none))
-        for n in masking.image_level_grid(int(vqgm.m)):
-            pooled: dict[str, dict] = {}
-            for s in range(int(cfg.saliency.random_seeds)):
-                gen = torch.Generator().manual_seed(int(cfg.seed) * 7919 + 31 * n + s)
+    names = list(evaluators)
+    levels = [0, *masking.image_level_grid(int(vqgm.m))]
+    path = cache_path(cfg, "fig3", f"random-{fill}-{random_baseline_key(cfg, evaluators, test, fill, vqgm)}.npy")
+    if path.exists():
+        arr = np.load(path)
+    else:
+        images, labels, tokens = np.asarray(test.images), test.labels, store_tokens(test)
+        arr = np.zeros((len(levels), len(names), 3, len(labels)))          # p, correct, pred per level / evaluator
+        seeds = int(cfg.saliency.random_seeds)
+        for i, n in enumerate(levels):
+            for s in range(seeds if n else 1):
+                gen = torch.Generator().manual_seed(replicate_seed(cfg) * 7919 + 31 * n + s)
                 mask = masking.mask_random(len(labels), int(vqgm.m), n, generator=gen)   # (B, m, m)
-                for name, r in score_masked(cfg, evaluators, images, labels, mask).items():
-                    acc = pooled.setdefault(name, {"p_true": [], "correct": [], "n_masked": []})
-                    for k in acc:
-                        acc[k].append(r[k])
-            rows += _ci_rows(cfg, "random", n, {name: {k: np.concatenate(v) for k, v in r.items()}
-                                                for name, r in pooled.items()})
-        return {"rows": rows}
-
-    return pd.DataFrame(cached(cache_path(cfg, "fig3", "random.json"), build, key=key)["rows"], columns=COLUMNS)
+                res = score_masked(cfg, evaluators, images, labels, mask, fill=fill, tokens=tokens, vqgm=vqgm)
+                for j, name in enumerate(names):
+                    arr[i, j, 0] += res[name]["p_true"] / (seeds if n else 1)
+                    arr[i, j, 1] += res[name]["correct"] / (seeds if n else 1)
+                    if s == 0:
+                        arr[i, j, 2] = res[name]["pred"]
+        save_npy(path, arr)
+    return {"n": levels, "p": {name: arr[:, j, 0] for j, name in enumerate(names)},
+            "correct": {name: arr[:, j, 1] for j, name in enumerate(names)},
+            "pred": {name: arr[:, j, 2].astype(np.int64) for j, name in enumerate(names)}}
 
 
 def image_level(cfg: DictConfig, tsvs: dict[str, np.ndarray], evaluators: dict, vqgm,
-                mode: str | None = None) -> pd.DataFrame:
+                mode: str | None = None, fill: str | None = None) -> pd.DataFrame:
     """Fig. 3: mean true-class probability vs n masked positions, per evaluator, for each
     extractor's T*_image and for n random positions (:func:`random_baseline`, shared by both
-    mask modes). Returns a long frame: method, evaluator, n, p, p_lo, p_hi, acc, n_masked (mean)."""
+    mask modes), the patches removed by ``fill`` (default: the headline fill). Each method's row
+    carries its paired difference to the random baseline on the same images (d_random) and the
+    share of images given to the most-predicted class (modal_share). Returns a long frame
+    (:data:`COLUMNS` + mode, fill)."""
+    fill = fill_of(cfg, fill)
     test = load_split(cfg, "test", vqgm)
     images, labels = np.asarray(test.images), test.labels
     tokens = store_tokens(test)
     mode = mode or cfg.saliency.mask_mode
-    base = random_baseline(cfg, evaluators, vqgm)
-    rows = base[base.method == "unmasked"].to_dict("records")
-    for n in masking.image_level_grid(int(vqgm.m)):
+    base = random_baseline(cfg, evaluators, vqgm, fill)
+    m2 = int(vqgm.m) ** 2
+    rows = [_row(cfg, "unmasked", name, 0, base["p"][name][0], base["correct"][name][0], np.zeros(1),
+                 base["pred"][name][0]) for name in evaluators]
+    for i, n in enumerate(base["n"][1:], start=1):
         for arch, tsv in tsvs.items():
             mask = masking.mask_top_n(tokens, torch.from_numpy(np.asarray(tsv)), n, mode=mode)
-            rows += _ci_rows(cfg, arch, n, score_masked(cfg, evaluators, images, labels, mask))
-        rows += base[(base.method == "random") & (base.n == n)].to_dict("records")
-    df = pd.DataFrame(rows, columns=COLUMNS)  # the same columns whether the baseline was cached or not
-    df["mode"] = mode
+            res = score_masked(cfg, evaluators, images, labels, mask, fill=fill, tokens=tokens, vqgm=vqgm)
+            rows += [_row(cfg, arch, name, n, r["p_true"], r["correct"], r["n_masked"], r["pred"],
+                          base["p"][name][i] if mode == "equal_area" else None) for name, r in res.items()]
+        rows += [_row(cfg, "random", name, n, base["p"][name][i], base["correct"][name][i], np.full(1, n),
+                      base["pred"][name][i]) for name in evaluators]
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df["masked_fraction"] = df.n_masked / m2
+    df["mode"], df["fill"] = mode, fill
     return df
 
 
@@ -111,12 +148,78 @@ def fig3(cfg: DictConfig, df: pd.DataFrame, name: str = "fig3_image_level"):
             ax.fill_between(d.n, d.p_lo, d.p_hi, color=line.get_color(), alpha=0.2)
         ax.axhline(base.loc[ev, "p"], color="grey", lw=0.8, ls=":", label="unmasked")
         ax.set(title=ev, xlabel="masked tokens n")
-    axes[0, 0].set_ylabel("mean true-class probability")
+    fill = df["fill"].iloc[0] if "fill" in df else cfg.saliency.fill
+    axes[0, 0].set_ylabel(f"mean true-class probability\n({fill} fill)")
     axes[0, -1].legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, cfg.paths.figures, name)
-    write_table(df, cfg.paths.tables, name, caption="Fig. 3 data: true-class probability vs masked tokens")
+    write_table(df, cfg.paths.tables, name,
+                caption=f"Fig. 3 data: true-class probability vs masked tokens ({fill} fill); d_random = method "
+                        "minus random on the same images (random seeds averaged per image), paired 95% interval")
     return fig
+
+
+def fills_frame(cfg: DictConfig, tsvs: dict[str, np.ndarray], evaluators: dict, vqgm,
+                headline: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Fig. 3 (equal-area mode) under every fill of ``saliency.fills``: one long frame with a fill
+    column (the headline fill's frame is reused when given)."""
+    frames = []
+    for fill in cfg.saliency.fills:
+        if headline is not None and fill == headline["fill"].iloc[0] and headline["mode"].iloc[0] == "equal_area":
+            frames.append(headline)
+        else:
+            frames.append(image_level(cfg, tsvs, evaluators, vqgm, mode="equal_area", fill=str(fill)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def fig3_fills(cfg: DictConfig, df: pd.DataFrame, name: str = "fig3_fills"):
+    """Fig. 3 under every fill: a panel per evaluator, CORTEX (CE, solid) and random (dashed) in one
+    colour per fill -- whether the effect survives a fill that is not itself a class feature.
+    Also writes the fill-check table (fill_check): per fill and evaluator, the share of images given
+    to the most-predicted class, unmasked, after CE masking and after random masking at the
+    largest n."""
+    import matplotlib.pyplot as plt
+
+    evs = list(dict.fromkeys(df.evaluator))
+    fills = list(dict.fromkeys(df["fill"]))
+    fig, axes = plt.subplots(1, len(evs), figsize=(3.1 * len(evs), 2.8), squeeze=False, sharey=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, ev in zip(axes[0], evs):
+        for c, fill in zip(colours, fills):
+            for method, ls in (("CE", "-"), ("random", "--")):
+                d = df[(df.evaluator == ev) & (df.method == method) & (df["fill"] == fill)].sort_values("n")
+                ax.plot(d.n, d.p, ls, color=c, lw=1.2, label=f"{fill}: {METHOD_LABEL[method]}")
+        ax.set(title=ev, xlabel="masked tokens n")
+    axes[0, 0].set_ylabel("mean true-class probability")
+    axes[0, -1].legend(fontsize=6)
+    fig.tight_layout()
+    save_figure(fig, cfg.paths.figures, name)
+    write_table(df, cfg.paths.tables, name, caption="Fig. 3 under every fill (equal-area mode)")
+    fill_check(cfg, df)
+    return fig
+
+
+def fill_check(cfg: DictConfig, df: pd.DataFrame) -> pd.DataFrame:
+    """Is a fill itself a class feature? Per fill and evaluator: the share of the test images given to
+    the single most-predicted class (10 % for balanced predictions over 10 classes), unmasked and at
+    the largest n after CORTEX (CE) and random masking, and CE's paired drop against random there."""
+    n_max = int(df.n.max())
+    rows = []
+    for (fill, ev), g in df.groupby(["fill", "evaluator"], sort=False):
+        ce, rnd = g[(g.method == "CE") & (g.n == n_max)].iloc[0], g[(g.method == "random") & (g.n == n_max)].iloc[0]
+        un = g[g.method == "unmasked"].iloc[0]
+        rows.append({"fill": fill, "evaluator": ev, "n": n_max, "modal_unmasked": un.modal_share,
+                     "modal_CE": ce.modal_share, "modal_random": rnd.modal_share, "p_CE": ce.p, "p_random": rnd.p,
+                     "d_random": ce.d_random, "d_random_lo": ce.d_random_lo, "d_random_hi": ce.d_random_hi})
+    out = pd.DataFrame(rows)
+    disp = out.assign(**{c: [f"{100 * v:.0f}%" for v in out[c]] for c in ("modal_unmasked", "modal_CE", "modal_random")},
+                      d_random=[fmt_ci(a, lo, hi) for a, lo, hi in zip(out.d_random, out.d_random_lo, out.d_random_hi)])
+    disp = disp.drop(columns=["d_random_lo", "d_random_hi"]).round(3)
+    write_table(out, cfg.paths.tables, "fill_check", display=disp,
+                caption=f"Is the fill a class feature? Share of test images given to the most-predicted class "
+                        f"(balanced: {100 / cfg.world.n_classes:.0f}%), unmasked and after masking n = {n_max} "
+                        "positions; d_random = CE minus random (paired 95% interval)")
+    return disp
 
 
 def masked_counts(df: pd.DataFrame) -> pd.DataFrame:
@@ -190,7 +293,8 @@ def fig5(cfg: DictConfig, tsv_test: np.ndarray, concept: torch.Tensor, vqgm):
 
 def run(cfg: DictConfig, composed: Run | None = None) -> SectionResult:
     """Everything notebook 03 shows: the test TSVs, Fig. 3 in both mask modes (random baseline
-    included), and Fig. 2 / 5 from CE's concept tokens. ``composed``: a
+    included) under the headline fill, Fig. 3 under every fill with the fill check, and Fig. 2 / 5
+    from CE's concept tokens. ``composed``: a
     :func:`~cortex_nb.pipeline.run.compose` result."""
     setup(cfg)
     composed = composed or compose(cfg)
@@ -200,6 +304,9 @@ def run(cfg: DictConfig, composed: Run | None = None) -> SectionResult:
     tsv_test = {arch: get_tsv(cfg, arch, f, vqgm, "test") for arch, f in extractors.items()}
     curves = image_level(cfg, tsv_test, evaluators, vqgm)
     out.figures["fig3_image_level"] = fig3(cfg, curves)
+    fills = fills_frame(cfg, tsv_test, evaluators, vqgm, headline=curves)
+    out.figures["fig3_fills"] = fig3_fills(cfg, fills)
+    out.tables["fill_check"] = fill_check(cfg, fills)
     curves_ids = image_level(cfg, tsv_test, evaluators, vqgm, mode="token_ids")
     out.figures["fig3_image_level_token_ids_mode"] = fig3(cfg, curves_ids, name="fig3_image_level_token_ids_mode")
     out.tables["masked_counts_token_ids_mode"] = masked_counts(curves_ids)

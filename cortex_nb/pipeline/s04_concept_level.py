@@ -20,11 +20,13 @@ from omegaconf import DictConfig
 
 from .. import masking
 from ..saliency import class_vs_rest_baseline, concept_tokens, frequency_baseline, top_n_positions
-from ..tables import fmt_ci, mean_ci, write_table
+from ..tables import cluster_bootstrap_ci, fmt_ci, mean_ci, write_table
 from .run import (Run, SectionResult, compose, display_name, embed_fn, get_tsv, load_split, real_toy_images,
                   saliency_of, setup, store_tokens)
 
-__all__ = ["METHOD_LABEL", "score_masked", "concept_sets", "concept_level", "table2", "head_positions",
+__all__ = ["METHOD_LABEL", "COMPARISONS", "fill_of", "masked_images", "score_masked", "concept_sets", "concept_scores",
+           "concept_level", "robust_evaluator", "concept_paired", "area_curve", "area_matched", "fig_area", "table2",
+           "paired_table", "fills_table", "concept_frames", "head_positions",
            "concept_rank_scores", "head_share_of_top_n", "localisation", "localisation_table", "run"]
 
 #: how tables and figures name each token source
@@ -32,20 +34,66 @@ METHOD_LABEL = {"CE": "CORTEX (CE)", "RE": "CORTEX (RE)", "random": "random", "f
                 "class-vs-rest": "class-vs-rest baseline"}
 
 
-def score_masked(cfg: DictConfig, evaluators: dict, images, labels, masks) -> dict[str, dict]:
-    """``{evaluator: {"p_true", "correct", "n_masked"}}`` (each (B,)) on ``images`` (B, H, W, 3)
-    with the patches of ``masks`` (B, m, m) filled as ``saliency.fill`` says."""
-    return {name: masking.evaluate_masked(e.predict_proba, images, labels, masks, batch_size=256,
-                                          fill=cfg.saliency.fill) for name, e in evaluators.items()}
+def fill_of(cfg: DictConfig, fill: str | None = None) -> str:
+    """The fill to use: ``fill`` or the profile's headline ``saliency.fill``."""
+    return str(fill or cfg.saliency.fill)
 
 
-def concept_sets(cfg: DictConfig, tsvs_train: dict[str, np.ndarray], vqgm) -> dict[str, torch.Tensor]:
+def masked_images(images, masks, fill: str, tokens=None, vqgm=None, batch_size: int = 256):
+    """``images`` (B, H, W, 3) uint8 with the patches of ``masks`` (B, m, m) removed by ``fill``:
+    black / mean / blur replace pixels (:func:`cortex_nb.masking.mask_images`); "token" replaces
+    the masked token ids by each image's most common unmasked id
+    (:func:`~cortex_nb.masking.background_tokens`) and decodes the grid with the VQGM -- the
+    model's own removal (ROAD-style), which needs ``tokens`` (B, m, m) and ``vqgm``."""
+    from ..figures import to_uint8
+
+    masks = torch.as_tensor(masks).bool()
+    if fill != "token":
+        return masking.mask_images(images, masks, fill)
+    if tokens is None or vqgm is None:
+        raise ValueError("the token fill needs the images' tokens and the VQGM that decodes them")
+    out = np.array(images, copy=True)
+    rows = torch.nonzero(masks.flatten(1).any(1)).squeeze(1)            # images with something masked
+    t = torch.as_tensor(tokens).long()
+    for s in range(0, len(rows), batch_size):
+        r = rows[s:s + batch_size]
+        filled = masking.infill_tokens(t[r], masks[r], masking.background_tokens(t[r], masks[r]))
+        with torch.no_grad():
+            out[r.numpy()] = to_uint8(vqgm.decode(filled.to(vqgm.device)))
+    return out
+
+
+def score_masked(cfg: DictConfig, evaluators: dict, images, labels, masks, *, fill: str | None = None,
+                 tokens=None, vqgm=None, batch_size: int = 256) -> dict[str, dict]:
+    """``{evaluator: {"p_true", "correct", "pred", "n_masked"}}`` (each (B,)) on ``images`` (B, H, W, 3)
+    with the patches of ``masks`` (B, m, m) removed by ``fill`` (default: the profile's headline
+    ``saliency.fill``; "token" needs the images' ``tokens`` and the ``vqgm``, see :func:`masked_images`).
+    Batched: each batch is masked (or in-filled and decoded) once and shown to every evaluator."""
+    fill = fill_of(cfg, fill)
+    masks = torch.as_tensor(masks).bool()
+    parts: dict[str, list] = {name: [] for name in evaluators}
+    for s in range(0, len(labels), batch_size):
+        sl = slice(s, s + batch_size)
+        shown = masked_images(images[sl], masks[sl], fill, None if tokens is None else tokens[sl], vqgm)
+        none = torch.zeros_like(masks[sl])
+        for name, e in evaluators.items():
+            parts[name].append(masking.evaluate_masked(e.predict_proba, shown, labels[sl], none, batch_size=batch_size))
+    n_masked = masks.flatten(1).sum(1).numpy()
+    return {name: {k: np.concatenate([r[k] for r in rs]) for k in ("p_true", "correct", "pred")} | {"n_masked": n_masked}
+            for name, rs in parts.items()}
+
+
+def concept_sets(cfg: DictConfig, tsvs_train: dict[str, np.ndarray], vqgm, k: int | None = None) -> dict[str, torch.Tensor]:
     """T*_concept of each extractor (eq. 6: per class, the k most frequent ids among the top-n
     TSV positions of its training images) and the baselines, each (n_classes, k) with -1 padding.
-    n and k are the paper's 20 and 100 scaled by m²/256 (same masked fraction of the grid)."""
+    n and k are the paper's 20 and 100 scaled by m²/256 (same masked fraction of the grid) unless
+    ``k`` is given. k counts codebook ids, not positions: the masked area follows from how often
+    each id occurs (an id of the background can cover half the grid), hence :func:`area_curve`.
+    Ranked best first with a stable sort, so the sets for a smaller k are the first k columns."""
     train = load_split(cfg, "train", vqgm)
     C, K, m = int(cfg.world.n_classes), int(vqgm.K), int(vqgm.m)
-    n, k = masking.scaled_n(int(cfg.saliency.n_concept), m), masking.scaled_n(int(cfg.saliency.k_concept), m)
+    n = masking.scaled_n(int(cfg.saliency.n_concept), m)
+    k = int(k) if k is not None else masking.scaled_n(int(cfg.saliency.k_concept), m)
     tokens, labels = store_tokens(train), torch.from_numpy(train.labels)
     sets = {arch: concept_tokens(tokens, labels, top_n_positions(torch.from_numpy(np.asarray(t)), n), C, K, k)
             for arch, t in tsvs_train.items()}
@@ -54,31 +102,161 @@ def concept_sets(cfg: DictConfig, tsvs_train: dict[str, np.ndarray], vqgm) -> di
     return sets
 
 
-def concept_level(cfg: DictConfig, sets: dict[str, torch.Tensor], evaluators: dict, vqgm) -> pd.DataFrame:
-    """Table 2: per evaluator, Acc and P unmasked, and for each token set ΔA, ΔP (paired
-    per-image differences, 95 % bootstrap intervals) and the mean number of masked patches."""
+def concept_scores(cfg: DictConfig, sets: dict[str, torch.Tensor], evaluators: dict, vqgm,
+                   fill: str | None = None) -> dict:
+    """Every evaluator on the generated test images, unmasked and with each token set's patches
+    removed by ``fill``: {"base": {evaluator: result}, "masked": {method: {evaluator: result}},
+    "labels": (N,)} (results as :func:`score_masked`)."""
     test = load_split(cfg, "test", vqgm)
     images, labels, tokens = np.asarray(test.images), test.labels, store_tokens(test)
     none = torch.zeros(len(labels), vqgm.m, vqgm.m, dtype=torch.bool)
-    base = score_masked(cfg, evaluators, images, labels, none)
-    rows = []
+    out = {"base": score_masked(cfg, evaluators, images, labels, none, fill="black"), "masked": {},
+           "labels": np.asarray(labels)}
     for method, concept in sets.items():
         mask = masking.mask_token_set(tokens, torch.from_numpy(labels), concept, K=int(vqgm.K))
-        res = score_masked(cfg, evaluators, images, labels, mask)
+        out["masked"][method] = score_masked(cfg, evaluators, images, labels, mask, fill=fill, tokens=tokens, vqgm=vqgm)
+    return out
+
+
+def _ci_cols(prefix: str, x: np.ndarray, clusters: np.ndarray, seed: int) -> dict:
+    """{prefix, prefix_lo, prefix_hi} with the class-cluster interval, and prefix_img_lo / _hi
+    resampling images (what the tables showed before; narrower, and wrong for concept sets)."""
+    m, lo, hi = cluster_bootstrap_ci(x, clusters, seed=seed)
+    img = mean_ci(x, seed=seed)
+    return {prefix: m, f"{prefix}_lo": lo, f"{prefix}_hi": hi, f"{prefix}_img_lo": img["lo"], f"{prefix}_img_hi": img["hi"]}
+
+
+def concept_level(cfg: DictConfig, sets: dict[str, torch.Tensor], evaluators: dict, vqgm,
+                  fill: str | None = None, scores: dict | None = None) -> pd.DataFrame:
+    """Table 2: per evaluator, Acc and P unmasked, and for each token set ΔA, ΔP (paired
+    per-image differences) and the mean number of masked patches. Intervals resample CLASSES
+    (a cluster bootstrap: each class has its own concept set, so its images are not independent);
+    the image-resampling intervals are kept in the *_img_lo / *_img_hi columns."""
+    fill = fill_of(cfg, fill)
+    sc = scores or concept_scores(cfg, sets, evaluators, vqgm, fill)
+    labels, seed = sc["labels"], int(cfg.seed)
+    rows = []
+    for method, res in sc["masked"].items():
         for name, r in res.items():
-            b = base[name]
-            acc, p = mean_ci(b["correct"].astype(float), seed=int(cfg.seed)), mean_ci(b["p_true"], seed=int(cfg.seed))
-            da = mean_ci(r["correct"].astype(float) - b["correct"].astype(float), seed=int(cfg.seed))
-            dp = mean_ci(r["p_true"] - b["p_true"], seed=int(cfg.seed))
-            nm = mean_ci(r["n_masked"].astype(float), seed=int(cfg.seed))
-            rows.append({"evaluator": display_name(name), "method": method,
+            b = sc["base"][name]
+            acc, p = mean_ci(b["correct"].astype(float), seed=seed), mean_ci(b["p_true"], seed=seed)
+            nm = mean_ci(r["n_masked"].astype(float), seed=seed)
+            rows.append({"evaluator": display_name(name), "method": method, "fill": fill,
                          "acc": acc["mean"], "acc_lo": acc["lo"], "acc_hi": acc["hi"],
                          "p": p["mean"], "p_lo": p["lo"], "p_hi": p["hi"],
-                         "dA": da["mean"], "dA_lo": da["lo"], "dA_hi": da["hi"],
-                         "dP": dp["mean"], "dP_lo": dp["lo"], "dP_hi": dp["hi"],
+                         **_ci_cols("dA", r["correct"].astype(float) - b["correct"].astype(float), labels, seed),
+                         **_ci_cols("dP", r["p_true"] - b["p_true"], labels, seed),
                          "n_masked": nm["mean"], "n_masked_lo": nm["lo"], "n_masked_hi": nm["hi"],
                          "masked_fraction": nm["mean"] / vqgm.m ** 2})
     return pd.DataFrame(rows)
+
+
+#: Table 2's between-method comparisons (a minus b, on the same images)
+COMPARISONS = (("CE", "frequency"), ("CE", "class-vs-rest"), ("RE", "frequency"), ("RE", "class-vs-rest"),
+               ("CE", "RE"))
+
+
+def robust_evaluator(evaluators) -> str | None:
+    """The paper's most robust classifier, ViT-B/16, or its toy stand-in ViT-p4, when present."""
+    return next((n for n in ("vit_b_16", "vit_p4") if n in evaluators), None)
+
+
+def concept_paired(cfg: DictConfig, scores: dict, fill: str | None = None,
+                   matched: dict | None = None) -> pd.DataFrame:
+    """Paired between-method intervals of Table 2 (a minus b on the same test images, ΔP and ΔA;
+    class-cluster bootstrap, the image-resampling interval beside it): :data:`COMPARISONS`, each
+    evaluator against the most robust one (:func:`robust_evaluator`, CE's sets), and, with
+    ``matched`` ({(a, b): (b's k, b's scores)} from :func:`area_matched`), a against b at matched
+    masked area. Columns: kind, evaluator, a, b, metric, mean, lo, hi, img_lo, img_hi, fill."""
+    fill = fill_of(cfg, fill)
+    labels, seed = scores["labels"], int(cfg.seed)
+    rows = []
+
+    def add(kind, ev, a, b, ra, rb, ba, bb):
+        for metric, key in (("dP", "p_true"), ("dA", "correct")):
+            da = ra[key].astype(float) - ba[key].astype(float)
+            db = rb[key].astype(float) - bb[key].astype(float)
+            c = _ci_cols("d", da - db, labels, seed)
+            rows.append({"kind": kind, "evaluator": display_name(ev), "a": a, "b": b, "metric": metric,
+                         "mean": c["d"], "lo": c["d_lo"], "hi": c["d_hi"], "img_lo": c["d_img_lo"],
+                         "img_hi": c["d_img_hi"], "fill": fill})
+
+    base, masked = scores["base"], scores["masked"]
+    for ev in base:
+        for a, b in COMPARISONS:
+            if a in masked and b in masked:
+                add("method", ev, a, b, masked[a][ev], masked[b][ev], base[ev], base[ev])
+        for (a, b), (k_b, sc_b) in (matched or {}).items():
+            add("area-matched", ev, a, f"{b}@k={k_b}", masked[a][ev], sc_b["masked"][b][ev], base[ev], sc_b["base"][ev])
+    robust = robust_evaluator(base)
+    if robust is not None and "CE" in masked:
+        for ev in base:
+            if ev != robust:
+                add("evaluator", robust, display_name(robust), display_name(ev), masked["CE"][robust],
+                    masked["CE"][ev], base[robust], base[ev])
+    return pd.DataFrame(rows)
+
+
+def area_curve(cfg: DictConfig, tsvs_train: dict[str, np.ndarray], evaluators: dict, vqgm,
+               fill: str | None = None) -> tuple[pd.DataFrame, dict]:
+    """ΔP against masked area as the concept-set size k varies (``saliency.area_k``), for every
+    method: k counts codebook ids, so equal k masks very different areas (the frequency baseline's
+    common ids cover far more of the grid). Returns the long frame (method, k, evaluator,
+    n_masked, masked_fraction, dP with class-cluster interval) and {k: scores} for
+    :func:`area_matched`."""
+    fill = fill_of(cfg, fill)
+    ks = sorted(int(k) for k in cfg.saliency.area_k if int(k) <= int(vqgm.K))
+    full = concept_sets(cfg, tsvs_train, vqgm, k=max(ks))
+    rows, by_k = [], {}
+    for k in ks:
+        sets = {mth: s[:, :k] for mth, s in full.items()}
+        sc = concept_scores(cfg, sets, evaluators, vqgm, fill)
+        by_k[k] = sc
+        for method, res in sc["masked"].items():
+            for name, r in res.items():
+                dp = cluster_bootstrap_ci(r["p_true"] - sc["base"][name]["p_true"], sc["labels"], seed=int(cfg.seed))
+                rows.append({"method": method, "k": k, "evaluator": display_name(name),
+                             "n_masked": float(r["n_masked"].mean()), "masked_fraction": float(r["n_masked"].mean()) / vqgm.m ** 2,
+                             "dP": dp[0], "dP_lo": dp[1], "dP_hi": dp[2], "fill": fill})
+    return pd.DataFrame(rows), by_k
+
+
+def area_matched(curve: pd.DataFrame, by_k: dict, target_area: dict[str, float],
+                 baselines=("frequency", "class-vs-rest")) -> dict:
+    """For each extractor a (``target_area``: its mean masked patches at the profile's k) and each
+    baseline b, the k of b's curve whose masked area is closest to a's: {(a, b): (k, scores at k)}."""
+    out = {}
+    for a, area in target_area.items():
+        for b in baselines:
+            d = curve[curve.method == b].groupby("k").n_masked.first()
+            if d.empty:
+                continue
+            k_b = int((d - area).abs().idxmin())
+            out[(a, b)] = (k_b, by_k[k_b])
+    return out
+
+
+def fig_area(cfg: DictConfig, curve: pd.DataFrame, name: str = "table2_area_curve"):
+    """ΔP against the share of the grid masked, a panel per evaluator, one line per method (its
+    points are the k of ``saliency.area_k``): the concept-level comparison at matched area."""
+    import matplotlib.pyplot as plt
+
+    from ..figures import save_figure
+
+    evs = list(dict.fromkeys(curve.evaluator))
+    fig, axes = plt.subplots(1, len(evs), figsize=(3.1 * len(evs), 2.8), squeeze=False, sharey=True)
+    for ax, ev in zip(axes[0], evs):
+        for method, g in curve[curve.evaluator == ev].groupby("method", sort=False):
+            g = g.sort_values("k")
+            line, = ax.plot(100 * g.masked_fraction, g.dP, "-o", ms=2.5, label=METHOD_LABEL.get(method, method))
+            ax.fill_between(100 * g.masked_fraction, g.dP_lo, g.dP_hi, color=line.get_color(), alpha=0.15)
+        ax.set(title=ev, xlabel="masked area (% of the grid)")
+    axes[0, 0].set_ylabel(f"ΔP ({curve['fill'].iloc[0]} fill)")
+    axes[0, -1].legend(fontsize=6)
+    fig.tight_layout()
+    save_figure(fig, cfg.paths.figures, name)
+    write_table(curve, cfg.paths.tables, name, caption="ΔP against masked area as k varies (class-cluster 95% intervals)")
+    return fig
 
 
 def table2(cfg: DictConfig, df: pd.DataFrame, name: str = "table2_concept_level") -> pd.DataFrame:
@@ -98,9 +276,38 @@ def table2(cfg: DictConfig, df: pd.DataFrame, name: str = "table2_concept_level"
         rows.append(row)
     disp = pd.DataFrame(rows)
     m2 = None if df.empty else df.n_masked.iloc[0] / df.masked_fraction.iloc[0]
+    fill = df["fill"].iloc[0] if "fill" in df and not df.empty else cfg.saliency.fill
     cap = ("Table 2: concept-level evaluation (Acc, P unmasked; n = mean masked patches of "
-           f"{m2:.0f}; ΔA, ΔP with 95% bootstrap intervals)" if m2 else "Table 2")
+           f"{m2:.0f}; ΔA, ΔP with 95% intervals resampling classes; {fill} fill)" if m2 else "Table 2")
     write_table(df, cfg.paths.tables, name, display=disp, caption=cap)
+    return disp
+
+
+def paired_table(cfg: DictConfig, df: pd.DataFrame, name: str = "table2_paired") -> pd.DataFrame:
+    """The paired comparisons (:func:`concept_paired`) as a table: a row per comparison, a column
+    per evaluator, ΔP(a) - ΔP(b) with its class-cluster interval."""
+    d = df[df.metric == "dP"]
+    disp = d.assign(comparison=[f"{a} − {b}" + (" (area-matched)" if k == "area-matched" else "")
+                                for a, b, k in zip(d.a, d.b, d.kind)],
+                    value=[fmt_ci(m, lo, hi) for m, lo, hi in zip(d["mean"], d.lo, d.hi)])
+    disp = disp[disp.kind != "evaluator"].pivot_table(index="comparison", columns="evaluator", values="value",
+                                                      aggfunc="first", sort=False).reset_index()
+    write_table(df, cfg.paths.tables, name, display=disp,
+                caption="Table 2, paired: ΔP(a) − ΔP(b) on the same test images (negative: a hurts more), "
+                        "95% intervals resampling classes")
+    return disp
+
+
+def fills_table(cfg: DictConfig, frames: list[pd.DataFrame], name: str = "table2_fills") -> pd.DataFrame:
+    """Table 2's ΔP under every fill: a row per (fill, evaluator), a column per method."""
+    df = pd.concat(frames, ignore_index=True)
+    disp = df.assign(value=[f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}] (n {n:.1f})" for m, lo, hi, n in
+                            zip(df.dP, df.dP_lo, df.dP_hi, df.n_masked)])
+    disp = disp.pivot_table(index=["fill", "evaluator"], columns="method", values="value", aggfunc="first",
+                            sort=False).reset_index()
+    disp.columns = [METHOD_LABEL.get(c, c) for c in disp.columns]
+    write_table(df, cfg.paths.tables, name, display=disp,
+                caption="Table 2 under every fill: ΔP (class-cluster 95% interval) and mean masked patches n")
     return disp
 
 
@@ -175,17 +382,38 @@ def localisation_table(cfg: DictConfig, df: pd.DataFrame) -> pd.DataFrame:
     return disp
 
 
+def concept_frames(cfg: DictConfig, tsv_train: dict[str, np.ndarray], evaluators: dict, vqgm,
+                   fills: bool = True) -> dict:
+    """Every frame of Table 2 under the headline fill: the concept sets, Table 2's long frame, the
+    area curve, the paired comparisons (area-matched included) and, with ``fills``, Table 2 under
+    every fill of ``saliency.fills``. Returns {"sets", "table2", "curve", "paired", "fills"}."""
+    sets = concept_sets(cfg, tsv_train, vqgm)
+    scores = concept_scores(cfg, sets, evaluators, vqgm)
+    df = concept_level(cfg, sets, evaluators, vqgm, scores=scores)
+    curve, by_k = area_curve(cfg, tsv_train, evaluators, vqgm)
+    area = {a: float(df[df.method == a].n_masked.iloc[0]) for a in tsv_train}
+    paired = concept_paired(cfg, scores, matched=area_matched(curve, by_k, area))
+    frames = [df] + ([concept_level(cfg, sets, evaluators, vqgm, fill=str(f)) for f in cfg.saliency.fills
+                      if str(f) != fill_of(cfg)] if fills else [])
+    return {"sets": sets, "table2": df, "curve": curve, "paired": paired, "fills": frames}
+
+
 def run(cfg: DictConfig, composed: Run | None = None) -> SectionResult:
-    """Everything notebook 04 shows: T*_concept and the baselines, Table 2 and (toy) the
-    localisation table. ``composed``: a :func:`~cortex_nb.pipeline.run.compose` result."""
+    """Everything notebook 04 shows: T*_concept and the baselines, Table 2 (class-cluster
+    intervals) with its paired comparisons (area-matched included), the area curve, Table 2 under
+    every fill and (toy) the localisation table. ``composed``: a
+    :func:`~cortex_nb.pipeline.run.compose` result."""
     setup(cfg)
     composed = composed or compose(cfg)
     vqgm, extractors = composed.vqgm, composed.extractors
     out = SectionResult("table2")
     tsv_train = {arch: get_tsv(cfg, arch, f, vqgm, "train") for arch, f in extractors.items()}
-    sets = concept_sets(cfg, tsv_train, vqgm)
-    out.values["concept_sets"] = sets
-    out.tables["table2_concept_level"] = table2(cfg, concept_level(cfg, sets, composed.evaluators, vqgm))
+    fr = concept_frames(cfg, tsv_train, composed.evaluators, vqgm)
+    out.values["concept_sets"] = fr["sets"]
+    out.tables["table2_concept_level"] = table2(cfg, fr["table2"])
+    out.tables["table2_paired"] = paired_table(cfg, fr["paired"])
+    out.figures["table2_area_curve"] = fig_area(cfg, fr["curve"])
+    out.tables["table2_fills"] = fills_table(cfg, fr["fills"])
     if cfg.vqgm.source == "toy":
-        out.tables["localisation"] = localisation_table(cfg, localisation(cfg, extractors, vqgm, sets))
+        out.tables["localisation"] = localisation_table(cfg, localisation(cfg, extractors, vqgm, fr["sets"]))
     return out
