@@ -74,7 +74,7 @@ from torch import nn
 
 from .inference import eval_mode
 
-__all__ = ["OptimResult", "select_tokens", "optimize_embeddings", "nearest_tokens",
+__all__ = ["OptimResult", "select_tokens", "optimize_embeddings", "random_tokens", "nearest_tokens",
            "central_region", "saliency_region"]
 
 
@@ -153,6 +153,18 @@ def nearest_tokens(vectors: torch.Tensor, codebook: torch.Tensor, *, chunk: int 
     for i in range(0, flat.shape[0], rows):
         out[i:i + rows] = torch.cdist(flat[i:i + rows], codebook.detach()).argmin(1)
     return out.view(vectors.shape[:-1])
+
+
+def random_tokens(tokens: torch.Tensor, region: torch.Tensor, K: int, seed: int = 0) -> torch.Tensor:
+    """Table 3's control: the region's ids replaced by ids drawn uniformly from the codebook, no
+    optimisation. Token selection from a random start (``init="random"``) has already replaced
+    nearly every region token at step 0; this control says how much of a method's ΔP any K-way
+    random replacement gives. tokens (B, m, m) int, region (m, m) or (B, m, m) bool -> (B, m, m)
+    int64 on the CPU; one generator seeded with ``seed`` draws the (B, R) ids."""
+    flat, _, positions, _, _ = _setup(tokens, torch.zeros(int(K), 1), region, 0)
+    g = torch.Generator().manual_seed(int(seed))
+    ids = torch.randint(int(K), tuple(positions.shape), generator=g)      # (B, R)
+    return _splice(flat, positions, ids)
 
 
 # -------------------------------------------------------------------------------------- plumbing

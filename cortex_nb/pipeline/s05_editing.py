@@ -29,21 +29,34 @@ from omegaconf import DictConfig
 
 from ..figures import image_grid, save_figure
 from ..files import save_json, save_npy
-from ..optimize import central_region, optimize_embeddings, saliency_region, select_tokens
-from ..tables import mean_ci, write_table
-from .keys import cache_path, edit_key
+from ..optimize import central_region, optimize_embeddings, random_tokens, saliency_region, select_tokens
+from ..tables import cluster_bootstrap_ci, fmt_ci, mean_ci, write_table
+from .keys import cache_path, edit_key, replicate_seed
 from .run import Run, SectionResult, class_names, compose, display_name, get_tsv, load_split, setup
 
-__all__ = ["METHODS", "REGION_METHODS", "pairs_of", "regions_of", "edit_batch", "edit_region", "run_edits",
+__all__ = ["METHODS", "REGION_METHODS", "CONTROL_METHODS", "EDIT_COMPARISONS", "region_methods", "with_controls",
+           "edit_paired", "controls_table", "pairs_of", "regions_of", "edit_batch", "edit_region", "run_edits",
            "best_of_checkpoints", "score_edits", "table3_frame", "table3", "fig4", "fig6", "run"]
 
 log = logging.getLogger("cortex_nb")
 
-METHODS = {"embedding": optimize_embeddings, "token": select_tokens}
+METHODS = {"embedding": optimize_embeddings, "token": select_tokens, "token-original": select_tokens}
 
 #: Methods run in each region: both in the paper's central block (Table 3); in the saliency-guided
 #: block (beyond the paper) token selection only, since that table compares regions, not methods.
 REGION_METHODS = {"central": ("embedding", "token"), "saliency": ("token",)}
+#: the control run added to the central block when ``optimization.controls`` is on: token
+#: selection started from the original tokens (init: original) instead of random logits
+CONTROL_METHODS = ("token-original",)
+
+
+def region_methods(cfg: DictConfig) -> dict[str, tuple[str, ...]]:
+    """The methods run in each region: :data:`REGION_METHODS`, plus :data:`CONTROL_METHODS` in the
+    central block with ``optimization.controls`` (unless the profile already starts from the original)."""
+    out = dict(REGION_METHODS)
+    if cfg.optimization.controls and cfg.optimization.init != "original":
+        out["central"] = out["central"] + CONTROL_METHODS
+    return out
 
 
 def pairs_of(cfg: DictConfig) -> list[tuple[int, int]]:
@@ -83,7 +96,7 @@ def edit_region(cfg: DictConfig, kind: str, m: int, tsv: np.ndarray | None = Non
 def run_edits(cfg: DictConfig, extractors: dict, vqgm, tsv_test: dict | None = None,
               regions=("central",), methods: dict | None = None) -> dict:
     """Run every (extractor, method, region) once over the whole edit batch; cached.
-    ``methods`` maps a region to the methods run there (default :data:`REGION_METHODS`).
+    ``methods`` maps a region to the methods run there (default :func:`region_methods`).
     Returns {(arch, method, region): {"final": tokens (B,m,m), "checkpoints": (S, B, m, m),
     "steps": (S,)}} as int tensors (uint16 on disk)."""
     setup(cfg)
@@ -95,7 +108,7 @@ def run_edits(cfg: DictConfig, extractors: dict, vqgm, tsv_test: dict | None = N
     for arch, f in extractors.items():
         for region in regions:
             reg = edit_region(cfg, region, int(vqgm.m), None if tsv_test is None else tsv_test[arch], batch["index"])
-            for method in (methods or REGION_METHODS)[region]:
+            for method in (methods or region_methods(cfg))[region]:
                 fn = METHODS[method]
                 tsv = None if region != "saliency" else np.asarray(tsv_test[arch])[batch["index"]]
                 key = edit_key(cfg, f, test, method, region, tsv)
@@ -104,10 +117,10 @@ def run_edits(cfg: DictConfig, extractors: dict, vqgm, tsv_test: dict | None = N
                     out[(arch, method, region)] = {k: torch.from_numpy(np.load(d / f"{k}.npy").astype(np.int64))
                                                    for k in ("final", "checkpoints", "steps")}
                     continue
-                kw = dict(steps=int(o.steps), lr=float(o.lr), alpha=float(o.alpha), seed=int(cfg.seed),
+                kw = dict(steps=int(o.steps), lr=float(o.lr), alpha=float(o.alpha), seed=replicate_seed(cfg),
                           record_every=int(o.record_every))
-                if method == "token":
-                    kw.update(tau=float(o.tau), init=str(o.init))
+                if method.startswith("token"):
+                    kw.update(tau=float(o.tau), init="original" if method == "token-original" else str(o.init))
                 log.info("editing: %s %s %s region, %d images, %d steps", arch, method, region,
                          len(batch["index"]), int(o.steps))
                 res = fn(f, batch["tokens"].to(cfg.device), codebook, reg.to(cfg.device),
@@ -139,10 +152,25 @@ def best_of_checkpoints(p_orig: np.ndarray, p_targ: np.ndarray) -> tuple[np.ndar
     return p_orig[best, cols], p_targ[best, cols]
 
 
-def score_edits(cfg: DictConfig, edits: dict, evaluators: dict, vqgm) -> pd.DataFrame:
-    """Per evaluator x (arch, method, region) x protocol: ΔP_orig, ΔP_targ (paired per image, 95 %
-    bootstrap intervals), plus Acc_orig, P_orig, P_targ before editing (from the stored test images).
-    Protocols: "final" everywhere, "best-of-checkpoints" in the central region (the paper's)."""
+def with_controls(cfg: DictConfig, edits: dict, vqgm) -> dict:
+    """``edits`` plus Table 3's controls in the central region, as edit entries (final tokens only):
+    ("-", "random-tokens"): the region's ids drawn uniformly from the codebook, no extractor, no
+    optimisation (seeded by the replicate); (arch, "token-step0"): token selection's state before
+    its first update (argmax of the initial logits, the first checkpoint)."""
+    out = dict(edits)
+    batch = edit_batch(cfg, vqgm)
+    region = edit_region(cfg, "central", int(vqgm.m))
+    out[("-", "random-tokens", "central")] = {"final": random_tokens(batch["tokens"], region, int(vqgm.K),
+                                                                     seed=replicate_seed(cfg) + 4099)}
+    for (arch, method, reg), r in edits.items():
+        if method == "token" and reg == "central" and int(r["steps"][0]) == 0:
+            out[(arch, "token-step0", "central")] = {"final": r["checkpoints"][0]}
+    return out
+
+
+def _edit_deltas(cfg: DictConfig, edits: dict, evaluators: dict, vqgm) -> tuple[dict, dict, dict]:
+    """Per image: before = {evaluator: (P(src), P(tgt), correct)}; deltas = {(arch, method, region,
+    protocol, evaluator): (ΔP_orig (B,), ΔP_targ (B,))}; batch (edit_batch)."""
     batch = edit_batch(cfg, vqgm)
     src, tgt = batch["source"], batch["target"]
     test_images = np.asarray(load_split(cfg, "test", vqgm).images)[batch["index"]]
@@ -151,28 +179,116 @@ def score_edits(cfg: DictConfig, edits: dict, evaluators: dict, vqgm) -> pd.Data
         p = e.predict_proba(test_images).cpu()
         before[name] = (p.gather(1, src[:, None]).squeeze(1).numpy(), p.gather(1, tgt[:, None]).squeeze(1).numpy(),
                         (p.argmax(1) == src).float().numpy())
-    seed = int(cfg.seed)
-    rows = []
+    deltas = {}
     for (arch, method, region), r in edits.items():
         # best-of-checkpoints is the reference's protocol for the paper's (central) region only
-        ck = [_probs(evaluators, vqgm, t, src, tgt) for t in r["checkpoints"]] if region == "central" else []
+        ck = ([_probs(evaluators, vqgm, t, src, tgt) for t in r["checkpoints"]]
+              if region == "central" and "checkpoints" in r else [])
         # the last checkpoint is the final state when steps is a multiple of record_every: score it once
         same = len(ck) > 0 and torch.equal(r["checkpoints"][-1], r["final"])
         final = ck[-1] if same else _probs(evaluators, vqgm, r["final"], src, tgt)
         for name in evaluators:
-            p0o, p0t, acc0 = before[name]
+            p0o, p0t, _ = before[name]
             protocols = {"final": final[name]}
             if ck:  # best-of-checkpoints (the reference): per image, the checkpoint with the highest P(target)
                 protocols["best-of-checkpoints"] = best_of_checkpoints(np.stack([c[name][0] for c in ck]),
                                                                        np.stack([c[name][1] for c in ck]))
             for protocol, (qo, qt) in protocols.items():
-                do, dt = mean_ci(qo - p0o, seed=seed), mean_ci(qt - p0t, seed=seed)
-                rows.append({"evaluator": display_name(name), "extractor": arch, "method": method,
-                             "region": region, "protocol": protocol, "n": len(src),
-                             "acc_orig": float(acc0.mean()), "p_orig": float(p0o.mean()), "p_targ": float(p0t.mean()),
-                             "dP_orig": do["mean"], "dP_orig_lo": do["lo"], "dP_orig_hi": do["hi"],
-                             "dP_targ": dt["mean"], "dP_targ_lo": dt["lo"], "dP_targ_hi": dt["hi"]})
+                deltas[(arch, method, region, protocol, name)] = (qo - p0o, qt - p0t)
+    return before, deltas, batch
+
+
+def score_edits(cfg: DictConfig, edits: dict, evaluators: dict, vqgm, *, paired: bool = False):
+    """Per evaluator x (arch, method, region) x protocol: ΔP_orig, ΔP_targ (paired per image),
+    plus Acc_orig, P_orig, P_targ before editing (from the stored test images). Intervals resample
+    SOURCE CLASSES (a cluster bootstrap; the image-resampling interval in *_img_lo / *_img_hi).
+    Protocols: "final" everywhere, "best-of-checkpoints" in the central region (the paper's).
+    With ``paired``, also returns :func:`edit_paired`'s frame: (scores, paired)."""
+    before, deltas, batch = _edit_deltas(cfg, edits, evaluators, vqgm)
+    clusters, seed = batch["source"].numpy(), int(cfg.seed)
+    rows = []
+    for (arch, method, region, protocol, name), (do, dt) in deltas.items():
+        p0o, p0t, acc0 = before[name]
+        co, ct = cluster_bootstrap_ci(do, clusters, seed=seed), cluster_bootstrap_ci(dt, clusters, seed=seed)
+        io, it = mean_ci(do, seed=seed), mean_ci(dt, seed=seed)
+        rows.append({"evaluator": display_name(name), "extractor": arch, "method": method,
+                     "region": region, "protocol": protocol, "n": len(clusters),
+                     "acc_orig": float(acc0.mean()), "p_orig": float(p0o.mean()), "p_targ": float(p0t.mean()),
+                     "dP_orig": co[0], "dP_orig_lo": co[1], "dP_orig_hi": co[2],
+                     "dP_targ": ct[0], "dP_targ_lo": ct[1], "dP_targ_hi": ct[2],
+                     "dP_orig_img_lo": io["lo"], "dP_orig_img_hi": io["hi"],
+                     "dP_targ_img_lo": it["lo"], "dP_targ_img_hi": it["hi"]})
+    df = pd.DataFrame(rows)
+    return (df, edit_paired(cfg, deltas, clusters, list(evaluators))) if paired else df
+
+
+#: Table 3's paired comparisons (a minus b, final state, central region): the paper's (token vs
+#: embedding) and the controls' (how much each method adds to a random replacement of the region)
+EDIT_COMPARISONS = (("token", "embedding"), ("token", "random-tokens"), ("embedding", "random-tokens"),
+                    ("token", "token-step0"), ("token-original", "embedding"), ("token-original", "random-tokens"))
+
+
+def edit_paired(cfg: DictConfig, deltas: dict, clusters: np.ndarray, evaluators: list[str]) -> pd.DataFrame:
+    """Paired intervals of :data:`EDIT_COMPARISONS` per extractor and evaluator (final state, central
+    region): mean of ΔP(a) - ΔP(b) on the same images for ΔP_orig and ΔP_targ, resampling source
+    classes (lo, hi) and images (img_lo, img_hi)."""
+    seed = int(cfg.seed)
+    archs = sorted({k[0] for k in deltas if k[0] != "-"})
+    rows = []
+
+    def get(arch, method, name):
+        return deltas.get(("-" if method == "random-tokens" else arch, method, "central", "final", name))
+
+    for arch in archs:
+        for name in evaluators:
+            for a, b in EDIT_COMPARISONS:
+                da, db = get(arch, a, name), get(arch, b, name)
+                if da is None or db is None:
+                    continue
+                for i, metric in enumerate(("dP_orig", "dP_targ")):
+                    d = da[i] - db[i]
+                    m, lo, hi = cluster_bootstrap_ci(d, clusters, seed=seed)
+                    img = mean_ci(d, seed=seed)
+                    rows.append({"evaluator": display_name(name), "extractor": arch, "a": a, "b": b, "metric": metric,
+                                 "mean": m, "lo": lo, "hi": hi, "img_lo": img["lo"], "img_hi": img["hi"]})
     return pd.DataFrame(rows)
+
+
+def controls_table(cfg: DictConfig, df: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
+    """Table 3's controls: per evaluator, ΔP_Orig / ΔP_Targ of the random-token control, the step-0
+    state and token selection from the original tokens, and each method's gain over the random-token
+    control (paired, class-cluster intervals)."""
+    d = df[(df.protocol == "final") & (df.region == "central")]
+    rows = []
+    for ev, g in d.groupby("evaluator", sort=False):
+        row = {"Model": ev}
+        for arch, method, label in (("-", "random-tokens", "random tokens (no optimisation)"),
+                                    ("CE", "token-step0", "token selection, step 0 (CE)"),
+                                    ("CE", "token", "token selection (CE)"),
+                                    ("CE", "token-original", "token selection from the original (CE)"),
+                                    ("CE", "embedding", "embedding optimisation (CE)")):
+            r = g[(g.extractor == arch) & (g.method == method)]
+            if not r.empty:
+                r = r.iloc[0]
+                row[label] = f"{r.dP_orig:+.3f} / {r.dP_targ:+.3f}"
+        for a in ("token", "embedding", "token-original"):
+            for arch in ("CE", "RE"):
+                p = paired[(paired.evaluator == ev) & (paired.extractor == arch) & (paired.a == a)
+                           & (paired.b == "random-tokens")]
+                if len(p) == 2:
+                    po, pt = (p[p.metric == k].iloc[0] for k in ("dP_orig", "dP_targ"))
+                    row[f"{a} − random tokens ({arch})"] = (f"{fmt_ci(po['mean'], po.lo, po.hi)} / "
+                                                            f"{fmt_ci(pt['mean'], pt.lo, pt.hi)}")
+        rows.append(row)
+    disp = pd.DataFrame(rows)
+    write_table(paired, cfg.paths.tables, "table3_paired",
+                caption="Table 3, paired: ΔP(a) − ΔP(b) on the same images (final state, central region), "
+                        "95% intervals resampling source classes")
+    write_table(disp, cfg.paths.tables, "table3_controls",
+                caption="Table 3 with controls: ΔP_Orig / ΔP_Targ (final state, central region); last columns: "
+                        "gain over replacing the region by random tokens (paired, 95% intervals resampling "
+                        "source classes)")
+    return disp
 
 
 def table3_frame(df: pd.DataFrame, protocol: str = "final", region: str = "central") -> pd.DataFrame:
@@ -205,7 +321,7 @@ def table3(cfg: DictConfig, df: pd.DataFrame) -> pd.DataFrame:
     write_table(disp, cfg.paths.tables, "table3_optimization",
                 caption=(f"Table 3: ΔP_Orig / ΔP_Targ after editing the central region of {int(df.n.iloc[0])} test "
                          f"images toward their paired class ({cfg.optimization.steps} steps, final state; "
-                         "95% bootstrap intervals)"))
+                         "95% intervals resampling source classes)"))
     return disp
 
 
@@ -263,8 +379,9 @@ def run(cfg: DictConfig, composed: Run | None = None) -> SectionResult:
     regions = regions_of(cfg)
     tsv_test = {arch: get_tsv(cfg, arch, f, vqgm, "test") for arch, f in extractors.items()}
     edits = run_edits(cfg, extractors, vqgm, tsv_test, regions=regions)
-    scores = score_edits(cfg, edits, evaluators, vqgm)
+    scores, paired = score_edits(cfg, with_controls(cfg, edits, vqgm), evaluators, vqgm, paired=True)
     out.tables["table3_optimization"] = table3(cfg, scores)
+    out.tables["table3_controls"] = controls_table(cfg, scores, paired)
     out.tables["table3_best_of_checkpoints"] = table3_frame(scores, "best-of-checkpoints", "central")
     if "saliency" in regions:
         out.tables["table3_saliency_region"] = table3_frame(scores, "final", "saliency")
