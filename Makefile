@@ -15,10 +15,10 @@ export PYTHONHASHSEED := 0
 # Small models on few cores: busy-waiting OpenMP threads cost 4-8x when the machine is shared.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup all test unit nbval lab bench clean help
+.PHONY: setup all seeds test unit nbval lab bench clean help
 
 help:
-	@echo "make setup | all [PROFILE=toy|smoke|imagenet] [CELL_TIMEOUT=seconds] | test | lab | clean"
+	@echo "make setup | all [PROFILE=toy|smoke|imagenet] [CELL_TIMEOUT=seconds] | seeds | test | lab | clean"
 
 setup: $(STAMP)
 
@@ -69,6 +69,13 @@ $(EXEC)/%.ipynb: notebooks/%.ipynb cortex_nb/profiles/_base.yaml cortex_nb/profi
 
 # stage order: every stage needs the caches of the ones before it
 $(foreach i,$(shell seq 2 $(words $(OUTS))),$(eval $(word $(i),$(OUTS)): $(word $(shell expr $(i) - 1),$(OUTS))))
+
+# The seed replicates every verdict rests on (replicates 1 .. replicates - 1: retrained extractors,
+# redrawn noise; results/<profile>/seeds/r<r>/tables), then the verdict table and the README block.
+# Needs `make all` first (replicate 0 is its run); cached and resumable like it.
+seeds: $(OUTS)
+	$(PY) -m cortex_nb seeds --profile $(PROFILE)
+	@if [ "$(PROFILE)" = toy ]; then $(PY) tools/readme.py toy; fi
 
 test: unit nbval
 

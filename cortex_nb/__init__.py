@@ -37,11 +37,13 @@ if TYPE_CHECKING:  # the lazy names below, for linters and editors
                                     reconstruction_figure, samples_figure, toyworld_figure, vqgm_report)
     from .pipeline.s01_dataset import dataset_table, generated_accuracy_table
     from .pipeline.s02_extractors import extractor_accuracy, table1, training_curves_figure
-    from .pipeline.s03_image_level import (fig2, fig3, fig5, image_level, masked_counts, random_baseline,
-                                           token_examples, token_figure)
-    from .pipeline.s04_concept_level import concept_level, concept_sets, localisation, localisation_table, table2
-    from .pipeline.s05_editing import (edit_batch, fig4, fig6, pairs_of, regions_of, run_edits, score_edits, table3,
-                                       table3_frame)
+    from .pipeline.s03_image_level import (fig2, fig3, fig3_fills, fig5, fill_check, fills_frame, image_level,
+                                           masked_counts, random_baseline, token_examples, token_figure)
+    from .pipeline.s04_concept_level import (concept_frames, concept_level, concept_sets, fig_area, fills_table,
+                                             localisation, localisation_table, paired_table, table2)
+    from .pipeline.s05_editing import (controls_table, edit_batch, fig4, fig6, pairs_of, regions_of, run_edits,
+                                       score_edits, table3, table3_frame, with_controls)
+    from .pipeline.verdicts import verdict_frame, verdict_table
     from .pipeline.s06_browser import BrowserData, browser_data
     from .widgets import TokenBrowser
 
@@ -53,11 +55,13 @@ _LAZY = {
                           "evaluator_training_table", "prior_samples", "samples_figure", "evaluator_scores"),
     "pipeline.s01_dataset": ("dataset_table", "generated_accuracy_table"),
     "pipeline.s02_extractors": ("extractor_accuracy", "table1", "training_curves_figure"),
-    "pipeline.s03_image_level": ("image_level", "random_baseline", "fig3", "masked_counts", "token_examples",
-                                 "token_figure", "fig2", "fig5"),
-    "pipeline.s04_concept_level": ("concept_sets", "concept_level", "table2", "localisation", "localisation_table"),
-    "pipeline.s05_editing": ("pairs_of", "regions_of", "edit_batch", "run_edits", "score_edits", "table3",
-                             "table3_frame", "fig4", "fig6"),
+    "pipeline.s03_image_level": ("image_level", "random_baseline", "fig3", "fills_frame", "fig3_fills", "fill_check",
+                                 "masked_counts", "token_examples", "token_figure", "fig2", "fig5"),
+    "pipeline.s04_concept_level": ("concept_sets", "concept_level", "concept_frames", "table2", "paired_table",
+                                   "fig_area", "fills_table", "localisation", "localisation_table"),
+    "pipeline.s05_editing": ("pairs_of", "regions_of", "edit_batch", "run_edits", "with_controls", "score_edits",
+                             "table3", "controls_table", "table3_frame", "fig4", "fig6"),
+    "pipeline.verdicts": ("verdict_frame", "verdict_table"),
     "pipeline.s06_browser": ("BrowserData", "browser_data"),
     "widgets": ("TokenBrowser",),
 }
@@ -79,10 +83,13 @@ __all__ = [
     # 01 the dataset, 02 Table 1
     "dataset_table", "generated_accuracy_table", "extractor_accuracy", "table1", "training_curves_figure",
     # 03 Fig. 3, 2, 5; 04 Table 2
-    "image_level", "random_baseline", "fig3", "masked_counts", "token_examples", "token_figure", "fig2", "fig5",
-    "concept_sets", "concept_level", "table2", "localisation", "localisation_table",
-    # 05 Table 3, Fig. 4, 6; 06 the token browser
-    "pairs_of", "regions_of", "edit_batch", "run_edits", "score_edits", "table3", "table3_frame", "fig4", "fig6",
+    "image_level", "random_baseline", "fig3", "fills_frame", "fig3_fills", "fill_check", "masked_counts",
+    "token_examples", "token_figure", "fig2", "fig5",
+    "concept_sets", "concept_level", "concept_frames", "table2", "paired_table", "fig_area", "fills_table",
+    "localisation", "localisation_table",
+    # 05 Table 3, Fig. 4, 6, the verdicts; 06 the token browser
+    "pairs_of", "regions_of", "edit_batch", "run_edits", "with_controls", "score_edits", "table3", "controls_table",
+    "table3_frame", "fig4", "fig6", "verdict_frame", "verdict_table",
     "BrowserData", "browser_data", "TokenBrowser",
 ]
 __version__ = "0.1.0"

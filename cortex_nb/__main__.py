@@ -16,7 +16,11 @@ GPU run needs no Jupyter. Commands:
   fig3              notebook 03: Fig. 3 (image level, both mask modes, random baseline), Fig. 2, 5
   table2            notebook 04: T*_concept, Table 2 (concept level), ground-truth localisation
   table3            notebook 05: token selection vs embedding optimisation, Table 3, Fig. 4, 6
-  all               every section above in notebook order (00 to 05)
+  all               every section above in notebook order (00 to 05), then the verdicts
+  seeds             the seed replicates r = 1 .. replicates - 1 (retrained extractors, redrawn
+                    noise; results/P/seeds/r<r>/tables), then the verdicts (`make seeds`)
+  verdicts          judge each of the paper's claims over the replicates found (holds / fails /
+                    inconclusive): results/P/tables/verdicts.{csv,md,tex}
 
 Data parallel, N processes on one machine (gloo on CPU, nccl with one GPU per process on CUDA):
 
@@ -52,7 +56,7 @@ SECTIONS = {"vqgm-report": "s00_vqgm", "generate": "s01_dataset", "train-extract
 #: the splits whose TSVs a section reads (computed on every rank before rank 0 runs the section)
 TSV_SPLITS = {"fig3": ("test", "train"), "table2": ("train",), "table3": ("test",)}
 STAGES = ("vqgm", "evaluators", "vqgm-report", "generate", "train-extractors", "tsv", "fig3", "table2", "table3",
-          "all")
+          "all", "seeds", "verdicts")
 SPLITS = ("train", "val", "test")
 
 
@@ -126,6 +130,17 @@ def _run(args, cfg) -> str:
     from .pipeline import run
 
     main = distributed.is_main()
+    if args.stage in ("seeds", "verdicts"):  # one process: the replicates run one after another
+        summary = ""
+        if main:
+            with distributed.local():
+                if args.stage == "seeds":
+                    from .pipeline import seeds
+
+                    done = seeds.run(cfg, _parse_sets(args.set))
+                    summary = f"{len(done)} replicate(s) in " + ", ".join(done) + "; "
+                summary += _verdicts(cfg)
+        return summary
     if args.stage in ("vqgm", "evaluators", "vqgm-report"):  # one process builds, the others wait
         summary = ""
         if main:
@@ -156,6 +171,9 @@ def _run(args, cfg) -> str:
                 summaries.append(_section("vqgm-report", cfg))
             composed.evaluators = run.get_evaluators(cfg)
             summaries += [_section(name, cfg, composed) for name in sections]
+    if args.stage == "all" and main:
+        with distributed.local():
+            summaries.append(_verdicts(cfg))
     if args.stage == "generate":
         return "token stores " + ", ".join(f"{k} {len(v)}" for k, v in composed.stores.items())
     if args.stage == "train-extractors":
@@ -182,6 +200,15 @@ def _build(stage: str, cfg) -> str:
     evs = run.get_evaluators(cfg)
     print("evaluators:", ", ".join(evs))
     return f"{len(evs)} evaluators"
+
+
+def _verdicts(cfg) -> str:
+    """Write and print the verdict table over the replicates found."""
+    from .pipeline import verdicts
+
+    disp = verdicts.run(cfg)
+    print(f"\nverdicts:\n{disp.to_string(index=False)}", flush=True)
+    return f"verdicts: {len(disp)} claims"
 
 
 def _section(name: str, cfg, composed=None) -> str:

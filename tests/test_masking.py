@@ -193,3 +193,44 @@ def test_infill_tokens_replaces_exactly_the_masked_ids():
         infill_tokens(tokens, mask, torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="token grid's shape"):
         infill_tokens(tokens, mask[:, :1], 0)
+
+
+def test_background_tokens_is_the_most_common_unmasked_id_by_hand():
+    from cortex_nb.masking import background_tokens
+
+    tokens = torch.tensor([[[3, 3, 7], [7, 7, 1], [3, 3, 2]],      # 7 x3 but two 7s masked -> 3 (x4) wins
+                           [[5, 5, 5], [6, 6, 6], [6, 0, 0]],      # unmasked: 5 x3, 6 x1 ... see mask
+                           [[4, 4, 4], [4, 4, 4], [4, 4, 4]]])     # everything masked: its own most common id
+    mask = torch.zeros(3, 3, 3, dtype=torch.bool)
+    mask[0, 1, 0] = mask[0, 1, 1] = True
+    mask[1, 1] = True                                               # hides three of image 1's four 6s
+    mask[1, 2, 0] = True
+    mask[2] = True
+    assert background_tokens(tokens, mask).tolist() == [3, 5, 4]
+    tie = torch.tensor([[[9, 2], [2, 9]]])                          # a tie: the smaller id
+    assert background_tokens(tie, torch.zeros(1, 2, 2, dtype=torch.bool)).tolist() == [2]
+
+
+def test_token_fill_decodes_the_infilled_grid():
+    """masked_images' token fill = decode(tokens with masked ids replaced by each image's background
+    id); images with nothing masked are returned untouched (not re-decoded)."""
+    from cortex_nb.pipeline.s04_concept_level import masked_images
+
+    class Decoder:  # decodes id t of a 2 x 2 grid to a 4 x 4 image of grey value t (per patch)
+        device = torch.device("cpu")
+
+        def decode(self, t):
+            x = t.float().repeat_interleave(2, 1).repeat_interleave(2, 2) / 10 - 1    # (B, 4, 4) in [-1, 1]
+            return x[:, None].expand(-1, 3, -1, -1)
+
+    tokens = torch.tensor([[[1, 2], [2, 3]], [[4, 4], [5, 6]]])
+    images = np.full((2, 4, 4, 3), 77, dtype=np.uint8)
+    mask = torch.tensor([[[True, False], [False, False]], [[False, False], [False, False]]])
+    out = masked_images(images, mask, "token", tokens, Decoder())
+    want = Decoder().decode(torch.tensor([[[2, 2], [2, 3]]]))                       # id 1 -> background id 2
+    from cortex_nb.figures import to_uint8
+    np.testing.assert_array_equal(out[0], to_uint8(want)[0])
+    np.testing.assert_array_equal(out[1], images[1])                                # nothing masked: untouched
+    np.testing.assert_array_equal(images, 77)                                       # input not modified
+    with pytest.raises(ValueError, match="token fill needs"):
+        masked_images(images, mask, "token")

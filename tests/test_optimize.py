@@ -249,3 +249,18 @@ def test_saliency_region_in_bounds_and_contains_top(size):
     rows, cols = region.any(2), region.any(1)                             # a solid square block
     assert (rows.sum(1) == size).all() and (cols.sum(1) == size).all()
     assert torch.equal(region, rows[:, :, None] & cols[:, None, :])
+
+
+def test_random_tokens_control_changes_only_the_region_uniformly():
+    from cortex_nb.optimize import random_tokens
+
+    tokens = torch.randint(0, 50, (200, 8, 8), generator=torch.Generator().manual_seed(0))
+    region = central_region(8)
+    out = random_tokens(tokens, region, K=50, seed=5)
+    assert torch.equal(out[:, ~region], tokens[:, ~region])                      # outside: untouched
+    assert torch.equal(out, random_tokens(tokens, region, K=50, seed=5))          # seeded
+    assert not torch.equal(out, random_tokens(tokens, region, K=50, seed=6))
+    drawn = out[:, region]
+    assert int(drawn.min()) >= 0 and int(drawn.max()) < 50
+    counts = torch.bincount(drawn.flatten(), minlength=50).float()               # 800 draws over 50 ids
+    assert counts.min() > 0 and counts.max() < 40                                 # uniform: ~16 each

@@ -15,18 +15,24 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 # (table file stem, heading) in the order the paper presents them
 TABLES = [
+    ("verdicts", "Verdicts: which of the paper's claims hold in the toy world (notebook 05; `make seeds`)"),
     ("vqgm_quality", "The toy VQGM (notebook 00)"),
     ("toy_evaluators", "The toy evaluators (notebook 00)"),
     ("generated_test_accuracy", "Evaluators on generated test images (notebook 01; Acc and P of Table 2)"),
     ("table1_extractor_accuracy", "Table 1 (notebook 02)"),
+    ("fill_check", "Is the fill a class feature? (notebook 03; chooses the headline fill)"),
     ("table2_concept_level", "Table 2 (notebook 04)"),
+    ("table2_paired", "Table 2, paired between-method intervals (notebook 04)"),
     ("localisation", "Ground-truth localisation (notebook 04, beyond the paper)"),
     ("table3_optimization", "Table 3 (notebook 05)"),
+    ("table3_controls", "Table 3 with its controls (notebook 05)"),
 ]
 FIGURES = [
     ("toyworld", "The toy world"),
     ("reconstructions", "Reconstructions"),
     ("fig3_image_level", "Fig. 3: true-class probability vs masked tokens"),
+    ("fig3_fills", "Fig. 3 under every fill"),
+    ("table2_area_curve", "Table 2 at every masked area: ΔP as k varies"),
     ("fig2_token_visualisation", "Fig. 2: the same concept token across images"),
     ("fig4_editing", "Fig. 4: editing sequences"),
 ]

@@ -1,0 +1,336 @@
+"""The verdict table: each of the paper's claims -> holds / fails / inconclusive, from the paired
+intervals of every seed replicate (``python -m cortex_nb verdicts``; README's verdict block).
+
+A claim is judged per evaluator, in every replicate r (r = 0: the headline run's tables in
+``results/<p>/tables``; r >= 1: ``results/<p>/seeds/r<r>/tables``, :mod:`cortex_nb.pipeline.seeds`),
+on a paired interval -- a method minus its comparison on the same images, resampling the unit
+the result is about (images for Fig. 3 with each image's random seeds averaged; classes for
+Tables 2 and 3). A replicate *supports* a claim when that interval lies wholly on the claimed
+side of zero (for CE ~ RE: inside +-``verdicts.equivalence_margin``); for a claim over several
+cases (every n > 1, both extractors) the least favourable case decides, and it is the one shown.
+
+- **holds**: every replicate supports it, and there are at least ``replicates`` of them;
+- **fails**: no replicate of at least ``replicates`` supports it ("reversed" when every
+  replicate's interval lies wholly on the other side);
+- **inconclusive**: some replicates support it and some do not -- the verdict depends on the seed
+  (and so, through float rounding in extractor training, on the machine) -- or fewer than
+  ``replicates`` replicates have been run (``make seeds``).
+
+A claim's row says which replicates (and on which CPU) it rests on, the headline replicate's
+interval, the spread of the point estimate across replicates, and what the toy world gives the
+claim by construction.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+from omegaconf import DictConfig
+
+from ..tables import write_table
+
+log = logging.getLogger("cortex_nb")
+
+__all__ = ["Evidence", "Claim", "CLAIMS", "replicate_dirs", "judge", "verdict_frame", "verdict_table", "run"]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One replicate's evidence on one claim for one evaluator: the least favourable case's
+    paired estimate and interval, whether it supports the claim and whether it is wholly against."""
+    mean: float
+    lo: float
+    hi: float
+    supports: bool
+    against: bool
+    case: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the paper (or of this companion's controls), how to read it off a replicate's
+    tables (``evidence``: tables dir -> {evaluator: Evidence}) and what the toy world builds in."""
+    key: str
+    text: str
+    evidence: Callable[[Path, DictConfig], dict[str, Evidence]]
+    built_in: str
+
+
+def _read(tables: Path, name: str) -> pd.DataFrame | None:
+    p = Path(tables) / f"{name}.csv"
+    return pd.read_csv(p) if p.exists() else None
+
+
+def _below(mean, lo, hi, case="") -> Evidence:
+    """The claim is 'a lower than b': supported when the interval of a - b lies below 0."""
+    return Evidence(float(mean), float(lo), float(hi), bool(hi < 0), bool(lo > 0), case)
+
+
+def _above(mean, lo, hi, case="") -> Evidence:
+    return Evidence(float(mean), float(lo), float(hi), bool(lo > 0), bool(hi < 0), case)
+
+
+def _worst(items: list[Evidence], below: bool) -> Evidence | None:
+    """The least favourable case: the highest upper bound for 'below' claims, the lowest lower bound
+    for 'above' claims; it decides (every case must support the claim)."""
+    if not items:
+        return None
+    w = max(items, key=lambda e: e.hi) if below else min(items, key=lambda e: e.lo)
+    return Evidence(w.mean, w.lo, w.hi, all(e.supports for e in items), all(e.against for e in items), w.case)
+
+
+def _fig3(method: str, which: str) -> Callable:
+    """Fig. 3: ``method`` minus random (paired per image) below 0 -- at every n > 1 ('n>1') or at the
+    smallest n ('n1')."""
+    def ev(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
+        df = _read(tables, "fig3_image_level")
+        if df is None:
+            return {}
+        d = df[(df.method == method) & df.d_random.notna()]
+        d = d[d.n > 1] if which == "n>1" else d[d.n == d.n.min()]
+        return {ev: _worst([_below(r.d_random, r.d_random_lo, r.d_random_hi, f"n = {r.n}") for r in g.itertuples()],
+                           below=True) for ev, g in d.groupby("evaluator", sort=False)}
+    return ev
+
+
+def _table2(a: str, b: str, kind: str = "method") -> Callable:
+    """Table 2: ΔP(a) - ΔP(b) below 0 (a hurts more), class-cluster interval; ``b`` may be a prefix
+    (area-matched rows name b's k)."""
+    def ev(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
+        df = _read(tables, "table2_paired")
+        if df is None:
+            return {}
+        d = df[(df.kind == kind) & (df.a == a) & df.b.astype(str).str.startswith(b) & (df.metric == "dP")]
+        return {r.evaluator: _below(r.mean, r.lo, r.hi, str(r.b) if kind != "method" else "") for r in d.itertuples()}
+    return ev
+
+
+def _fewer_patches(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
+    """Table 2: CE's concept sets mask fewer patches than the frequency baseline's (mean masked
+    patches; the sets are the same for every evaluator). Interval: CE's upper bound minus the
+    baseline's lower bound and vice versa (conservative; unpaired)."""
+    df = _read(tables, "table2_concept_level")
+    if df is None:
+        return {}
+    ce, fr = df[df.method == "CE"].iloc[0], df[df.method == "frequency"].iloc[0]
+    return {"all": _below(ce.n_masked - fr.n_masked, ce.n_masked_lo - fr.n_masked_hi, ce.n_masked_hi - fr.n_masked_lo,
+                          f"{ce.n_masked:.1f} vs {fr.n_masked:.1f} patches")}
+
+
+def _ce_re(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
+    """CE ~ RE: Table 2's ΔP(CE) - ΔP(RE) inside +-margin (an equivalence test at the interval level)."""
+    df = _read(tables, "table2_paired")
+    if df is None:
+        return {}
+    m = float(cfg.verdicts.equivalence_margin)
+    d = df[(df.kind == "method") & (df.a == "CE") & (df.b == "RE") & (df.metric == "dP")]
+    return {r.evaluator: Evidence(float(r.mean), float(r.lo), float(r.hi), bool(r.lo > -m and r.hi < m),
+                                  bool(r.lo > m or r.hi < -m), f"margin ±{m:g}") for r in d.itertuples()}
+
+
+def _robust(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
+    """ViT-B/16 (toy: ViT-p4) the most robust: its ΔP under CE's concept masking minus every other
+    evaluator's, on the same images, above 0 (it loses less); the least favourable rival decides."""
+    df = _read(tables, "table2_paired")
+    if df is None:
+        return {}
+    d = df[(df.kind == "evaluator") & (df.metric == "dP")]
+    if d.empty:
+        return {}
+    w = _worst([_above(r.mean, r.lo, r.hi, f"vs {r.b}") for r in d.itertuples()], below=False)
+    return {"all": w}
+
+
+def _table3(a: str, b: str, metric: str) -> Callable:
+    """Table 3: ΔP(a) - ΔP(b) for ``metric`` (final state, central region, class-cluster interval),
+    below 0 for dP_orig and above 0 for dP_targ, for every extractor (the least favourable decides)."""
+    below = metric == "dP_orig"
+
+    def ev(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
+        df = _read(tables, "table3_paired")
+        if df is None:
+            return {}
+        d = df[(df.a == a) & (df.b == b) & (df.metric == metric)]
+        f = _below if below else _above
+        return {evn: _worst([f(r.mean, r.lo, r.hi, str(r.extractor)) for r in g.itertuples()], below=below)
+                for evn, g in d.groupby("evaluator", sort=False)}
+    return ev
+
+
+HEAD = ("species pairs differ only in the head, a few tokens of the grid: a concept is a handful of "
+        "tokens by construction")
+SCENE = ("scenes correlate with species (scene_bias {scene_bias}): the baselines' frequent ids are scene ids, "
+         "which carry class information too")
+
+#: the claims judged, in README order
+CLAIMS: tuple[Claim, ...] = (
+    Claim("fig3_CE", "Fig. 3: masking CORTEX's (CE) top-n tokens lowers P(true) more than n random tokens, "
+          "at every n > 1", _fig3("CE", "n>1"), HEAD),
+    Claim("fig3_RE", "Fig. 3: the same with RE", _fig3("RE", "n>1"), HEAD),
+    Claim("fig3_n1", "Fig. 3 at the smallest n (1 token; the paper's n = 5): CE below random",
+          _fig3("CE", "n1"), HEAD),
+    Claim("table2_fewer", "Table 2: CORTEX's (CE) concept sets mask fewer patches than the frequency baseline's",
+          _fewer_patches, SCENE),
+    Claim("table2_frequency", "Table 2: CORTEX (CE) lowers P(true) more than the frequency baseline",
+          _table2("CE", "frequency"), SCENE),
+    Claim("table2_frequency_area", "Table 2 at matched masked area: CE lowers P(true) more than the frequency "
+          "baseline with k chosen to mask the same area", _table2("CE", "frequency", "area-matched"), HEAD),
+    Claim("table2_class_vs_rest", "Beyond the paper: CE lowers P(true) more than the class-vs-rest baseline",
+          _table2("CE", "class-vs-rest"), HEAD),
+    Claim("table3_orig", "Table 3 ΔP_Orig: token selection lowers P(original) more than embedding optimisation "
+          "(CE and RE)", _table3("token", "embedding", "dP_orig"),
+          "pairs differ only in the head; the edited block is {region} of the grid"),
+    Claim("table3_orig_control", "Table 3 ΔP_Orig beyond the control: token selection lowers P(original) more "
+          "than random tokens in the same region (CE and RE)", _table3("token", "random-tokens", "dP_orig"),
+          "random ids in the region already break the image: the control measures that"),
+    Claim("table3_targ", "Table 3 ΔP_Targ: token selection raises P(target) more than embedding optimisation "
+          "(CE and RE)", _table3("token", "embedding", "dP_targ"), "pairs differ only in the head"),
+    Claim("table3_targ_control", "Table 3 ΔP_Targ beyond the control: token selection raises P(target) more than "
+          "random tokens (CE and RE)", _table3("token", "random-tokens", "dP_targ"), "pairs differ only in the head"),
+    Claim("ce_re", "CE ≈ RE: Table 2's ΔP under CE's and RE's concept sets agree within the margin",
+          _ce_re, "an easy extraction task (both extractors ~98 % top-1 on the toy world)"),
+    Claim("robust_vit", "ViT-B/16 (toy stand-in ViT-p4) is the most robust evaluator under CORTEX masking "
+          "(Table 2)", _robust, "the toy ViT-p4 is a small ViT trained here, not the pretrained ViT-B/16"),
+)
+
+
+def built_in(claim: Claim, cfg: DictConfig) -> str:
+    """What the toy world gives ``claim`` by construction, filled in from the profile; '' for a VQGM
+    that is not the toy world's."""
+    if cfg.vqgm.source != "toy":
+        return ""
+    from ..optimize import central_region
+
+    m = int(cfg.world.image_size) // 2 ** (len(cfg.vqgm.tokenizer.ch_mult) - 1)  # the toy tokenizer's grid
+    size = cfg.optimization.region_size
+    region = central_region(m, None if size is None else int(size))
+    share = f"{int(region.sum())} of {m * m} positions"
+    return claim.built_in.format(scene_bias=cfg.world.scene_bias, region=share)
+
+
+def replicate_dirs(cfg: DictConfig) -> dict[int, Path]:
+    """{r: tables dir} of every replicate whose tables exist: r = 0 in results/<p>/tables, r >= 1 in
+    results/<p>/seeds/r<r>/tables (the headline run's dir is the profile's, whatever cfg.replicate).
+    A replicate whose recorded profile differs from the headline run's (other than the replicate
+    number, threads, device, progress) is left out with a warning: its verdicts would mix settings."""
+    seeds = Path(cfg.paths.seeds)
+    out = {0: seeds.parent / "tables"}
+    for d in sorted(seeds.glob("r*/tables")):
+        try:
+            out[int(d.parent.name[1:])] = d
+        except ValueError:
+            continue
+    out = {r: d for r, d in out.items() if d.exists() and any(d.glob("*.csv"))}
+    head = _settings(out[0]) if 0 in out else None
+    keep = {}
+    for r, d in out.items():
+        mine = _settings(d)
+        if r and head is not None and mine is not None and mine != head:
+            log.warning("verdicts: replicate %d (%s) ran with other settings than the headline run; left out "
+                        "(rerun `make seeds`)", r, d)
+            continue
+        keep[r] = d
+    return keep
+
+
+#: profile keys that may differ between the replicates of one verdict table
+_FREE = ("replicate", "progress", "threads", "device")
+
+
+def _settings(tables: Path) -> dict | None:
+    """The profile a tables directory was written with (its profile.yaml beside it), less the keys a
+    replicate may change; None when it is not recorded."""
+    p = Path(tables).parent / "profile.yaml"
+    if not p.exists():
+        return None
+    prof = (yaml.safe_load(p.read_text()) or {}).get("profile", {})
+    return {k: v for k, v in prof.items() if k not in _FREE}
+
+
+def _machine(tables: Path) -> str:
+    """The CPU capability (and model, where recorded) of the run that wrote ``tables``."""
+    p = tables.parent / "profile.yaml"
+    if not p.exists():
+        return "?"
+    run = (yaml.safe_load(p.read_text()) or {}).get("run", {})
+    return " ".join(str(x) for x in (run.get("cpu"), run.get("cpu_capability"), f"{run.get('threads')} threads")
+                    if x and x != "None threads")
+
+
+def judge(evidence: list[Evidence], needed: int) -> str:
+    """holds / fails / fails (reversed) / inconclusive from one claim's evidence in each replicate."""
+    if not evidence:
+        return "no data"
+    n_sup = sum(e.supports for e in evidence)
+    if len(evidence) < needed:
+        return "inconclusive"
+    if n_sup == len(evidence):
+        return "holds"
+    if n_sup == 0:
+        return "fails (reversed)" if all(e.against for e in evidence) else "fails"
+    return "inconclusive"
+
+
+def verdict_frame(cfg: DictConfig, dirs: dict[int, Path] | None = None) -> pd.DataFrame:
+    """A row per (claim, evaluator): verdict, the replicates it rests on, the headline replicate's
+    paired estimate and interval (its least favourable case), and the estimate's range over replicates."""
+    dirs = replicate_dirs(cfg) if dirs is None else dirs
+    needed = int(cfg.replicates)
+    rows = []
+    for claim in CLAIMS:
+        per_rep = {r: claim.evidence(d, cfg) for r, d in dirs.items()}
+        evaluators = list(dict.fromkeys(e for ev in per_rep.values() for e in ev))
+        for evn in evaluators:
+            evs = {r: ev[evn] for r, ev in per_rep.items() if evn in ev}
+            if not evs:
+                continue
+            head = evs.get(0, next(iter(evs.values())))
+            means = [e.mean for e in evs.values()]
+            rows.append({"claim": claim.key, "text": claim.text, "evaluator": evn,
+                         "verdict": judge(list(evs.values()), needed),
+                         "replicates": " ".join(str(r) for r in evs), "supported_in": sum(e.supports for e in evs.values()),
+                         "mean": head.mean, "lo": head.lo, "hi": head.hi, "case": head.case,
+                         "seed_min": float(np.min(means)), "seed_max": float(np.max(means)),
+                         "built_in": built_in(claim, cfg)})
+    return pd.DataFrame(rows)
+
+
+def _overall(g: pd.DataFrame) -> str:
+    v = g.verdict.tolist()
+    if len(set(v)) == 1:
+        return v[0]
+    parts = [f"{verdict} on {', '.join(g[g.verdict == verdict].evaluator)}" for verdict in dict.fromkeys(v)]
+    return "mixed: " + "; ".join(parts)
+
+
+def verdict_table(cfg: DictConfig, df: pd.DataFrame, dirs: dict[int, Path] | None = None) -> pd.DataFrame:
+    """README's table: a row per claim -- the verdict (per evaluator where they differ), the headline
+    replicate's paired intervals, the spread over replicates, what the toy world builds in. Writes
+    verdicts (the compact table) and verdicts_detail (a row per claim and evaluator)."""
+    dirs = replicate_dirs(cfg) if dirs is None else dirs
+    rows = []
+    for key, g in df.groupby("claim", sort=False):
+        ev = "; ".join(f"{r.evaluator}: {r.mean:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]" + (f" ({r.case})" if r.case else "")
+                       for r in g.itertuples())
+        rows.append({"Claim": g.text.iloc[0], "Verdict": _overall(g), "Replicate 0: paired estimate [95% interval]": ev,
+                     "Across replicates (min … max)": "; ".join(f"{r.evaluator}: {r.seed_min:+.3f} … {r.seed_max:+.3f}"
+                                                              for r in g.itertuples()),
+                     "Toy world builds in": g.built_in.iloc[0]})
+    disp = pd.DataFrame(rows)
+    machines = "; ".join(f"r{r}: {_machine(d)}" for r, d in dirs.items())
+    cap = (f"Verdicts over seed replicates {', '.join(map(str, dirs))} (of {int(cfg.replicates)} required; {machines}). "
+           "holds: every replicate's paired interval supports the claim; fails: none does; inconclusive: some do.")
+    write_table(df.drop(columns=["text", "built_in"]), cfg.paths.tables, "verdicts_detail", caption=cap)
+    write_table(pd.DataFrame(rows), cfg.paths.tables, "verdicts", display=disp, caption=cap)
+    return disp
+
+
+def run(cfg: DictConfig) -> pd.DataFrame:
+    """Judge every claim over the replicates found and write the verdict tables; returns the compact one."""
+    dirs = replicate_dirs(cfg)
+    return verdict_table(cfg, verdict_frame(cfg, dirs), dirs)

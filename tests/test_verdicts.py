@@ -1,0 +1,127 @@
+"""Verdicts (cortex_nb.pipeline.verdicts) and seed replicates: the three-way rule on hand-made
+evidence, the whole table read off hand-written replicate tables with known answers, the
+area-matched choice of k, and what a replicate changes (seeds, keys, paths) and what it keeps."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cortex_nb import load_profile
+from cortex_nb.pipeline import verdicts as V
+from cortex_nb.pipeline.keys import replicate_seed
+
+
+def ev(lo, hi, mean=None):
+    mean = (lo + hi) / 2 if mean is None else mean
+    return V._below(mean, lo, hi)
+
+
+def test_judge_three_ways():
+    sup, neutral, against = ev(-0.3, -0.1), ev(-0.1, 0.05), ev(0.1, 0.2)
+    assert V.judge([sup, sup, sup], needed=3) == "holds"
+    assert V.judge([sup, neutral, sup], needed=3) == "inconclusive"      # depends on the seed
+    assert V.judge([neutral, neutral, against], needed=3) == "fails"
+    assert V.judge([against, against, against], needed=3) == "fails (reversed)"
+    assert V.judge([sup], needed=3) == "inconclusive"                    # too few replicates to say
+    assert V.judge([], needed=3) == "no data"
+
+
+def test_worst_case_decides_a_claim_over_several_cases():
+    w = V._worst([ev(-0.3, -0.2), ev(-0.2, -0.01), ev(-0.5, -0.4)], below=True)
+    assert (w.lo, w.hi, w.supports) == (-0.2, -0.01, True)
+    w = V._worst([ev(-0.3, -0.2), ev(-0.1, 0.02)], below=True)
+    assert w.hi == 0.02 and not w.supports and not w.against
+
+
+def _write_replicate(d: Path, fig3_hi: float, t2_hi: float, t3_orig_hi: float):
+    """Minimal tables of one replicate: one evaluator 'E', Fig. 3 at n = 1, 3, 5 (CE), Table 2's
+    paired CE - frequency and CE - RE, Table 3's token - embedding."""
+    d.mkdir(parents=True)
+    rows = [{"method": "unmasked", "evaluator": "E", "n": 0, "d_random": np.nan, "d_random_lo": np.nan,
+             "d_random_hi": np.nan}]
+    for n, hi in ((1, 0.01), (3, fig3_hi), (5, -0.2)):
+        rows.append({"method": "CE", "evaluator": "E", "n": n, "d_random": hi - 0.1, "d_random_lo": hi - 0.2,
+                     "d_random_hi": hi})
+    pd.DataFrame(rows).to_csv(d / "fig3_image_level.csv", index=False)
+    pd.DataFrame([
+        {"kind": "method", "evaluator": "E", "a": "CE", "b": "frequency", "metric": "dP", "mean": t2_hi - 0.1,
+         "lo": t2_hi - 0.2, "hi": t2_hi},
+        {"kind": "method", "evaluator": "E", "a": "CE", "b": "RE", "metric": "dP", "mean": 0.0, "lo": -0.02,
+         "hi": 0.03},
+    ]).to_csv(d / "table2_paired.csv", index=False)
+    pd.DataFrame([
+        {"evaluator": "E", "extractor": x, "a": "token", "b": "embedding", "metric": "dP_orig",
+         "mean": t3_orig_hi - 0.1, "lo": t3_orig_hi - 0.2, "hi": t3_orig_hi + (0.0 if x == "CE" else -0.05)}
+        for x in ("CE", "RE")
+    ]).to_csv(d / "table3_paired.csv", index=False)
+
+
+def test_verdict_frame_on_hand_written_replicates(tmp_path):
+    cfg = load_profile("smoke")
+    dirs = {}
+    # Fig. 3 (n > 1): supported in all three; Table 2 vs frequency: in two of three; Table 3 ΔP_Orig: in none
+    for r, (f3, t2, t3) in enumerate(((-0.05, -0.01, 0.02), (-0.02, 0.03, 0.01), (-0.07, -0.02, 0.04))):
+        dirs[r] = tmp_path / f"r{r}" / "tables"
+        _write_replicate(dirs[r], f3, t2, t3)
+    df = V.verdict_frame(cfg, dirs).set_index("claim")
+    assert df.loc["fig3_CE", "verdict"] == "holds"
+    assert df.loc["fig3_CE", "case"] == "n = 3"                       # the least favourable n > 1 decides
+    assert df.loc["fig3_n1", "verdict"] == "fails"                    # n = 1: hi = +0.01 everywhere
+    assert df.loc["table2_frequency", "verdict"] == "inconclusive"
+    assert df.loc["table2_frequency", "supported_in"] == 2
+    assert df.loc["table3_orig", "verdict"] == "fails"
+    assert df.loc["table3_orig", "case"] == "CE"                      # CE's interval is the less favourable
+    assert df.loc["ce_re", "verdict"] == "holds"                      # [-0.02, 0.03] inside +-0.05
+    np.testing.assert_allclose(df.loc["fig3_CE", ["seed_min", "seed_max"]].to_numpy(float), [-0.17, -0.12])
+    assert df.loc["fig3_CE", "replicates"] == "0 1 2"
+    # with only two replicates, nothing can hold or fail
+    two = V.verdict_frame(cfg, {r: dirs[r] for r in (0, 1)})
+    assert set(two.verdict) == {"inconclusive"}
+
+
+def test_area_matched_picks_the_baseline_k_with_the_closest_area():
+    from cortex_nb.pipeline.s04_concept_level import area_matched
+
+    curve = pd.DataFrame({"method": ["frequency"] * 3 + ["class-vs-rest"] * 3, "k": [1, 5, 25] * 2,
+                          "evaluator": "E", "n_masked": [2.0, 7.0, 20.0, 1.0, 3.0, 9.0]})
+    by_k = {1: "s1", 5: "s5", 25: "s25"}
+    got = area_matched(curve, by_k, {"CE": 3.5})
+    assert got == {("CE", "frequency"): (1, "s1"), ("CE", "class-vs-rest"): (5, "s5")}
+
+
+def test_replicates_redraw_extractors_and_noise_only(tmp_path):
+    base, r1 = load_profile("smoke"), load_profile("smoke", replicate=1)
+    assert replicate_seed(base) == base.seed and replicate_seed(r1) == base.seed + 7919
+    assert r1.paths.tables.endswith("results/smoke/seeds/r1/tables")
+    assert r1.paths.cache == base.paths.cache                         # one cache; the keys tell runs apart
+    assert r1.paths.figures != base.paths.figures
+    from cortex_nb.pipeline import keys
+    assert keys.evaluators_cache_key(r1) == keys.evaluators_cache_key(base)   # the evaluators are shared
+
+
+def test_replicate_dirs_finds_the_headline_and_seed_tables(tmp_path, monkeypatch):
+    cfg = load_profile("smoke")
+    root = tmp_path / "results" / "smoke"
+    for d in (root / "tables", root / "seeds" / "r1" / "tables", root / "seeds" / "r2" / "tables"):
+        d.mkdir(parents=True)
+        (d / "x.csv").write_text("a\n1\n")
+    (root / "seeds" / "r3" / "tables").mkdir(parents=True)          # empty: not a replicate yet
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.merge(cfg, {"paths": {"seeds": str(root / "seeds")}})
+    assert V.replicate_dirs(cfg) == {0: root / "tables", 1: root / "seeds" / "r1" / "tables",
+                                     2: root / "seeds" / "r2" / "tables"}
+    # a replicate run with other settings than the headline run is left out
+    import yaml
+    for d, steps, r in ((root, 300, 0), (root / "seeds" / "r1", 300, 1), (root / "seeds" / "r2", 50, 2)):
+        (d / "profile.yaml").write_text(yaml.safe_dump({"profile": {"replicate": r, "threads": r + 1,
+                                                                    "optimization": {"steps": steps}}}))
+    assert set(V.replicate_dirs(cfg)) == {0, 1}
+
+
+@pytest.mark.parametrize("bad", [[0], [3, 3], "5", [1.5]])
+def test_area_k_must_be_distinct_positive_ints(bad):
+    from cortex_nb.config import ProfileError
+
+    with pytest.raises(ProfileError, match="area_k"):
+        load_profile("smoke", **{"saliency.area_k": bad})
