@@ -67,7 +67,8 @@ def position_mask_to_pixels(mask: torch.Tensor, image_size: int | tuple[int, int
 def _to_bchw(images: Any) -> tuple[torch.Tensor, bool, bool]:
     """(B,3,H,W) view of the images; whether they came as numpy, whether as (B,H,W,3) uint8."""
     is_np = isinstance(images, np.ndarray)
-    x = torch.from_numpy(images) if is_np else images
+    # a read-only array (a memory-mapped image store) is copied: torch warns on read-only buffers
+    x = torch.from_numpy(images if images.flags.writeable else images.copy()) if is_np else images
     if x.dim() != 4:
         raise ValueError(f"images must be 4-d, got shape {tuple(x.shape)}")
     if x.dtype == torch.uint8:

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from cortex_nb.__main__ import main
@@ -117,7 +118,7 @@ def test_help_lists_every_section_command():
     from cortex_nb.__main__ import SECTIONS, STAGES, parser
 
     text = parser().format_help()
-    assert set(SECTIONS) | {"vqgm", "evaluators", "tsv", "all"} == set(STAGES)
+    assert set(SECTIONS) | {"vqgm", "evaluators", "tsv", "all", "seeds", "verdicts"} == set(STAGES)
     for command in STAGES:
         assert f"\n  {command} " in text, command
 
@@ -132,16 +133,17 @@ def test_fig3_table2_table3_run_headless_and_write_their_outputs(results, tiny_v
         assert main([command, "--profile", "smoke", *sets]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     tables, figures = results / "results" / "smoke" / "tables", results / "figures" / "smoke"
-    for name in ("fig3_image_level", "fig3_image_level_token_ids_mode", "table2_concept_level",
-                 "table3_optimization", "table3_optimization_all"):
+    for name in ("fig3_image_level", "fig3_image_level_token_ids_mode", "fig3_fills", "fill_check",
+                 "table2_concept_level", "table2_paired", "table2_area_curve", "table2_fills",
+                 "table3_optimization", "table3_optimization_all", "table3_controls", "table3_paired"):
         assert all((tables / f"{name}.{ext}").stat().st_size > 0 for ext in ("csv", "md", "tex")), name
-    for name in ("fig3_image_level", "fig3_image_level_token_ids_mode", "fig2_token_visualisation",
-                 "fig5_token_visualisation", "fig4_editing", "fig6_pairs"):
+    for name in ("fig3_image_level", "fig3_image_level_token_ids_mode", "fig3_fills", "fig2_token_visualisation",
+                 "fig5_token_visualisation", "table2_area_curve", "fig4_editing", "fig6_pairs"):
         assert (figures / f"{name}.png").read_bytes().startswith(b"\x89PNG"), name
     assert not (tables / "localisation.csv").exists()                   # toy world only
-    assert "fig3 (smoke): fig3: 1 table, 4 figures; 1 process" in out
-    assert "table2 (smoke): table2: 1 table, 0 figures" in out and "table2_concept_level:" in out
-    assert "table3 (smoke): table3: 3 tables, 2 figures" in out and "ViT-p4" in out  # + the saliency region
+    assert "fig3 (smoke): fig3: 2 tables, 5 figures; 1 process" in out
+    assert "table2 (smoke): table2: 3 tables, 1 figure" in out and "table2_concept_level:" in out
+    assert "table3 (smoke): table3: 4 tables, 2 figures" in out and "ViT-p4" in out  # + the saliency region
     import yaml
 
     written = yaml.safe_load((results / "results" / "smoke" / "profile.yaml").read_text())
@@ -152,4 +154,16 @@ def test_fig3_table2_table3_run_headless_and_write_their_outputs(results, tiny_v
     assert main(["fig3", "--profile", "smoke", *sets]) == 0
     for name, data in before.items():
         assert (tables / f"{name}.csv").read_bytes() == data, name
-    assert before["fig3_image_level"].split(b"\n")[0] == b"method,evaluator,n,p,p_lo,p_hi,acc,n_masked,mode"
+    assert before["fig3_image_level"].split(b"\n")[0] == (b"method,evaluator,n,p,p_lo,p_hi,acc,n_masked,d_random,"
+                                                          b"d_random_lo,d_random_hi,modal_share,masked_fraction,mode,fill")
+    # a seed replicate (retrained extractors, redrawn noise) and the verdict table over both
+    assert main(["seeds", "--profile", "smoke", *sets, "--set", "replicates=2"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    r1 = results / "results" / "smoke" / "seeds" / "r1" / "tables"
+    for name in ("fig3_image_level", "table1_extractor_accuracy", "table2_concept_level", "table2_paired",
+                 "table3_optimization_all", "table3_paired"):
+        assert (r1 / f"{name}.csv").stat().st_size > 0, name
+    assert not list((r1.parent / "figures").glob("*.png"))               # frames only, no figures
+    detail = pd.read_csv(tables / "verdicts_detail.csv")
+    assert set(detail.replicates) == {"0 1"} and "verdicts:" in out
+    assert set(detail.verdict) <= {"holds", "fails", "fails (reversed)", "inconclusive"}

@@ -119,7 +119,7 @@ def image_level(cfg: DictConfig, tsvs: dict[str, np.ndarray], evaluators: dict, 
                  base["pred"][name][0]) for name in evaluators]
     for i, n in enumerate(base["n"][1:], start=1):
         for arch, tsv in tsvs.items():
-            mask = masking.mask_top_n(tokens, torch.from_numpy(np.asarray(tsv)), n, mode=mode)
+            mask = masking.mask_top_n(tokens, torch.from_numpy(np.array(tsv)), n, mode=mode)
             res = score_masked(cfg, evaluators, images, labels, mask, fill=fill, tokens=tokens, vqgm=vqgm)
             rows += [_row(cfg, arch, name, n, r["p_true"], r["correct"], r["n_masked"], r["pred"],
                           base["p"][name][i] if mode == "equal_area" else None) for name, r in res.items()]
@@ -237,7 +237,7 @@ def token_examples(cfg: DictConfig, tsv: np.ndarray, concept: torch.Tensor, vqgm
     tokens, labels = store_tokens(test), torch.from_numpy(test.labels)
     m = int(vqgm.m)
     n = n_top or masking.scaled_n(int(cfg.saliency.n_concept), m)
-    top = top_n_positions(torch.from_numpy(np.asarray(tsv)), n)        # (N, n)
+    top = top_n_positions(torch.from_numpy(np.array(tsv)), n)        # (N, n)
     ids_at_top = tokens.flatten(1).gather(1, top)                       # (N, n)
     out = []
     for c in classes:

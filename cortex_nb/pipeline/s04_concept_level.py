@@ -95,7 +95,7 @@ def concept_sets(cfg: DictConfig, tsvs_train: dict[str, np.ndarray], vqgm, k: in
     n = masking.scaled_n(int(cfg.saliency.n_concept), m)
     k = int(k) if k is not None else masking.scaled_n(int(cfg.saliency.k_concept), m)
     tokens, labels = store_tokens(train), torch.from_numpy(train.labels)
-    sets = {arch: concept_tokens(tokens, labels, top_n_positions(torch.from_numpy(np.asarray(t)), n), C, K, k)
+    sets = {arch: concept_tokens(tokens, labels, top_n_positions(torch.from_numpy(np.array(t)), n), C, K, k)
             for arch, t in tsvs_train.items()}
     sets["frequency"] = frequency_baseline(tokens, labels, C, K, k)
     sets["class-vs-rest"] = class_vs_rest_baseline(tokens, labels, C, K, k)

@@ -217,7 +217,7 @@ def replicate_dirs(cfg: DictConfig) -> dict[int, Path]:
     """{r: tables dir} of every replicate whose tables exist: r = 0 in results/<p>/tables, r >= 1 in
     results/<p>/seeds/r<r>/tables (the headline run's dir is the profile's, whatever cfg.replicate).
     A replicate whose recorded profile differs from the headline run's (other than the replicate
-    number, threads, device, progress) is left out with a warning: its verdicts would mix settings."""
+    number and count, threads, device, progress) is left out with a warning: its verdicts would mix settings."""
     seeds = Path(cfg.paths.seeds)
     out = {0: seeds.parent / "tables"}
     for d in sorted(seeds.glob("r*/tables")):
@@ -239,7 +239,7 @@ def replicate_dirs(cfg: DictConfig) -> dict[int, Path]:
 
 
 #: profile keys that may differ between the replicates of one verdict table
-_FREE = ("replicate", "progress", "threads", "device")
+_FREE = ("replicate", "replicates", "progress", "threads", "device")
 
 
 def _settings(tables: Path) -> dict | None:
