@@ -14,11 +14,14 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONHASHSEED := 0
 # Small models on few cores: busy-waiting OpenMP threads cost 4-8x when the machine is shared.
 export OMP_WAIT_POLICY := PASSIVE
+# The toy VQGM ships pretrained (cortex_nb/artifacts, SHA-256 registry); FROM_SCRATCH=1 retrains it.
+FROM_SCRATCH ?=
+export CORTEX_FROM_SCRATCH := $(FROM_SCRATCH)
 
 .PHONY: setup all seeds test unit nbval lab bench clean help
 
 help:
-	@echo "make setup | all [PROFILE=toy|smoke|imagenet] [CELL_TIMEOUT=seconds] | seeds | test | lab | clean"
+	@echo "make setup | all [PROFILE=toy|smoke|imagenet] [CELL_TIMEOUT=seconds] [FROM_SCRATCH=1] | seeds | test | lab | clean"
 
 setup: $(STAMP)
 
@@ -56,7 +59,7 @@ all: $(OUTS)
 # checkout never write the same file. Paths that $(abspath) makes absolute are quoted: the
 # checkout's path may contain spaces (GNU make itself cannot take spaces in target names; ours
 # are relative, results/...).
-$(EXEC)/%.ipynb: notebooks/%.ipynb cortex_nb/profiles/_base.yaml cortex_nb/profiles/$(PROFILE).yaml $$(call stage_src,$$*) | $(STAMP)
+$(EXEC)/%.ipynb: notebooks/%.ipynb cortex_nb/profiles/_base.yaml cortex_nb/profiles/$(PROFILE).yaml cortex_nb/artifacts/registry.json $$(call stage_src,$$*) | $(STAMP)
 	@mkdir -p $(EXEC) results/$(PROFILE)/timings $(DEPS)
 	@echo "== $* ($(PROFILE))"
 	@tmp="$@.$$$$.tmp.ipynb"; trap 'rm -f "$$tmp"; exit 130' INT TERM HUP; \

@@ -82,6 +82,13 @@ def _build_key(tok, prior, seed, n_classes, scene_bias, n_report) -> dict:
                 n_report=int(n_report))
 
 
+def build_key(tok: TokenizerConfig | None = None, prior: PriorConfig | None = None, *, seed: int = 0,
+              n_classes: int = 10, scene_bias: float = 0.65, n_report: int = 2000) -> str:
+    """The digest of the settings a toy VQGM build depends on: what ``build.json`` records and what
+    a cached (or shipped, :mod:`cortex_nb.shipped`) build must match to be reused."""
+    return digest(_build_key(tok or TokenizerConfig(), prior or PriorConfig(), seed, n_classes, scene_bias, n_report))
+
+
 @torch.no_grad()
 def _recon_report(model, tok: TokenizerConfig, seed: int, n: int, n_classes: int,
                   scene_bias: float) -> dict:

@@ -109,6 +109,7 @@ def get_vqgm(cfg: DictConfig):
 
         tok = TokenizerConfig(**OmegaConf.to_container(cfg.vqgm.tokenizer, resolve=True))
         prior = PriorConfig(**OmegaConf.to_container(cfg.vqgm.prior, resolve=True))
+        _install_shipped_vqgm(cfg, tok, prior)
         out = build_toy_vqgm(cache_path(cfg, "vqgm"), tok, prior, seed=int(cfg.seed), device=cfg.device,
                              n_classes=int(cfg.world.n_classes), scene_bias=float(cfg.world.scene_bias),
                              n_report=int(cfg.vqgm.n_report), progress=bool(cfg.progress))
@@ -120,6 +121,28 @@ def get_vqgm(cfg: DictConfig):
             "README 'ImageNet profile' says where to get them")
     return check_n_classes(cfg, load_vqgm(cfg.vqgm.config, cfg.vqgm.ckpt, device=cfg.device,
                                           trust_checkpoint=bool(cfg.vqgm.trust_checkpoint)))
+
+
+def _install_shipped_vqgm(cfg: DictConfig, tok, prior) -> None:
+    """Put the shipped toy VQGM (:mod:`cortex_nb.shipped`) into the cache when the profile would
+    train exactly it and the cache holds no finished build of these settings; a build of its own
+    (or CORTEX_FROM_SCRATCH=1) is left alone."""
+    import json
+
+    from .. import shipped
+    from ..toyvqgm import build_key
+
+    key = build_key(tok, prior, seed=int(cfg.seed), n_classes=int(cfg.world.n_classes),
+                    scene_bias=float(cfg.world.scene_bias), n_report=int(cfg.vqgm.n_report))
+    out = cache_path(cfg, "vqgm")
+    try:
+        if json.loads((out / "build.json").read_text()).get("hash") == key and (out / "model.ckpt").is_file():
+            return
+    except (OSError, ValueError):
+        pass
+    if shipped.install("toy-vqgm", out, key):
+        log.info("toy VQGM: the shipped one (cortex_nb/artifacts/toy-vqgm, settings %s; "
+                 "CORTEX_FROM_SCRATCH=1 retrains it)", key)
 
 
 def check_n_classes(cfg: DictConfig, vqgm):

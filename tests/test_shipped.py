@@ -1,0 +1,95 @@
+"""Shipped pretrained toy artifacts (cortex_nb.shipped): the registry holds the files' true digests,
+the shipped VQGM is exactly what the toy profile would train and loads through the official loader,
+it is installed only for matching settings and never under CORTEX_FROM_SCRATCH, and a damaged file
+is refused by name."""
+import json
+import shutil
+
+import pytest
+
+from cortex_nb import load_profile, shipped
+from cortex_nb.errors import CheckpointError
+from cortex_nb.files import file_sha256
+
+
+def test_registry_matches_the_shipped_files_and_stays_small():
+    reg = shipped.registry()
+    assert "toy-vqgm" in reg
+    total = 0
+    for name, entry in reg.items():
+        for fname, digest in entry["files"].items():
+            path = shipped.ARTIFACTS / name / fname
+            assert file_sha256(path) == digest, path
+            total += path.stat().st_size
+        assert entry["bytes"] == sum((shipped.ARTIFACTS / name / f).stat().st_size for f in entry["files"])
+    assert total <= shipped.MAX_SHIPPED_BYTES
+
+
+def test_shipped_vqgm_is_what_the_toy_profile_trains_and_loads_through_load_vqgm():
+    from cortex_nb.toy_prior import PriorConfig
+    from cortex_nb.toy_tokenizer import TokenizerConfig
+    from cortex_nb.toyvqgm import build_key
+    from cortex_nb.vqgm import load_vqgm
+    from omegaconf import OmegaConf
+
+    cfg = load_profile("toy")
+    key = build_key(TokenizerConfig(**OmegaConf.to_container(cfg.vqgm.tokenizer)),
+                    PriorConfig(**OmegaConf.to_container(cfg.vqgm.prior)), seed=cfg.seed,
+                    n_classes=cfg.world.n_classes, scene_bias=cfg.world.scene_bias, n_report=cfg.vqgm.n_report)
+    entry = shipped.registry()["toy-vqgm"]
+    assert entry["settings_hash"] == key
+    assert json.loads((shipped.ARTIFACTS / "toy-vqgm" / "build.json").read_text())["hash"] == key
+    d = shipped.ARTIFACTS / "toy-vqgm"
+    vqgm = load_vqgm(d / "config.yaml", d / "model.ckpt")
+    assert (vqgm.K, vqgm.m, vqgm.d, vqgm.n_classes) == (512, 8, 64, 10)
+    # the smoke profile trains its own (other settings): nothing to install
+    assert not shipped.install("toy-vqgm", "/nonexistent-never-written", "0" * 16)
+
+
+@pytest.fixture
+def fake_root(tmp_path):
+    root = tmp_path / "artifacts"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "w.bin").write_bytes(b"weights" * 100)
+    (root / "a" / "m.json").write_text('{"x": 1}')
+    reg = {"a": {"settings_hash": "abc", "bytes": 712, "trained_on": "here",
+                 "files": {f: file_sha256(root / "a" / f) for f in ("w.bin", "m.json")}}}
+    (root / "registry.json").write_text(json.dumps(reg))
+    return root
+
+
+def test_install_copies_only_for_matching_settings_and_not_from_scratch(fake_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("CORTEX_FROM_SCRATCH", raising=False)
+    dest = tmp_path / "cache"
+    assert not shipped.install("a", dest, "other", root=fake_root) and not dest.exists()
+    monkeypatch.setenv("CORTEX_FROM_SCRATCH", "1")
+    assert not shipped.install("a", dest, "abc", root=fake_root) and not dest.exists()
+    monkeypatch.setenv("CORTEX_FROM_SCRATCH", "0")
+    assert shipped.install("a", dest, "abc", root=fake_root)
+    assert (dest / "w.bin").read_bytes() == b"weights" * 100 and (dest / "m.json").read_text() == '{"x": 1}'
+    assert sorted(p.name for p in dest.iterdir()) == ["m.json", "w.bin"]        # no temporaries left
+
+
+def test_a_damaged_or_missing_shipped_file_is_refused_by_name(fake_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("CORTEX_FROM_SCRATCH", raising=False)
+    w = fake_root / "a" / "w.bin"
+    w.write_bytes(b"Weights" * 100)                                               # one byte flipped
+    with pytest.raises(CheckpointError, match=r"w\.bin does not match the registry") as e:
+        shipped.install("a", tmp_path / "cache", "abc", root=fake_root)
+    assert "FROM_SCRATCH=1" in e.value.fix and not (tmp_path / "cache" / "w.bin").exists()
+    w.unlink()
+    with pytest.raises(CheckpointError, match="is missing"):
+        shipped.verify("a", fake_root)
+
+
+def test_register_refuses_to_ship_more_than_the_limit(fake_root, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(b"0" * 1000)
+    monkeypatch.setattr(shipped, "MAX_SHIPPED_BYTES", 1500)
+    with pytest.raises(ValueError, match="over"):
+        shipped.register("b", src, ["big.bin"], "h", trained_on="x", root=fake_root)
+    monkeypatch.setattr(shipped, "MAX_SHIPPED_BYTES", 2000)
+    entry = shipped.register("b", src, ["big.bin"], "h", trained_on="x", root=fake_root)
+    assert entry["files"]["big.bin"] == file_sha256(src / "big.bin") and shipped.verify("b", fake_root)
+    shutil.rmtree(src)
