@@ -107,16 +107,19 @@ def test_replicate_dirs_finds_the_headline_and_seed_tables(tmp_path, monkeypatch
         d.mkdir(parents=True)
         (d / "x.csv").write_text("a\n1\n")
     (root / "seeds" / "r3" / "tables").mkdir(parents=True)          # empty: not a replicate yet
+    (root / "seeds" / "machine-avx2" / "tables").mkdir(parents=True)
+    (root / "seeds" / "machine-avx2" / "tables" / "x.csv").write_text("a\n1\n")
     from omegaconf import OmegaConf
     cfg = OmegaConf.merge(cfg, {"paths": {"seeds": str(root / "seeds")}})
     assert V.replicate_dirs(cfg) == {0: root / "tables", 1: root / "seeds" / "r1" / "tables",
-                                     2: root / "seeds" / "r2" / "tables"}
+                                     2: root / "seeds" / "r2" / "tables",
+                                     "machine-avx2": root / "seeds" / "machine-avx2" / "tables"}
     # a replicate run with other settings than the headline run is left out
     import yaml
     for d, steps, r in ((root, 300, 0), (root / "seeds" / "r1", 300, 1), (root / "seeds" / "r2", 50, 2)):
         (d / "profile.yaml").write_text(yaml.safe_dump({"profile": {"replicate": r, "threads": r + 1,
                                                                     "optimization": {"steps": steps}}}))
-    assert set(V.replicate_dirs(cfg)) == {0, 1}
+    assert set(V.replicate_dirs(cfg)) == {0, 1, "machine-avx2"}   # (no profile.yaml: not checked)
 
 
 @pytest.mark.parametrize("bad", [[0], [3, 3], "5", [1.5]])

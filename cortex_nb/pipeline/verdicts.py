@@ -16,7 +16,9 @@ cases (every n > 1, both extractors) the least favourable case decides, and it i
   (and so, through float rounding in extractor training, on the machine) -- or fewer than
   ``replicates`` replicates have been run (``make seeds``).
 
-A claim's row says which replicates (and on which CPU) it rests on, the headline replicate's
+Machine replicates (``results/<p>/seeds/machine-<name>/``: the headline run repeated on another CPU,
+its tables and profile.yaml copied there) count like seed replicates. A claim's row says which
+replicates (and on which CPU) it rests on, the headline replicate's
 interval, the spread of the point estimate across replicates, and what the toy world gives the
 claim by construction.
 """
@@ -213,18 +215,23 @@ def built_in(claim: Claim, cfg: DictConfig) -> str:
     return claim.built_in.format(scene_bias=cfg.world.scene_bias, region=share)
 
 
-def replicate_dirs(cfg: DictConfig) -> dict[int, Path]:
+def replicate_dirs(cfg: DictConfig) -> dict:
     """{r: tables dir} of every replicate whose tables exist: r = 0 in results/<p>/tables, r >= 1 in
-    results/<p>/seeds/r<r>/tables (the headline run's dir is the profile's, whatever cfg.replicate).
+    results/<p>/seeds/r<r>/tables (the headline run's dir is the profile's, whatever cfg.replicate),
+    and machine replicates ``"machine-<name>"`` in results/<p>/seeds/machine-<name>/tables: the
+    headline run (replicate 0) made on another machine, its tables and profile.yaml copied there --
+    a verdict must survive it as it survives a seed.
     A replicate whose recorded profile differs from the headline run's (other than the replicate
     number and count, threads, device, progress) is left out with a warning: its verdicts would mix settings."""
     seeds = Path(cfg.paths.seeds)
-    out = {0: seeds.parent / "tables"}
+    out: dict = {0: seeds.parent / "tables"}
     for d in sorted(seeds.glob("r*/tables")):
         try:
             out[int(d.parent.name[1:])] = d
         except ValueError:
             continue
+    for d in sorted(seeds.glob("machine-*/tables")):  # the headline run repeated on another machine
+        out[d.parent.name] = d
     out = {r: d for r, d in out.items() if d.exists() and any(d.glob("*.csv"))}
     head = _settings(out[0]) if 0 in out else None
     keep = {}
