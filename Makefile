@@ -59,7 +59,7 @@ all: $(OUTS)
 # checkout never write the same file. Paths that $(abspath) makes absolute are quoted: the
 # checkout's path may contain spaces (GNU make itself cannot take spaces in target names; ours
 # are relative, results/...).
-$(EXEC)/%.ipynb: notebooks/%.ipynb cortex_nb/profiles/_base.yaml cortex_nb/profiles/$(PROFILE).yaml cortex_nb/artifacts/registry.json $$(call stage_src,$$*) | $(STAMP)
+$(EXEC)/%.ipynb: notebooks/%.ipynb cortex_nb/profiles/_base.yaml cortex_nb/profiles/$(PROFILE).yaml $(wildcard cortex_nb/artifacts/registry.json) $$(call stage_src,$$*) | $(STAMP)
 	@mkdir -p $(EXEC) results/$(PROFILE)/timings $(DEPS)
 	@echo "== $* ($(PROFILE))"
 	@tmp="$@.$$$$.tmp.ipynb"; trap 'rm -f "$$tmp"; exit 130' INT TERM HUP; \
