@@ -204,11 +204,13 @@ def fill_check(cfg: DictConfig, df: pd.DataFrame) -> pd.DataFrame:
     the single most-predicted class (10 % for balanced predictions over 10 classes), unmasked and at
     the largest n after CORTEX (CE) and random masking, and CE's paired drop against random there."""
     n_max = int(df.n.max())
+    methods = [m for m in dict.fromkeys(df.method) if m not in ("unmasked", "random")]
+    arch = "CE" if "CE" in methods else methods[0]          # CE, or the profile's only extractor
     rows = []
     for (fill, ev), g in df.groupby(["fill", "evaluator"], sort=False):
-        ce, rnd = g[(g.method == "CE") & (g.n == n_max)].iloc[0], g[(g.method == "random") & (g.n == n_max)].iloc[0]
+        ce, rnd = g[(g.method == arch) & (g.n == n_max)].iloc[0], g[(g.method == "random") & (g.n == n_max)].iloc[0]
         un = g[g.method == "unmasked"].iloc[0]
-        rows.append({"fill": fill, "evaluator": ev, "n": n_max, "modal_unmasked": un.modal_share,
+        rows.append({"fill": fill, "evaluator": ev, "extractor": arch, "n": n_max, "modal_unmasked": un.modal_share,
                      "modal_CE": ce.modal_share, "modal_random": rnd.modal_share, "p_CE": ce.p, "p_random": rnd.p,
                      "d_random": ce.d_random, "d_random_lo": ce.d_random_lo, "d_random_hi": ce.d_random_hi})
     out = pd.DataFrame(rows)
