@@ -19,7 +19,7 @@ import pandas as pd
 
 from .files import atomic_path, save_text
 
-__all__ = ["bootstrap_ci", "mean_ci", "cluster_bootstrap_ci", "paired_ci", "seed_average", "fmt_ci", "write_table"]
+__all__ = ["bootstrap_ci", "mean_ci", "cluster_bootstrap_ci", "cluster_and_unit_ci", "paired_ci", "seed_average", "fmt_ci", "write_table"]
 
 
 def bootstrap_ci(values: np.ndarray, *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
@@ -59,6 +59,15 @@ def cluster_bootstrap_ci(values, clusters, *, n_boot: int = 2000, alpha: float =
     boots = sums[idx].sum(1) / counts[idx].sum(1)
     lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
     return float(values.mean()), float(lo), float(hi)
+
+
+def cluster_and_unit_ci(values, clusters, *, seed: int = 0) -> dict:
+    """{'mean', 'lo', 'hi', 'img_lo', 'img_hi'}: the interval resampling whole ``clusters``
+    (:func:`cluster_bootstrap_ci`, the one tables report) and, beside it, the narrower one
+    resampling units (:func:`bootstrap_ci`), for a per-unit array ``values`` (N,)."""
+    m, lo, hi = cluster_bootstrap_ci(values, clusters, seed=seed)
+    _, img_lo, img_hi = bootstrap_ci(values, seed=seed)
+    return {"mean": m, "lo": lo, "hi": hi, "img_lo": img_lo, "img_hi": img_hi}
 
 
 def paired_ci(a, b, clusters=None, **kw) -> dict:

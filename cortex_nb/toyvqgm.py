@@ -82,6 +82,18 @@ def _build_key(tok, prior, seed, n_classes, scene_bias, n_report) -> dict:
                 n_report=int(n_report))
 
 
+def is_built(out_dir: str | os.PathLike, key: str) -> bool:
+    """Whether ``out_dir`` holds a finished toy VQGM build (config.yaml, model.ckpt, report.json,
+    build.json) whose settings digest is ``key``: what :func:`build_toy_vqgm` reuses."""
+    out = Path(out_dir)
+    if not all((out / f).is_file() for f in ("config.yaml", "model.ckpt", "report.json", "build.json")):
+        return False
+    try:
+        return json.loads((out / "build.json").read_text()).get("hash") == key
+    except (OSError, ValueError):
+        return False
+
+
 def build_key(tok: TokenizerConfig | None = None, prior: PriorConfig | None = None, *, seed: int = 0,
               n_classes: int = 10, scene_bias: float = 0.65, n_report: int = 2000) -> str:
     """The digest of the settings a toy VQGM build depends on: what ``build.json`` records and what
@@ -146,15 +158,10 @@ def build_toy_vqgm(out_dir: str | os.PathLike, tok: TokenizerConfig | None = Non
     report_path, build_path = out / "report.json", out / "build.json"
     spec = _build_key(tok, prior, seed, n_classes, scene_bias, n_report)
     key = digest(spec)
-    if all(p.is_file() for p in (*paths.values(), report_path, build_path)):
-        try:
-            cached = json.loads(build_path.read_text()).get("hash") == key
-        except (OSError, ValueError):
-            cached = False
-        if cached:
-            report = json.loads(report_path.read_text())
-            logger.info("toy VQGM: reusing %s (settings hash %s)", out, key)
-            return dict(**paths, report=dict(report, cached=True))
+    if is_built(out, key):
+        report = json.loads(report_path.read_text())
+        logger.info("toy VQGM: reusing %s (settings hash %s)", out, key)
+        return dict(**paths, report=dict(report, cached=True))
 
     device = torch.device(device)
     train_dir = out / "train"

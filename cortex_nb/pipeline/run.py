@@ -127,20 +127,13 @@ def _install_shipped_vqgm(cfg: DictConfig, tok, prior) -> None:
     """Put the shipped toy VQGM (:mod:`cortex_nb.shipped`) into the cache when the profile would
     train exactly it and the cache holds no finished build of these settings; a build of its own
     (or CORTEX_FROM_SCRATCH=1) is left alone."""
-    import json
-
     from .. import shipped
-    from ..toyvqgm import build_key
+    from ..toyvqgm import build_key, is_built
 
     key = build_key(tok, prior, seed=int(cfg.seed), n_classes=int(cfg.world.n_classes),
                     scene_bias=float(cfg.world.scene_bias), n_report=int(cfg.vqgm.n_report))
     out = cache_path(cfg, "vqgm")
-    try:
-        if json.loads((out / "build.json").read_text()).get("hash") == key and (out / "model.ckpt").is_file():
-            return
-    except (OSError, ValueError):
-        pass
-    if shipped.install("toy-vqgm", out, key):
+    if not is_built(out, key) and shipped.install("toy-vqgm", out, key):
         log.info("toy VQGM: the shipped one (cortex_nb/artifacts/toy-vqgm, settings %s; "
                  "CORTEX_FROM_SCRATCH=1 retrains it)", key)
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from .. import masking
 from ..saliency import class_vs_rest_baseline, concept_tokens, frequency_baseline, top_n_positions
-from ..tables import cluster_bootstrap_ci, fmt_ci, mean_ci, write_table
+from ..tables import cluster_and_unit_ci, cluster_bootstrap_ci, fmt_ci, mean_ci, write_table
 from .run import (Run, SectionResult, compose, display_name, embed_fn, get_tsv, load_split, real_toy_images,
                   saliency_of, setup, store_tokens)
 
@@ -121,9 +121,9 @@ def concept_scores(cfg: DictConfig, sets: dict[str, torch.Tensor], evaluators: d
 def _ci_cols(prefix: str, x: np.ndarray, clusters: np.ndarray, seed: int) -> dict:
     """{prefix, prefix_lo, prefix_hi} with the class-cluster interval, and prefix_img_lo / _hi
     resampling images (what the tables showed before; narrower, and wrong for concept sets)."""
-    m, lo, hi = cluster_bootstrap_ci(x, clusters, seed=seed)
-    img = mean_ci(x, seed=seed)
-    return {prefix: m, f"{prefix}_lo": lo, f"{prefix}_hi": hi, f"{prefix}_img_lo": img["lo"], f"{prefix}_img_hi": img["hi"]}
+    c = cluster_and_unit_ci(x, clusters, seed=seed)
+    return {prefix: c["mean"], f"{prefix}_lo": c["lo"], f"{prefix}_hi": c["hi"], f"{prefix}_img_lo": c["img_lo"],
+            f"{prefix}_img_hi": c["img_hi"]}
 
 
 def concept_level(cfg: DictConfig, sets: dict[str, torch.Tensor], evaluators: dict, vqgm,
@@ -176,10 +176,8 @@ def concept_paired(cfg: DictConfig, scores: dict, fill: str | None = None,
         for metric, key in (("dP", "p_true"), ("dA", "correct")):
             da = ra[key].astype(float) - ba[key].astype(float)
             db = rb[key].astype(float) - bb[key].astype(float)
-            c = _ci_cols("d", da - db, labels, seed)
             rows.append({"kind": kind, "evaluator": display_name(ev), "a": a, "b": b, "metric": metric,
-                         "mean": c["d"], "lo": c["d_lo"], "hi": c["d_hi"], "img_lo": c["d_img_lo"],
-                         "img_hi": c["d_img_hi"], "fill": fill})
+                         **cluster_and_unit_ci(da - db, labels, seed=seed), "fill": fill})
 
     base, masked = scores["base"], scores["masked"]
     for ev in base:

@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from ..figures import image_grid, save_figure
 from ..files import save_json, save_npy
 from ..optimize import central_region, optimize_embeddings, random_tokens, saliency_region, select_tokens
-from ..tables import cluster_bootstrap_ci, fmt_ci, mean_ci, write_table
+from ..tables import cluster_and_unit_ci, fmt_ci, write_table
 from .keys import cache_path, edit_key, replicate_seed
 from .run import Run, SectionResult, class_names, compose, display_name, get_tsv, load_split, setup
 
@@ -209,15 +209,14 @@ def score_edits(cfg: DictConfig, edits: dict, evaluators: dict, vqgm, *, paired:
     rows = []
     for (arch, method, region, protocol, name), (do, dt) in deltas.items():
         p0o, p0t, acc0 = before[name]
-        co, ct = cluster_bootstrap_ci(do, clusters, seed=seed), cluster_bootstrap_ci(dt, clusters, seed=seed)
-        io, it = mean_ci(do, seed=seed), mean_ci(dt, seed=seed)
+        co, ct = cluster_and_unit_ci(do, clusters, seed=seed), cluster_and_unit_ci(dt, clusters, seed=seed)
         rows.append({"evaluator": display_name(name), "extractor": arch, "method": method,
                      "region": region, "protocol": protocol, "n": len(clusters),
                      "acc_orig": float(acc0.mean()), "p_orig": float(p0o.mean()), "p_targ": float(p0t.mean()),
-                     "dP_orig": co[0], "dP_orig_lo": co[1], "dP_orig_hi": co[2],
-                     "dP_targ": ct[0], "dP_targ_lo": ct[1], "dP_targ_hi": ct[2],
-                     "dP_orig_img_lo": io["lo"], "dP_orig_img_hi": io["hi"],
-                     "dP_targ_img_lo": it["lo"], "dP_targ_img_hi": it["hi"]})
+                     "dP_orig": co["mean"], "dP_orig_lo": co["lo"], "dP_orig_hi": co["hi"],
+                     "dP_targ": ct["mean"], "dP_targ_lo": ct["lo"], "dP_targ_hi": ct["hi"],
+                     "dP_orig_img_lo": co["img_lo"], "dP_orig_img_hi": co["img_hi"],
+                     "dP_targ_img_lo": ct["img_lo"], "dP_targ_img_hi": ct["img_hi"]})
     df = pd.DataFrame(rows)
     return (df, edit_paired(cfg, deltas, clusters, list(evaluators))) if paired else df
 
@@ -246,11 +245,8 @@ def edit_paired(cfg: DictConfig, deltas: dict, clusters: np.ndarray, evaluators:
                 if da is None or db is None:
                     continue
                 for i, metric in enumerate(("dP_orig", "dP_targ")):
-                    d = da[i] - db[i]
-                    m, lo, hi = cluster_bootstrap_ci(d, clusters, seed=seed)
-                    img = mean_ci(d, seed=seed)
                     rows.append({"evaluator": display_name(name), "extractor": arch, "a": a, "b": b, "metric": metric,
-                                 "mean": m, "lo": lo, "hi": hi, "img_lo": img["lo"], "img_hi": img["hi"]})
+                                 **cluster_and_unit_ci(da[i] - db[i], clusters, seed=seed)})
     return pd.DataFrame(rows)
 
 

@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import yaml
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..tables import write_table
 
@@ -207,8 +207,9 @@ def built_in(claim: Claim, cfg: DictConfig) -> str:
     if cfg.vqgm.source != "toy":
         return ""
     from ..optimize import central_region
+    from ..toy_tokenizer import TokenizerConfig
 
-    m = int(cfg.world.image_size) // 2 ** (len(cfg.vqgm.tokenizer.ch_mult) - 1)  # the toy tokenizer's grid
+    m = TokenizerConfig(**OmegaConf.to_container(cfg.vqgm.tokenizer, resolve=True)).grid
     size = cfg.optimization.region_size
     region = central_region(m, None if size is None else int(size))
     share = f"{int(region.sum())} of {m * m} positions"
@@ -252,19 +253,24 @@ _FREE = ("replicate", "replicates", "progress", "threads", "device")
 def _settings(tables: Path) -> dict | None:
     """The profile a tables directory was written with (its profile.yaml beside it), less the keys a
     replicate may change; None when it is not recorded."""
-    p = Path(tables).parent / "profile.yaml"
-    if not p.exists():
+    rec = _recorded(tables)
+    if rec is None:
         return None
-    prof = (yaml.safe_load(p.read_text()) or {}).get("profile", {})
-    return {k: v for k, v in prof.items() if k not in _FREE}
+    return {k: v for k, v in rec.get("profile", {}).items() if k not in _FREE}
+
+
+def _recorded(tables: Path) -> dict | None:
+    """The resolved profile.yaml beside ``tables`` ({"profile", "run"}), None when not recorded."""
+    p = Path(tables).parent / "profile.yaml"
+    return (yaml.safe_load(p.read_text()) or {}) if p.exists() else None
 
 
 def _machine(tables: Path) -> str:
     """The CPU capability (and model, where recorded) of the run that wrote ``tables``."""
-    p = tables.parent / "profile.yaml"
-    if not p.exists():
+    rec = _recorded(tables)
+    if rec is None:
         return "?"
-    run = (yaml.safe_load(p.read_text()) or {}).get("run", {})
+    run = rec.get("run", {})
     return " ".join(str(x) for x in (run.get("cpu"), run.get("cpu_capability"), f"{run.get('threads')} threads")
                     if x and x != "None threads")
 
