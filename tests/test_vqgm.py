@@ -281,6 +281,27 @@ def test_greedy_cached_sampler_equals_uncached_loop(vq):
     assert len({tuple(r.flatten().tolist()) for r in ref}) > 1
 
 
+@pytest.mark.parametrize("top_k,top_p,temperature", [(None, None, 1.0), (5, None, 0.7), (8, 0.9, 1.3), (0, 0.5, 1.0)])
+def test_kv_cache_sampler_draws_exactly_tamings_tokens(vq, top_k, top_p, temperature):
+    """cortex_nb.kv_sampler against taming's own sample_with_past (the oracle): the same RNG state in,
+    the same tokens out, for stochastic sampling with and without top-k / top-p filtering."""
+    from cortex_nb.kv_sampler import sample_with_kv_cache
+    from cortex_nb.taming_compat import import_taming
+
+    mingpt = import_taming().mingpt
+    gpt = vq.model.transformer
+    _, c = vq.model.encode_to_c(torch.tensor([0, 1, 2, 3, 4, 0, 2]))
+    kw = dict(steps=M * M, temperature=temperature, top_k=top_k, top_p=top_p)
+    torch.manual_seed(7)
+    want = mingpt.sample_with_past(c, gpt, **kw)
+    after = torch.get_rng_state()
+    torch.manual_seed(7)
+    got = sample_with_kv_cache(c, gpt, **kw)
+    assert torch.equal(got, want)
+    assert torch.equal(torch.get_rng_state(), after)                      # the same draws were consumed
+    assert len({tuple(r.tolist()) for r in got}) > 1
+
+
 def test_sample_argument_errors(vq):
     with pytest.raises(ValueError, match="out of range"):
         vq.sample([N_CLASSES])
