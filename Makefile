@@ -51,7 +51,7 @@ stage_src = $(if $(wildcard $(DEPS)/$(1).mk),,$(SRC))
 -include $(wildcard $(DEPS)/*.mk)
 .SECONDEXPANSION:
 all: $(OUTS)
-	@if [ "$(PROFILE)" = toy ]; then $(PY) tools/readme.py toy; fi
+	@if [ "$(PROFILE)" = toy ]; then $(PY) -m cortex_nb gates --profile toy; rc=$$?; $(PY) tools/readme.py toy && exit $$rc; fi
 	@echo "done: tables in results/$(PROFILE)/tables, figures in figures/$(PROFILE)"
 
 # The notebook is executed into a temporary file named by the recipe shell's PID ($$$$), moved into

@@ -21,6 +21,9 @@ GPU run needs no Jupyter. Commands:
                     noise; results/P/seeds/r<r>/tables), then the verdicts (`make seeds`)
   verdicts          judge each of the paper's claims over the replicates found (holds / fails /
                     inconclusive): results/P/tables/verdicts.{csv,md,tex}
+  gates             check the run's tables against the toy world's science gates (tokenizer, prior
+                    samples, Fig. 3, Table 2, localisation): results/P/tables/gates; exit status 1
+                    when one fails (`make all` runs it last on the toy profile)
 
 Data parallel, N processes on one machine (gloo on CPU, nccl with one GPU per process on CUDA):
 
@@ -56,8 +59,12 @@ SECTIONS = {"vqgm-report": "s00_vqgm", "generate": "s01_dataset", "train-extract
 #: the splits whose TSVs a section reads (computed on every rank before rank 0 runs the section)
 TSV_SPLITS = {"fig3": ("test", "train"), "table2": ("train",), "table3": ("test",)}
 STAGES = ("vqgm", "evaluators", "vqgm-report", "generate", "train-extractors", "tsv", "fig3", "table2", "table3",
-          "all", "seeds", "verdicts")
+          "all", "seeds", "verdicts", "gates")
 SPLITS = ("train", "val", "test")
+
+
+class GateFailure(Exception):
+    """A science gate failed (``gates``): exit status 1, the failed gates named."""
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -99,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return _main(args)
+    except GateFailure as e:
+        print(f"gates FAILED: {', '.join(e.args[0])}", file=sys.stderr)
+        return 1
     except UserError as e:
         if args.debug:
             raise
@@ -141,6 +151,17 @@ def _run(args, cfg) -> str:
                     summary = f"{len(done)} replicate(s) in " + ", ".join(done) + "; "
                 summary += _verdicts(cfg)
         return summary
+    if args.stage == "gates":
+        if not main:
+            return ""
+        from .pipeline import gates
+
+        df = gates.check(cfg.paths.tables)
+        print(gates.gate_table(cfg, df).to_string(index=False), flush=True)
+        failed = list(df.gate[~df.passed])
+        if failed:
+            raise GateFailure(failed)
+        return f"gates: {len(df)} passed"
     if args.stage in ("vqgm", "evaluators", "vqgm-report"):  # one process builds, the others wait
         summary = ""
         if main:

@@ -16,6 +16,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 # (table file stem, heading) in the order the paper presents them
 TABLES = [
     ("verdicts", "Verdicts: which of the paper's claims hold in the toy world (notebook 05; `make seeds`)"),
+    ("gates", "Science gates of this run (`python -m cortex_nb gates`; `make all` ends with it)"),
     ("vqgm_quality", "The toy VQGM (notebook 00)"),
     ("toy_evaluators", "The toy evaluators (notebook 00)"),
     ("generated_test_accuracy", "Evaluators on generated test images (notebook 01; Acc and P of Table 2)"),
