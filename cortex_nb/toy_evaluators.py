@@ -283,4 +283,9 @@ def load_evaluator(path: str | os.PathLike, device: str | torch.device = "cpu") 
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the {spec['arch']} it names: {e}",
                               fix=fix) from e
+    # a loaded evaluator is for inference: weights in channels_last let oneDNN skip a reorder per
+    # convolution. 500 toy images, 2 threads, AVX2: ResNet18 0.254 -> 0.204 s, ResNet34 0.465 ->
+    # 0.397 s, ViT-p4 0.344 -> 0.313 s, outputs bitwise equal on AVX2 and AVX-512 (not promised in
+    # general: another kernel may round differently, at ~1e-8)
+    ev.model.to(memory_format=torch.channels_last)
     return ev.to(device).eval()

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from cortex_nb import load_profile, shipped
 from cortex_nb.errors import CheckpointError
@@ -44,6 +45,25 @@ def test_shipped_vqgm_is_what_the_toy_profile_trains_and_loads_through_load_vqgm
     assert (vqgm.K, vqgm.m, vqgm.d, vqgm.n_classes) == (512, 8, 64, 10)
     # the smoke profile trains its own (other settings): nothing to install
     assert not shipped.install("toy-vqgm", "/nonexistent-never-written", "0" * 16)
+
+
+@pytest.mark.parametrize("name", ["vit_p4", "vit_p8"])
+def test_shipped_evaluators_are_what_the_toy_profile_trains_and_load_through_load_evaluator(name):
+    from cortex_nb.pipeline.keys import evaluator_key
+    from cortex_nb.toy_evaluators import load_evaluator
+
+    cfg = load_profile("toy")
+    entry = shipped.registry()[f"toy-evaluator-{name}"]
+    assert entry["settings_hash"] == evaluator_key(cfg, name)
+    assert name in cfg.evaluators.names
+    d = shipped.ARTIFACTS / f"toy-evaluator-{name}"
+    ev = load_evaluator(d / f"{name}.pt")                                   # verifies the .sha256 sidecar too
+    assert ev.name == name and ev.n_classes == cfg.world.n_classes
+    rep = json.loads((d / f"{name}.report.json").read_text())
+    assert rep["source"].startswith("shipped") and 0.9 < rep["val_acc"] <= 1
+    x = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    p = ev.predict_proba(x)
+    torch.testing.assert_close(p.sum(1), torch.ones(4))
 
 
 @pytest.fixture

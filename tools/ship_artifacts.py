@@ -1,31 +1,56 @@
-"""Ship the toy profile's trained VQGM with the repository (make tooling, not the package).
+"""Ship the toy profile's trained VQGM and small evaluators with the repository (make tooling, not the package).
 
-``python tools/ship_artifacts.py [PROFILE]`` copies the finished toy VQGM build of
-``results/<profile>/cache/vqgm`` (taming config.yaml + model.ckpt, its report.json and build.json)
-into ``cortex_nb/artifacts/toy-vqgm/`` and records their SHA-256, the settings digest and the
-machine that trained it in ``cortex_nb/artifacts/registry.json`` (:mod:`cortex_nb.shipped`).
-Run it after retraining (``make all FROM_SCRATCH=1``) when the shipped VQGM should change.
+``python tools/ship_artifacts.py [PROFILE] [vqgm] [EVALUATOR ...]`` copies from ``results/<profile>/cache``
+
+- ``vqgm``: the finished toy VQGM build of ``cache/vqgm`` (taming config.yaml + model.ckpt, its
+  report.json and build.json) into ``cortex_nb/artifacts/toy-vqgm/``;
+- an evaluator name (default: vit_p4 vit_p8, the two that are small: 2.2 MB each; the ResNets weigh
+  45 / 85 MB and are trained on the user's machine): ``cache/evaluators/<name>.pt`` with its
+  .sha256 sidecar and its line of the training report into ``cortex_nb/artifacts/toy-evaluator-<name>/``;
+
+and records their SHA-256, the settings digest and the machine that trained them in
+``cortex_nb/artifacts/registry.json`` (:mod:`cortex_nb.shipped`). Run it after retraining
+(``make all FROM_SCRATCH=1``) when a shipped artifact should change.
 """
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from cortex_nb import load_profile, shipped
 from cortex_nb.config import run_info
+from cortex_nb.files import save_json
+from cortex_nb.pipeline.keys import evaluator_key, evaluators_cache_key
 
-FILES = ["config.yaml", "model.ckpt", "report.json", "build.json"]
+VQGM_FILES = ["config.yaml", "model.ckpt", "report.json", "build.json"]
+SMALL_EVALUATORS = ["vit_p4", "vit_p8"]
 
 
-def main(profile: str = "toy") -> int:
+def main(profile: str = "toy", *what: str) -> int:
     cfg = load_profile(profile)
-    src = cfg.paths.cache + "/vqgm"
-    build = json.loads(open(f"{src}/build.json").read())
     info = run_info()
-    entry = shipped.register("toy-vqgm", src, FILES, build["hash"],
-                             trained_on=f"{info['cpu']} ({info['cpu_capability']}), torch {info['torch']}",
-                             what="the toy profile's VQGM: taming VQModel tokenizer + class-conditional GPT prior")
-    print(json.dumps(entry, indent=2))
+    machine = f"{info['cpu']} ({info['cpu_capability']}), torch {info['torch']}"
+    what = what or ("vqgm", *SMALL_EVALUATORS)
+    for item in what:
+        if item == "vqgm":
+            src = cfg.paths.cache + "/vqgm"
+            build = json.loads(open(f"{src}/build.json").read())
+            entry = shipped.register("toy-vqgm", src, VQGM_FILES, build["hash"], trained_on=machine,
+                                     what="the toy profile's VQGM: taming VQModel tokenizer + class-conditional GPT prior")
+        else:
+            src = Path(cfg.paths.cache) / "evaluators"
+            report = json.loads((src / "report.json").read_text())
+            if report.get("_key") != evaluators_cache_key(cfg) or item not in report:
+                raise SystemExit(f"{src} does not hold the {profile} profile's finished {item}: run make all first")
+            if report[item].get("source", "trained here") != "trained here":
+                raise SystemExit(f"{src / item}.pt is itself the shipped one: retrain it (make all FROM_SCRATCH=1)")
+            save_json(src / f"{item}.report.json", {**report[item], "source": f"shipped (trained on {machine})"})
+            entry = shipped.register(f"toy-evaluator-{item}", src, [f"{item}.pt", f"{item}.pt.sha256",
+                                                                    f"{item}.report.json"],
+                                     evaluator_key(cfg, item), trained_on=machine,
+                                     what=f"the toy profile's {item} evaluator (torchvision architecture)")
+        print(item, json.dumps(entry, indent=2))
     return 0
 
 

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .. import distributed
+from .. import distributed, shipped
 from ..evaluators import DISPLAY_NAMES
-from ..files import load_cache_json, save_json
+from ..files import load_cache_json, load_json, save_json
 from ..saliency import TokenSaliency
 from ..store import TokenStore, chunked_array
-from .keys import cache_path, evaluators_cache_key, extractor_key, replicate_seed, store_meta, tsv_key
+from .keys import cache_path, evaluator_key, evaluators_cache_key, extractor_key, replicate_seed, store_meta, tsv_key
 
 __all__ = ["setup", "replicate_seed", "display_name", "class_names", "get_vqgm", "check_n_classes", "real_toy_images",
            "get_evaluators", "generate_dataset", "load_split", "store_tokens", "embed_fn", "extractor_config",
@@ -185,22 +185,31 @@ def get_evaluators(cfg: DictConfig) -> dict:
     stamp = ckpt_dir / "report.json"
     if (load_cache_json(stamp) or {}).get("_key") == key and all(p.exists() for p in paths.values()):
         return {n: toy.load_evaluator(p, device=cfg.device) for n, p in paths.items()}
-    train = real_toy_images(cfg, int(cfg.evaluators.n_train), "evaluators-train")
-    val = real_toy_images(cfg, int(cfg.evaluators.n_val), "evaluators-val")
-    # per-model schedules measured here (toy_evaluators.TOY_FIT_DEFAULTS), the profile's fit overrides on top
-    overrides = {"seed": int(cfg.seed), "device": cfg.device, "progress": bool(cfg.progress),
-                 **OmegaConf.to_container(cfg.evaluators.fit, resolve=True)}
-    out = toy.train_toy_evaluators(train=(train.images, train.labels), val=(val.images, val.labels),
-                                   names=names, ckpt_dir=ckpt_dir / key, n_classes=int(cfg.world.n_classes),
-                                   fit_overrides=overrides)
-    report = {n: {"val_acc": float(r.best_val_acc), "seconds": float(r.seconds)} for n, (_, r) in out.items()}
-    for n, (e, _) in out.items():
-        toy.save_evaluator(e, paths[n])
-    save_json(stamp, {**report, "_key": key})
+    # shipped evaluators (cortex_nb/artifacts; not under CORTEX_FROM_SCRATCH) whose settings are the profile's
+    report = {n: load_json(ckpt_dir / f"{n}.report.json")
+              for n in names if shipped.install(f"toy-evaluator-{n}", ckpt_dir, evaluator_key(cfg, n))}
+    if report:
+        log.info("toy evaluators: the shipped %s (cortex_nb/artifacts; CORTEX_FROM_SCRATCH=1 retrains them)",
+                 ", ".join(report))
+    todo = [n for n in names if n not in report]
+    if todo:
+        train = real_toy_images(cfg, int(cfg.evaluators.n_train), "evaluators-train")
+        val = real_toy_images(cfg, int(cfg.evaluators.n_val), "evaluators-val")
+        # per-model schedules measured here (toy_evaluators.TOY_FIT_DEFAULTS), the profile's fit overrides on top
+        overrides = {"seed": int(cfg.seed), "device": cfg.device, "progress": bool(cfg.progress),
+                     **OmegaConf.to_container(cfg.evaluators.fit, resolve=True)}
+        trained = toy.train_toy_evaluators(train=(train.images, train.labels), val=(val.images, val.labels),
+                                           names=todo, ckpt_dir=ckpt_dir / key, n_classes=int(cfg.world.n_classes),
+                                           fit_overrides=overrides)
+        for n, (e, r) in trained.items():
+            toy.save_evaluator(e, paths[n])
+            report[n] = {"val_acc": float(r.best_val_acc), "seconds": float(r.seconds), "source": "trained here"}
+    save_json(stamp, {**{n: report[n] for n in names}, "_key": key})
     # finished: one weights-only file per model is all that is kept; the fit checkpoints (optimiser
     # state, RNG, a second copy of each model) only served to resume an interrupted training
     shutil.rmtree(ckpt_dir / key, ignore_errors=True)
-    return {n: e for n, (e, _) in out.items()}
+    # every caller gets them as every later stage does: loaded from their files
+    return {n: toy.load_evaluator(paths[n], device=cfg.device) for n in names}
 
 
 # --------------------------------------------------------------------------------------

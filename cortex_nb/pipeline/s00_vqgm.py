@@ -113,13 +113,15 @@ def reconstruction_figure(cfg: DictConfig, vqgm, n: int = 10):
 
 
 def evaluator_training_table(cfg: DictConfig) -> pd.DataFrame:
-    """Held-out accuracy (real toy images) and training time of each toy evaluator."""
+    """Held-out accuracy (real toy images), training time and origin of each toy evaluator: "trained
+    here" or shipped (cortex_nb/artifacts: the machine that trained it; its training seconds are that
+    machine's)."""
     rep = load_json(Path(cfg.paths.cache) / "evaluators" / "report.json")
-    rows = [{"evaluator": display_name(n), "val_acc": r["val_acc"], "train_seconds": r["seconds"]}
-            for n, r in rep.items() if not n.startswith("_")]
+    rows = [{"evaluator": display_name(n), "val_acc": r["val_acc"], "train_seconds": r["seconds"],
+             "source": r.get("source", "trained here")} for n, r in rep.items() if not n.startswith("_")]
     df = pd.DataFrame(rows)
     disp = pd.DataFrame({"Evaluator": df.evaluator, "Held-out acc (real)": [f"{100 * v:.1f}%" for v in df.val_acc],
-                         "Training (s)": [f"{v:.0f}" for v in df.train_seconds]})
+                         "Training (s)": [f"{v:.0f}" for v in df.train_seconds], "Weights": df.source})
     write_table(df, cfg.paths.tables, "toy_evaluators", display=disp,
                 caption=f"Toy evaluators on {cfg.evaluators.n_val} held-out real toy images")
     return disp
