@@ -37,8 +37,8 @@ if TYPE_CHECKING:  # the lazy names below, for linters and editors
                                     reconstruction_figure, samples_figure, toyworld_figure, vqgm_report)
     from .pipeline.s01_dataset import dataset_table, generated_accuracy_table
     from .pipeline.s02_extractors import extractor_accuracy, table1, training_curves_figure
-    from .pipeline.s03_image_level import (fig2, fig3, fig3_fills, fig5, fill_check, fills_frame, image_level,
-                                           masked_counts, random_baseline, token_examples, token_figure)
+    from .pipeline.s03_image_level import (fig2, fig3, fig3_fills, fig5, fill_check, fill_levels, fills_frame,
+                                           image_level, masked_counts, random_baseline, token_examples, token_figure)
     from .pipeline.s04_concept_level import (concept_frames, concept_level, concept_sets, fig_area, fills_table,
                                              localisation, localisation_table, paired_table, table2)
     from .pipeline.s05_editing import (controls_table, edit_batch, fig4, fig6, pairs_of, regions_of, run_edits,
@@ -56,6 +56,7 @@ _LAZY = {
     "pipeline.s01_dataset": ("dataset_table", "generated_accuracy_table"),
     "pipeline.s02_extractors": ("extractor_accuracy", "table1", "training_curves_figure"),
     "pipeline.s03_image_level": ("image_level", "random_baseline", "fig3", "fills_frame", "fig3_fills", "fill_check",
+                                 "fill_levels",
                                  "masked_counts", "token_examples", "token_figure", "fig2", "fig5"),
     "pipeline.s04_concept_level": ("concept_sets", "concept_level", "concept_frames", "table2", "paired_table",
                                    "fig_area", "fills_table", "localisation", "localisation_table"),
@@ -83,7 +84,7 @@ __all__ = [
     # 01 the dataset, 02 Table 1
     "dataset_table", "generated_accuracy_table", "extractor_accuracy", "table1", "training_curves_figure",
     # 03 Fig. 3, 2, 5; 04 Table 2
-    "image_level", "random_baseline", "fig3", "fills_frame", "fig3_fills", "fill_check", "masked_counts",
+    "image_level", "random_baseline", "fig3", "fills_frame", "fig3_fills", "fill_check", "fill_levels", "masked_counts",
     "token_examples", "token_figure", "fig2", "fig5",
     "concept_sets", "concept_level", "concept_frames", "table2", "paired_table", "fig_area", "fills_table",
     "localisation", "localisation_table",

@@ -168,6 +168,8 @@ SCHEMA: dict[str, Check] = {
     "saliency.fills": Check("list", choices=FILLS),
     "saliency.area_k": Check("ints", lo=1),
     "saliency.random_seeds": _int(1),
+    "saliency.fills_n": Check("ints", lo=1, optional=True),
+    "saliency.fills_random_seeds": _int(1, optional=True),
     "saliency.n_concept": _int(1),
     "saliency.k_concept": _int(1),
     "saliency.n_localisation": _int(0),
@@ -181,7 +183,9 @@ SCHEMA: dict[str, Check] = {
     "optimization.record_every": _int(1),
     "optimization.region_size": _int(1, optional=True),
     "optimization.saliency_region": Check("bool"),
+    "optimization.jobs": _int(1),
     "optimization.controls": Check("bool"),
+    "optimization.original_control": Check("bool"),
     "verdicts.equivalence_margin": _pos(),
 }
 

@@ -234,3 +234,95 @@ def test_token_fill_decodes_the_infilled_grid():
     np.testing.assert_array_equal(images, 77)                                       # input not modified
     with pytest.raises(ValueError, match="token fill needs"):
         masked_images(images, mask, "token")
+
+
+class _Counting:
+    """An evaluator stand-in: P(class c) from the mean grey value of the image; counts images shown."""
+
+    def __init__(self):
+        self.shown = 0
+
+    def predict_proba(self, x):
+        x = torch.as_tensor(np.asarray(x)).float()
+        self.shown += len(x)
+        g = x.mean((1, 2, 3)) / 255                                          # (B,) in [0, 1]
+        logits = torch.stack([g * 4, 1 - g, torch.full_like(g, 0.3)], 1)
+        return logits.softmax(1)
+
+
+def test_score_masked_with_base_shows_only_the_changed_images_and_equals_scoring_all(monkeypatch):
+    """score_masked(..., base=unmasked result): images the mask leaves untouched take the unmasked
+    result without being shown again; every image's result equals scoring them all."""
+    from omegaconf import OmegaConf
+
+    from cortex_nb.pipeline.s04_concept_level import score_masked
+
+    cfg = OmegaConf.create({"saliency": {"fill": "mean"}})
+    images = uint8_images().numpy()
+    labels = np.array([0, 1, 2])
+    masks = torch.zeros(B, M, M, dtype=torch.bool)
+    masks[1, 0, :2] = True                                                 # only image 1 changes
+    ev = _Counting()
+    full = score_masked(cfg, {"e": ev}, images, labels, masks, batch_size=2)
+    base = score_masked(cfg, {"e": ev}, images, labels, torch.zeros_like(masks), batch_size=2)
+    ev.shown = 0
+    fast = score_masked(cfg, {"e": ev}, images, labels, masks, batch_size=2, base=base)
+    assert ev.shown == 1                                                   # only the masked image
+    for k in ("p_true", "correct", "pred", "n_masked"):
+        np.testing.assert_array_equal(fast["e"][k], full["e"][k])
+    np.testing.assert_array_equal(fast["e"]["n_masked"], [0, 2, 0])
+    assert fast["e"]["p_true"][1] != base["e"]["p_true"][1]               # the masked one did change
+    nothing = score_masked(cfg, {"e": ev}, images, labels, torch.zeros_like(masks), base=base)
+    np.testing.assert_array_equal(nothing["e"]["p_true"], base["e"]["p_true"])
+
+
+def test_fill_levels_keep_the_grid_ns_asked_for():
+    from omegaconf import OmegaConf
+
+    from cortex_nb.config import ProfileError
+    from cortex_nb.pipeline.s03_image_level import fill_levels
+
+    def cfg(keep):
+        return OmegaConf.create({"saliency": {"fills_n": keep}})
+
+    assert fill_levels(cfg(None), 8) == image_level_grid(8) == [1, 3, 4, 5, 6, 8, 9, 10, 11, 13]
+    assert fill_levels(cfg([13, 1, 5, 2]), 8) == [1, 5, 13]                # 2 is not on the m = 8 grid
+    assert fill_levels(cfg([5, 50]), 16) == [5, 50]
+    with pytest.raises(ProfileError, match="no n on Fig. 3's grid"):
+        fill_levels(cfg([2, 7]), 8)
+
+
+def test_edit_scoring_shows_only_the_images_an_edit_changed():
+    """s05's _probs with the unedited tokens and their probabilities: an image whose tokens the edit
+    left alone keeps its unedited P (ΔP exactly 0) and is neither decoded nor shown; the edited ones
+    get what scoring every image gives."""
+    from cortex_nb.pipeline.s05_editing import _probs
+
+    class Decoder:  # 2 x 2 grid of ids -> 4 x 4 image, grey value per patch
+        device = torch.device("cpu")
+        decoded = 0
+
+        def decode(self, t):
+            Decoder.decoded += len(t)
+            x = t.float().repeat_interleave(2, 1).repeat_interleave(2, 2) / 10 - 1
+            return x[:, None].expand(-1, 3, -1, -1)
+
+    class Ev(_Counting):
+        def predict_proba(self, x):
+            return super().predict_proba((torch.as_tensor(x) + 1) * 127.5)
+
+    original = torch.tensor([[[1, 2], [2, 3]], [[4, 4], [5, 6]], [[7, 7], [7, 7]]])
+    edited = original.clone()
+    edited[1, 0, 0] = 9                                                     # only image 1 is edited
+    src, tgt = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 0])
+    ev = Ev()
+    full = _probs({"e": ev}, Decoder(), edited, src, tgt)
+    unedited = _probs({"e": ev}, Decoder(), original, src, tgt)
+    before = {"e": (unedited["e"][0], unedited["e"][1], None)}
+    ev.shown, Decoder.decoded = 0, 0
+    fast = _probs({"e": ev}, Decoder(), edited, src, tgt, original, before)
+    assert ev.shown == 1 and Decoder.decoded == 1
+    np.testing.assert_array_equal(fast["e"][0], full["e"][0])
+    np.testing.assert_array_equal(fast["e"][1], full["e"][1])
+    assert fast["e"][0][1] != before["e"][0][1]
+    np.testing.assert_array_equal(fast["e"][0][[0, 2]], before["e"][0][[0, 2]])

@@ -150,6 +150,7 @@ def _keys(cfg, vqgm, extractor, evaluators) -> dict[str, str]:
         "edit embedding": keys.edit_key(cfg, extractor, stores["test"], "embedding", "central"),
         "edit saliency": keys.edit_key(cfg, extractor, stores["test"], "token", "saliency", tsv),
         "evaluators": keys.evaluators_cache_key(cfg),
+        "evaluator": keys.evaluator_key(cfg, "vit_p4"),
         "quality": keys.quality_key(cfg, vqgm, evaluators),
     }
 
@@ -158,7 +159,7 @@ STORES = {"store train", "store val", "store test"}
 TEST_SIDE = {"tsv test", "random baseline", "edit token", "edit embedding", "edit saliency"}
 TRAIN_SIDE = {"extractor", "tsv train"}
 EDITS = {"edit token", "edit embedding", "edit saliency"}
-ALL = STORES | TEST_SIDE | TRAIN_SIDE | {"evaluators", "quality"}
+ALL = STORES | TEST_SIDE | TRAIN_SIDE | {"evaluators", "evaluator", "quality"}
 
 # override -> the keys that must change (every other key must stay)
 CASES = [
@@ -182,15 +183,20 @@ CASES = [
     ({"optimization.tau": 0.5}, {"edit token", "edit saliency"}),
     ({"optimization.saliency_region": False}, set()),
     ({"optimization.controls": False}, set()),
+    ({"optimization.original_control": True}, set()),
+    ({"optimization.jobs": 1}, set()),
+    ({"saliency.fills_n": [1, 2]}, set()),
+    ({"saliency.fills_random_seeds": 1}, set()),
     ({"saliency.fills": ["black"]}, set()),
     ({"saliency.area_k": [1, 2]}, set()),
     ({"verdicts.equivalence_margin": 0.1}, set()),
     ({"replicates": 5}, set()),
     # a seed replicate redraws the extractors and every noise; the world, data and judges stay
     ({"replicate": 1}, TRAIN_SIDE | TEST_SIDE),
-    ({"evaluators.n_train": 64}, {"evaluators"}),
+    ({"evaluators.n_train": 64}, {"evaluators", "evaluator"}),
+    ({"evaluators.names": ["vit_p4", "vit_p8"]}, {"evaluators"}),  # one evaluator's key ignores the others
     ({"evaluators.preprocess": "reference"}, set()),             # toy evaluators do not read it
-    ({"world.scene_bias": 0.5}, {"evaluators", "quality"}),
+    ({"world.scene_bias": 0.5}, {"evaluators", "evaluator", "quality"}),
     ({"vqgm.n_report": 50}, {"quality"}),
 ]
 
@@ -225,7 +231,7 @@ def test_upstream_artifacts_enter_the_keys(profile, vqgm):
         next(vq2.model.transformer.parameters()).add_(1)
     assert vq2.fingerprint() == vqgm.fingerprint()
     k = _keys(cfg, vq2, extractor, evaluators)
-    assert {n for n in base if base[n] != k[n]} == ALL - {"evaluators"}
+    assert {n for n in base if base[n] != k[n]} == ALL - {"evaluators", "evaluator"}
     # the saliency region's key follows the TSV that places it
     test = SimpleNamespace(meta={"split": "test"})
     tsv = np.zeros((4, 8, 8), np.float32)
@@ -311,6 +317,71 @@ def test_finished_toy_evaluators_keep_one_weights_file_each(profile, monkeypatch
     again = pipeline.get_evaluators(cfg)
     for k, v in first["vit_p4"].state_dict().items():
         torch.testing.assert_close(again["vit_p4"].state_dict()[k], v, atol=0, rtol=0)
+
+
+def test_a_shipped_evaluator_with_the_profiles_settings_is_installed_not_trained(profile, monkeypatch, tmp_path):
+    import json
+    import shutil
+
+    from cortex_nb import shipped
+    from cortex_nb.pipeline.keys import evaluator_key
+
+    cfg = profile(**{"evaluators.fit.max_steps_per_epoch": 1})
+    first = pipeline.get_evaluators(cfg)
+    d = _cache(cfg) / "evaluators"
+    # ship the trained vit_p4 into a private artifacts root, as tools/ship_artifacts.py does
+    (d / "vit_p4.report.json").write_text(json.dumps({"val_acc": 0.5, "seconds": 1.0, "source": "shipped (test)"}))
+    root = tmp_path / "artifacts"
+    shipped.register("toy-evaluator-vit_p4", d, ["vit_p4.pt", "vit_p4.pt.sha256", "vit_p4.report.json"],
+                     evaluator_key(cfg, "vit_p4"), trained_on="test", root=root)
+    monkeypatch.setattr(shipped, "ARTIFACTS", root)
+    monkeypatch.delenv("CORTEX_FROM_SCRATCH", raising=False)
+    shutil.rmtree(d)
+    trained = []
+    import cortex_nb.toy_evaluators as toy
+    orig = toy.train_toy_evaluators
+
+    def spy(*a, names=(), **k):
+        trained.extend(names)
+        return orig(*a, names=names, **k)
+
+    monkeypatch.setattr(toy, "train_toy_evaluators", spy)
+    again = pipeline.get_evaluators(cfg)
+    assert trained == []                                                   # installed, nothing trained
+    for k, v in first["vit_p4"].state_dict().items():
+        torch.testing.assert_close(again["vit_p4"].state_dict()[k], v, atol=0, rtol=0)
+    rep = json.loads((d / "report.json").read_text())
+    assert rep["vit_p4"]["source"] == "shipped (test)"
+    # other settings (another seed) or CORTEX_FROM_SCRATCH: trained here
+    monkeypatch.setenv("CORTEX_FROM_SCRATCH", "1")
+    shutil.rmtree(d)
+    pipeline.get_evaluators(cfg)
+    assert trained == ["vit_p4"]
+    assert json.loads((d / "report.json").read_text())["vit_p4"]["source"] == "trained here"
+    monkeypatch.delenv("CORTEX_FROM_SCRATCH")
+    assert evaluator_key(profile(seed=1), "vit_p4") != evaluator_key(cfg, "vit_p4")
+
+
+def test_edit_runs_in_parallel_processes_equal_the_runs_one_after_another(profile):
+    """optimization.jobs only decides how many edit runs go at once: each run is single-threaded on
+    the CPU, so two worker processes give exactly the tokens of the runs made one after another, and
+    the result is in the profile's order whatever order the runs finished in."""
+    import shutil
+
+    from cortex_nb.pipeline.s05_editing import run_edits
+
+    cfg = profile(**{"optimization.jobs": 1, "optimization.steps": 3})
+    v = pipeline.get_vqgm(cfg)
+    pipeline.generate_dataset(cfg, v)
+    ex = {a: r.model for a, r in pipeline.get_extractors(cfg, v).items()}
+    one = run_edits(cfg, ex, v)
+    shutil.rmtree(_cache(cfg) / "editing")
+    two = run_edits(profile(**{"optimization.jobs": 2, "optimization.steps": 3}), ex, v)
+    assert list(two) == list(one) == [(a, m, "central") for a in ("CE", "RE") for m in ("embedding", "token")]
+    for k in one:
+        for part in ("final", "checkpoints", "steps"):
+            assert torch.equal(one[k][part], two[k][part]), (k, part)
+    assert len(list((_cache(cfg) / "editing").glob("*/done.json"))) == 4   # every run cached
 
 
 def _blobs(n, seed=0):

@@ -28,7 +28,7 @@ from ..store import TokenStore
 
 __all__ = [
     "cache_path", "replicate_seed", "profile_section", "weights_key", "vqgm_key", "evaluators_key", "array_key",
-    "store_meta", "store_key", "evaluators_cache_key", "quality_key", "extractor_key",
+    "store_meta", "store_key", "evaluators_cache_key", "evaluator_key", "quality_key", "extractor_key",
     "tsv_key", "random_baseline_key", "edit_key",
 ]
 
@@ -127,6 +127,14 @@ def evaluators_cache_key(cfg: DictConfig) -> str:
                    "evaluators": profile_section(cfg, "evaluators", drop=("weights_dir", "preprocess"))})
 
 
+def evaluator_key(cfg: DictConfig, name: str) -> str:
+    """Key of ONE toy evaluator: :func:`evaluators_cache_key`'s inputs less the list of names, plus
+    the name. Each evaluator trains from its own seed, whatever else is trained beside it (a shipped
+    evaluator, :mod:`cortex_nb.shipped`, is installed when this key matches)."""
+    return digest({"seed": int(cfg.seed), "world": profile_section(cfg, "world"), "name": str(name),
+                   "evaluators": profile_section(cfg, "evaluators", drop=("weights_dir", "preprocess", "names"))})
+
+
 def quality_key(cfg: DictConfig, vqgm, evaluators: dict) -> str:
     """Key of the tokenizer's quality report (:func:`cortex_nb.pipeline.s00_vqgm.vqgm_report`):
     held-out real images (seed, world, vqgm.n_report), the VQGM that reconstructs them and the
@@ -147,7 +155,8 @@ def extractor_key(cfg: DictConfig, arch: str, train: TokenStore, val: TokenStore
 
 #: saliency keys that TSVs do not read (masking, concept sets, localisation; the variant is an
 #: argument of get_tsv): a key missing here only costs a needless recompute, never a stale TSV
-TSV_IGNORES = ("variant", "mask_mode", "fill", "fills", "area_k", "random_seeds", "n_concept", "k_concept",
+TSV_IGNORES = ("variant", "mask_mode", "fill", "fills", "fills_n", "fills_random_seeds", "area_k", "random_seeds",
+               "n_concept", "k_concept",
                "n_localisation", "head_fraction")
 
 
@@ -161,17 +170,22 @@ def tsv_key(cfg: DictConfig, extractor, store, variant: str) -> str:
                    "device": torch.device(cfg.device).type})
 
 
-def random_baseline_key(cfg: DictConfig, evaluators: dict, test, fill: str, vqgm=None) -> str:
+def random_baseline_key(cfg: DictConfig, evaluators: dict, test, fill: str, vqgm=None, *,
+                        seeds: int | None = None, levels: list[int] | None = None) -> str:
     """Key of Fig. 3's random baseline under ``fill``: the test split (images, labels, grid), the
-    evaluators, the replicate's seed and the seeds per n; for the token fill also the VQGM that
-    decodes the in-filled tokens. Masks are drawn on the CPU."""
-    return digest({"test": store_key(test), "evaluators": evaluators_key(evaluators), "seed": replicate_seed(cfg),
-                   "random_seeds": int(cfg.saliency.random_seeds), "fill": fill, "per_image": True,
-                   "vqgm": vqgm_key(vqgm) if fill == "token" else None})
+    evaluators, the replicate's seed and the seeds per n (default ``saliency.random_seeds``), the
+    n measured when not the whole grid (``levels``); for the token fill also the VQGM that decodes
+    the in-filled tokens. Masks are drawn on the CPU."""
+    key = {"test": store_key(test), "evaluators": evaluators_key(evaluators), "seed": replicate_seed(cfg),
+           "random_seeds": int(seeds if seeds is not None else cfg.saliency.random_seeds), "fill": fill,
+           "per_image": True, "vqgm": vqgm_key(vqgm) if fill == "token" else None}
+    if levels is not None:  # the whole grid keeps the key it always had
+        key["levels"] = [int(n) for n in levels]
+    return digest(key)
 
 
 #: optimization keys that an edit run does not read: which regions run is decided by the caller
-EDIT_IGNORES = ("saliency_region", "controls")
+EDIT_IGNORES = ("saliency_region", "controls", "original_control", "jobs")
 #: optimization settings that only token selection reads
 TOKEN_ONLY = ("tau", "init")
 

@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from .. import masking
+from ..config import ProfileError
 from ..figures import image_grid, save_figure
 from ..files import save_npy
 from ..saliency import top_n_positions
@@ -33,7 +34,7 @@ from .run import (Run, SectionResult, class_names, compose, display_name, get_ts
                   store_tokens)
 from .s04_concept_level import METHOD_LABEL, concept_sets, fill_of, score_masked
 
-__all__ = ["COLUMNS", "modal_share", "random_baseline", "image_level", "fig3", "fills_frame", "fig3_fills",
+__all__ = ["COLUMNS", "modal_share", "fill_levels", "random_baseline", "image_level", "fig3", "fills_frame", "fig3_fills",
            "fill_check", "masked_counts", "token_examples", "token_figure",
            "fig2", "fig5", "run"]
 
@@ -63,27 +64,50 @@ def _row(cfg: DictConfig, method: str, evaluator: str, n: int, p: np.ndarray, co
             "modal_share": modal_share(pred) if pred is not None else np.nan}
 
 
-def random_baseline(cfg: DictConfig, evaluators: dict, vqgm, fill: str | None = None) -> dict:
-    """Fig. 3's random baseline under ``fill`` (default: the headline fill): for n = 0 (unmasked)
-    and every n of the grid, ``saliency.random_seeds`` random draws of n positions per test image.
-    The unit is the image: its seeds are averaged before anything is resampled (pooling seeds x
-    images as independent rows would narrow the interval by ~sqrt(seeds)). It depends on neither
-    the extractor nor the mask mode, so it is computed once per fill and replicate and cached
-    (.npy, under cache/fig3/).
+def fill_levels(cfg: DictConfig, m: int) -> list[int]:
+    """The n of Fig. 3's grid (:func:`cortex_nb.masking.image_level_grid`) at which the fills other than
+    the headline one are measured: ``saliency.fills_n`` intersected with the grid (null: the whole
+    grid). Raises ProfileError when none of them is on the grid."""
+    grid = masking.image_level_grid(m)
+    keep = cfg.saliency.fills_n
+    if keep is None:
+        return grid
+    out = [n for n in grid if n in {int(k) for k in keep}]
+    if not out:
+        raise ProfileError(f"saliency.fills_n {list(keep)} has no n on Fig. 3's grid {grid} (m = {m})",
+                           fix=f"saliency.fills_n: {grid[::2]} (or null for the whole grid)")
+    return out
 
-    Returns {"n": [0, *grid], "p": {evaluator: (L, N) seed-mean P(true)}, "correct": {evaluator:
+
+def random_baseline(cfg: DictConfig, evaluators: dict, vqgm, fill: str | None = None, *,
+                    levels: list[int] | None = None, seeds: int | None = None) -> dict:
+    """Fig. 3's random baseline under ``fill`` (default: the headline fill): for n = 0 (unmasked)
+    and every n of ``levels`` (default: the whole grid), ``seeds`` (default ``saliency.random_seeds``)
+    random draws of n positions per test image. The unit is the image: its seeds are averaged before
+    anything is resampled (pooling seeds x images as independent rows would narrow the interval by
+    ~sqrt(seeds)). Draw s at n is the same mask whatever ``levels`` and ``seeds`` (seeded by n and s).
+    It depends on neither the extractor nor the mask mode, so it is computed once per fill, levels
+    and replicate and cached (.npy, under cache/fig3/).
+
+    Returns {"n": [0, *levels], "p": {evaluator: (L, N) seed-mean P(true)}, "correct": {evaluator:
     (L, N) seed-mean top-1 correct}, "pred": {evaluator: (L, N) the first seed's argmax}}."""
     fill = fill_of(cfg, fill)
     test = load_split(cfg, "test", vqgm)
     names = list(evaluators)
-    levels = [0, *masking.image_level_grid(int(vqgm.m))]
-    path = cache_path(cfg, "fig3", f"random-{fill}-{random_baseline_key(cfg, evaluators, test, fill, vqgm)}.npy")
+    grid = masking.image_level_grid(int(vqgm.m))
+    levels = grid if levels is None else [int(n) for n in levels]
+    seeds = int(seeds if seeds is not None else cfg.saliency.random_seeds)
+    key = random_baseline_key(cfg, evaluators, test, fill, vqgm, seeds=seeds, levels=None if levels == grid else levels)
+    whole = cache_path(cfg, "fig3", f"random-{fill}-{random_baseline_key(cfg, evaluators, test, fill, vqgm, seeds=seeds)}.npy")
+    levels = [0, *levels]
+    path = cache_path(cfg, "fig3", f"random-{fill}-{key}.npy")
     if path.exists():
         arr = np.load(path)
+    elif whole.exists():   # the whole grid's baseline holds the same draws at these n: take its rows
+        arr = np.load(whole)[[[0, *grid].index(n) for n in levels]]
     else:
         images, labels, tokens = np.asarray(test.images), test.labels, store_tokens(test)
         arr = np.zeros((len(levels), len(names), 3, len(labels)))          # p, correct, pred per level / evaluator
-        seeds = int(cfg.saliency.random_seeds)
         for i, n in enumerate(levels):
             for s in range(seeds if n else 1):
                 gen = torch.Generator().manual_seed(replicate_seed(cfg) * 7919 + 31 * n + s)
@@ -101,19 +125,21 @@ def random_baseline(cfg: DictConfig, evaluators: dict, vqgm, fill: str | None = 
 
 
 def image_level(cfg: DictConfig, tsvs: dict[str, np.ndarray], evaluators: dict, vqgm,
-                mode: str | None = None, fill: str | None = None) -> pd.DataFrame:
+                mode: str | None = None, fill: str | None = None, *, levels: list[int] | None = None,
+                seeds: int | None = None) -> pd.DataFrame:
     """Fig. 3: mean true-class probability vs n masked positions, per evaluator, for each
     extractor's T*_image and for n random positions (:func:`random_baseline`, shared by both
     mask modes), the patches removed by ``fill`` (default: the headline fill). Each method's row
     carries its paired difference to the random baseline on the same images (d_random) and the
-    share of images given to the most-predicted class (modal_share). Returns a long frame
-    (:data:`COLUMNS` + mode, fill)."""
+    share of images given to the most-predicted class (modal_share). ``levels`` / ``seeds``: the n
+    measured and the random seeds per n (default: the whole grid, ``saliency.random_seeds``).
+    Returns a long frame (:data:`COLUMNS` + mode, fill)."""
     fill = fill_of(cfg, fill)
     test = load_split(cfg, "test", vqgm)
     images, labels = np.asarray(test.images), test.labels
     tokens = store_tokens(test)
     mode = mode or cfg.saliency.mask_mode
-    base = random_baseline(cfg, evaluators, vqgm, fill)
+    base = random_baseline(cfg, evaluators, vqgm, fill, levels=levels, seeds=seeds)
     m2 = int(vqgm.m) ** 2
     rows = [_row(cfg, "unmasked", name, 0, base["p"][name][0], base["correct"][name][0], np.zeros(1),
                  base["pred"][name][0]) for name in evaluators]
@@ -162,13 +188,17 @@ def fig3(cfg: DictConfig, df: pd.DataFrame, name: str = "fig3_image_level"):
 def fills_frame(cfg: DictConfig, tsvs: dict[str, np.ndarray], evaluators: dict, vqgm,
                 headline: pd.DataFrame | None = None) -> pd.DataFrame:
     """Fig. 3 (equal-area mode) under every fill of ``saliency.fills``: one long frame with a fill
-    column (the headline fill's frame is reused when given)."""
+    column. The headline fill's frame is reused when given (the whole grid); the other fills are
+    measured at the n of :func:`fill_levels` with ``saliency.fills_random_seeds`` random seeds."""
     frames = []
+    levels = fill_levels(cfg, int(vqgm.m))
+    seeds = cfg.saliency.fills_random_seeds
     for fill in cfg.saliency.fills:
         if headline is not None and fill == headline["fill"].iloc[0] and headline["mode"].iloc[0] == "equal_area":
             frames.append(headline)
         else:
-            frames.append(image_level(cfg, tsvs, evaluators, vqgm, mode="equal_area", fill=str(fill)))
+            frames.append(image_level(cfg, tsvs, evaluators, vqgm, mode="equal_area", fill=str(fill), levels=levels,
+                                      seeds=None if seeds is None else int(seeds)))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -309,7 +339,7 @@ def run(cfg: DictConfig, composed: Run | None = None) -> SectionResult:
     fills = fills_frame(cfg, tsv_test, evaluators, vqgm, headline=curves)
     out.figures["fig3_fills"] = fig3_fills(cfg, fills)
     out.tables["fill_check"] = fill_check(cfg, fills)
-    curves_ids = image_level(cfg, tsv_test, evaluators, vqgm, mode="token_ids")
+    curves_ids = image_level(cfg, tsv_test, evaluators, vqgm, mode="token_ids", levels=fill_levels(cfg, int(vqgm.m)))
     out.figures["fig3_image_level_token_ids_mode"] = fig3(cfg, curves_ids, name="fig3_image_level_token_ids_mode")
     out.tables["masked_counts_token_ids_mode"] = masked_counts(curves_ids)
     sets = concept_sets(cfg, {"CE": get_tsv(cfg, "CE", extractors["CE"], vqgm, "train")}, vqgm)

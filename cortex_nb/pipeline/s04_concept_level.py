@@ -64,23 +64,38 @@ def masked_images(images, masks, fill: str, tokens=None, vqgm=None, batch_size: 
 
 
 def score_masked(cfg: DictConfig, evaluators: dict, images, labels, masks, *, fill: str | None = None,
-                 tokens=None, vqgm=None, batch_size: int = 256) -> dict[str, dict]:
+                 tokens=None, vqgm=None, batch_size: int = 256, base: dict | None = None) -> dict[str, dict]:
     """``{evaluator: {"p_true", "correct", "pred", "n_masked"}}`` (each (B,)) on ``images`` (B, H, W, 3)
     with the patches of ``masks`` (B, m, m) removed by ``fill`` (default: the profile's headline
     ``saliency.fill``; "token" needs the images' ``tokens`` and the ``vqgm``, see :func:`masked_images`).
-    Batched: each batch is masked (or in-filled and decoded) once and shown to every evaluator."""
+    Batched: each batch is masked (or in-filled and decoded) once and shown to every evaluator.
+
+    ``base``: this function's result on the same images unmasked. With it, only the images the mask
+    changes are shown to the evaluators; an image with nothing masked takes its unmasked result
+    (ΔP exactly 0, as it is: the image is the same). A concept set masks nothing in many images."""
     fill = fill_of(cfg, fill)
     masks = torch.as_tensor(masks).bool()
-    parts: dict[str, list] = {name: [] for name in evaluators}
-    for s in range(0, len(labels), batch_size):
-        sl = slice(s, s + batch_size)
-        shown = masked_images(images[sl], masks[sl], fill, None if tokens is None else tokens[sl], vqgm)
-        none = torch.zeros_like(masks[sl])
-        for name, e in evaluators.items():
-            parts[name].append(masking.evaluate_masked(e.predict_proba, shown, labels[sl], none, batch_size=batch_size))
+    labels = np.asarray(labels)
     n_masked = masks.flatten(1).sum(1).numpy()
-    return {name: {k: np.concatenate([r[k] for r in rs]) for k in ("p_true", "correct", "pred")} | {"n_masked": n_masked}
-            for name, rs in parts.items()}
+    rows = np.flatnonzero(n_masked > 0) if base is not None else np.arange(len(labels))
+    parts: dict[str, list] = {name: [] for name in evaluators}
+    for s in range(0, len(rows), batch_size):
+        r = rows[s:s + batch_size]
+        shown = masked_images(np.asarray(images)[r], masks[r], fill, None if tokens is None else tokens[r], vqgm)
+        none = torch.zeros_like(masks[r])
+        for name, e in evaluators.items():
+            parts[name].append(masking.evaluate_masked(e.predict_proba, shown, labels[r], none, batch_size=batch_size))
+    out = {}
+    for name, rs in parts.items():
+        if base is None:
+            res = {k: np.concatenate([x[k] for x in rs]) for k in ("p_true", "correct", "pred")}
+        else:
+            res = {k: np.array(base[name][k], copy=True) for k in ("p_true", "correct", "pred")}
+            for k in res:
+                if len(rows):
+                    res[k][rows] = np.concatenate([x[k] for x in rs])
+        out[name] = res | {"n_masked": n_masked}
+    return out
 
 
 def concept_sets(cfg: DictConfig, tsvs_train: dict[str, np.ndarray], vqgm, k: int | None = None) -> dict[str, torch.Tensor]:
@@ -103,18 +118,21 @@ def concept_sets(cfg: DictConfig, tsvs_train: dict[str, np.ndarray], vqgm, k: in
 
 
 def concept_scores(cfg: DictConfig, sets: dict[str, torch.Tensor], evaluators: dict, vqgm,
-                   fill: str | None = None) -> dict:
+                   fill: str | None = None, base: dict | None = None) -> dict:
     """Every evaluator on the generated test images, unmasked and with each token set's patches
     removed by ``fill``: {"base": {evaluator: result}, "masked": {method: {evaluator: result}},
-    "labels": (N,)} (results as :func:`score_masked`)."""
+    "labels": (N,)} (results as :func:`score_masked`). ``base``: the unmasked results of an earlier
+    call (the same test images), reused; only images a set masks are shown to the evaluators again."""
     test = load_split(cfg, "test", vqgm)
     images, labels, tokens = np.asarray(test.images), test.labels, store_tokens(test)
-    none = torch.zeros(len(labels), vqgm.m, vqgm.m, dtype=torch.bool)
-    out = {"base": score_masked(cfg, evaluators, images, labels, none, fill="black"), "masked": {},
-           "labels": np.asarray(labels)}
+    if base is None:
+        none = torch.zeros(len(labels), vqgm.m, vqgm.m, dtype=torch.bool)
+        base = score_masked(cfg, evaluators, images, labels, none, fill="black")
+    out = {"base": base, "masked": {}, "labels": np.asarray(labels)}
     for method, concept in sets.items():
         mask = masking.mask_token_set(tokens, torch.from_numpy(labels), concept, K=int(vqgm.K))
-        out["masked"][method] = score_masked(cfg, evaluators, images, labels, mask, fill=fill, tokens=tokens, vqgm=vqgm)
+        out["masked"][method] = score_masked(cfg, evaluators, images, labels, mask, fill=fill, tokens=tokens,
+                                             vqgm=vqgm, base=base)
     return out
 
 
@@ -196,19 +214,20 @@ def concept_paired(cfg: DictConfig, scores: dict, fill: str | None = None,
 
 
 def area_curve(cfg: DictConfig, tsvs_train: dict[str, np.ndarray], evaluators: dict, vqgm,
-               fill: str | None = None) -> tuple[pd.DataFrame, dict]:
+               fill: str | None = None, base: dict | None = None) -> tuple[pd.DataFrame, dict]:
     """ΔP against masked area as the concept-set size k varies (``saliency.area_k``), for every
     method: k counts codebook ids, so equal k masks very different areas (the frequency baseline's
     common ids cover far more of the grid). Returns the long frame (method, k, evaluator,
     n_masked, masked_fraction, dP with class-cluster interval) and {k: scores} for
-    :func:`area_matched`."""
+    :func:`area_matched`. ``base``: the unmasked results (:func:`concept_scores`), reused."""
     fill = fill_of(cfg, fill)
     ks = sorted(int(k) for k in cfg.saliency.area_k if int(k) <= int(vqgm.K))
     full = concept_sets(cfg, tsvs_train, vqgm, k=max(ks))
     rows, by_k = [], {}
     for k in ks:
         sets = {mth: s[:, :k] for mth, s in full.items()}
-        sc = concept_scores(cfg, sets, evaluators, vqgm, fill)
+        sc = concept_scores(cfg, sets, evaluators, vqgm, fill, base=base)
+        base = sc["base"]
         by_k[k] = sc
         for method, res in sc["masked"].items():
             for name, r in res.items():
@@ -388,11 +407,12 @@ def concept_frames(cfg: DictConfig, tsv_train: dict[str, np.ndarray], evaluators
     sets = concept_sets(cfg, tsv_train, vqgm)
     scores = concept_scores(cfg, sets, evaluators, vqgm)
     df = concept_level(cfg, sets, evaluators, vqgm, scores=scores)
-    curve, by_k = area_curve(cfg, tsv_train, evaluators, vqgm)
+    curve, by_k = area_curve(cfg, tsv_train, evaluators, vqgm, base=scores["base"])
     area = {a: float(df[df.method == a].n_masked.iloc[0]) for a in tsv_train}
     paired = concept_paired(cfg, scores, matched=area_matched(curve, by_k, area))
-    frames = [df] + ([concept_level(cfg, sets, evaluators, vqgm, fill=str(f)) for f in cfg.saliency.fills
-                      if str(f) != fill_of(cfg)] if fills else [])
+    frames = [df] + ([concept_level(cfg, sets, evaluators, vqgm, fill=str(f),
+                                    scores=concept_scores(cfg, sets, evaluators, vqgm, str(f), base=scores["base"]))
+                      for f in cfg.saliency.fills if str(f) != fill_of(cfg)] if fills else [])
     return {"sets": sets, "table2": df, "curve": curve, "paired": paired, "fills": frames}
 
 
