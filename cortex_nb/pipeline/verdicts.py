@@ -239,7 +239,7 @@ def replicate_dirs(cfg: DictConfig) -> dict:
     for r, d in out.items():
         mine = _settings(d)
         if r and head is not None and mine is not None and mine != head:
-            log.warning("verdicts: replicate %d (%s) ran with other settings than the headline run; left out "
+            log.warning("verdicts: replicate %s (%s) ran with other settings than the headline run; left out "
                         "(rerun `make seeds`)", r, d)
             continue
         keep[r] = d
