@@ -80,6 +80,40 @@ def test_verdict_frame_on_hand_written_replicates(tmp_path):
     assert set(two.verdict) == {"inconclusive"}
 
 
+def test_a_settings_variant_is_shown_beside_the_verdict_and_never_counted(tmp_path, monkeypatch):
+    """results/<p>/variants/<name>: one run under other settings gets its own column (each case judged on
+    its own interval), the caption names the settings it differs in, and the verdicts do not move."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    root = tmp_path / "results" / "smoke"
+    cfg = OmegaConf.merge(load_profile("smoke"), {"paths": {"seeds": str(root / "seeds"),
+                                                            "tables": str(tmp_path / "out")}})
+    dirs = {}
+    for r, (f3, t2, t3) in enumerate(((-0.05, -0.01, 0.02), (-0.02, 0.03, 0.01), (-0.07, -0.02, 0.04))):
+        dirs[r] = (root / "tables") if r == 0 else (root / "seeds" / f"r{r}" / "tables")
+        _write_replicate(dirs[r], f3, t2, t3)
+        (dirs[r].parent / "profile.yaml").write_text(yaml.safe_dump({"profile": {"replicate": r,
+                                                                                 "extractors": {"width": 32}}}))
+    before = V.verdict_table(cfg, V.verdict_frame(cfg, dirs), dirs)
+    assert V.variant_dirs(cfg) == {}
+    var = root / "variants" / "wide" / "tables"
+    _write_replicate(var, -0.05, -0.01, -0.01)                        # Table 3 supported in this one run
+    (var.parent / "profile.yaml").write_text(yaml.safe_dump({"profile": {"extractors": {"width": 64}}}))
+    assert V.variant_dirs(cfg) == {"wide": var}
+    after = V.verdict_table(cfg, V.verdict_frame(cfg, dirs), dirs)
+    col = "Under other settings, not counted: wide"
+    pd.testing.assert_frame_equal(after.drop(columns=[col]), before)         # the verdicts do not move
+    got = dict(zip(after.Claim, after[col]))
+    t3 = next(c for c in got if c.startswith("Table 3 ΔP_Orig: token"))
+    t2 = next(c for c in got if c.startswith("Table 2: CORTEX (CE) lowers"))
+    assert got[t3] == "holds" and dict(zip(before.Claim, before.Verdict))[t3] == "fails"
+    assert got[t2] == "holds"                                         # hi = -0.01 in this run alone
+    assert V.settings_diff(var, dirs[0]) == "extractors.width: 64 (headline: 32)"
+    assert "Variant wide (one run, not counted): extractors.width: 64 (headline: 32)" in \
+        (tmp_path / "out" / "verdicts.md").read_text()
+
+
 def test_area_matched_picks_the_baseline_k_with_the_closest_area():
     from cortex_nb.pipeline.s04_concept_level import area_matched
 

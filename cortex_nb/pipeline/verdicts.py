@@ -21,6 +21,11 @@ its tables and profile.yaml copied there) count like seed replicates. A claim's 
 replicates (and on which CPU) it rests on, the headline replicate's
 interval, the spread of the point estimate across replicates, and what the toy world gives the
 claim by construction.
+
+Settings variants (``results/<p>/variants/<name>/``: one run under other settings, e.g. the toy
+profile before a cost cut, its tables and profile.yaml there) never count; the table adds a column
+per variant with what that run alone says (each case judged on its own interval), and the caption
+lists the settings it differs in: a verdict that moves with a setting is visible.
 """
 from __future__ import annotations
 
@@ -38,7 +43,8 @@ from ..tables import write_table
 
 log = logging.getLogger("cortex_nb")
 
-__all__ = ["Evidence", "Claim", "CLAIMS", "replicate_dirs", "judge", "verdict_frame", "verdict_table", "run"]
+__all__ = ["Evidence", "Claim", "CLAIMS", "replicate_dirs", "variant_dirs", "settings_diff", "judge", "verdict_frame",
+           "verdict_table", "run"]
 
 
 @dataclass(frozen=True)
@@ -250,6 +256,34 @@ def replicate_dirs(cfg: DictConfig) -> dict:
 _FREE = ("replicate", "replicates", "progress", "threads", "device")
 
 
+def variant_dirs(cfg: DictConfig) -> dict[str, Path]:
+    """{name: tables dir} of the settings variants in results/<p>/variants/<name>/tables: a run of the
+    same claims under OTHER settings (its profile.yaml beside its tables, e.g. the toy profile before a
+    cost cut). They never count towards a verdict; the verdict table shows what each would say, so a
+    verdict that moves with a setting is visible."""
+    root = Path(cfg.paths.seeds).parent / "variants"
+    return {d.parent.name: d for d in sorted(root.glob("*/tables")) if any(d.glob("*.csv"))}
+
+
+def settings_diff(tables: Path, head: Path) -> str:
+    """The profile keys (dotted) whose values differ between two runs' profile.yaml, as
+    'key: theirs (headline: ours)'; '' when either is not recorded."""
+    a, b = _settings(tables), _settings(head)
+    if a is None or b is None:
+        return ""
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    fa, fb = flat(a), flat(b)
+    keys = [k for k in dict.fromkeys([*fb, *fa]) if fa.get(k, "(absent)") != fb.get(k, "(absent)")
+            and not k.startswith("paths.")]
+    return ", ".join(f"{k}: {fa.get(k, '(absent)')} (headline: {fb.get(k, '(absent)')})" for k in keys)
+
+
 def _settings(tables: Path) -> dict | None:
     """The profile a tables directory was written with (its profile.yaml beside it), less the keys a
     replicate may change; None when it is not recorded."""
@@ -289,11 +323,12 @@ def judge(evidence: list[Evidence], needed: int) -> str:
     return "inconclusive"
 
 
-def verdict_frame(cfg: DictConfig, dirs: dict[int, Path] | None = None) -> pd.DataFrame:
+def verdict_frame(cfg: DictConfig, dirs: dict[int, Path] | None = None, needed: int | None = None) -> pd.DataFrame:
     """A row per (claim, evaluator): verdict, the replicates it rests on, the headline replicate's
-    paired estimate and interval (its least favourable case), and the estimate's range over replicates."""
+    paired estimate and interval (its least favourable case), and the estimate's range over replicates.
+    ``needed``: replicates a verdict needs (default ``replicates``; 1 judges a single run)."""
     dirs = replicate_dirs(cfg) if dirs is None else dirs
-    needed = int(cfg.replicates)
+    needed = int(cfg.replicates) if needed is None else int(needed)
     rows = []
     for claim in CLAIMS:
         per_rep = {r: claim.evidence(d, cfg) for r, d in dirs.items()}
@@ -334,10 +369,20 @@ def verdict_table(cfg: DictConfig, df: pd.DataFrame, dirs: dict[int, Path] | Non
                      "Across replicates (min … max)": "; ".join(f"{r.evaluator}: {r.seed_min:+.3f} … {r.seed_max:+.3f}"
                                                               for r in g.itertuples()),
                      "Toy world builds in": g.built_in.iloc[0]})
+    variants = variant_dirs(cfg)
+    for name, d in variants.items():   # what the claim's paired intervals say under other settings (not counted)
+        alone = verdict_frame(cfg, {name: d}, needed=1)
+        col = f"Under other settings, not counted: {name}"
+        for row in rows:
+            g = alone[alone.text == row["Claim"]]
+            row[col] = _overall(g) if len(g) else "no data"
     disp = pd.DataFrame(rows)
     machines = "; ".join(f"r{r}: {_machine(d)}" for r, d in dirs.items())
     cap = (f"Verdicts over seed replicates {', '.join(map(str, dirs))} (of {int(cfg.replicates)} required; {machines}). "
            "holds: every replicate's paired interval supports the claim; fails: none does; inconclusive: some do.")
+    head = dirs.get(0)
+    for name, d in variants.items():
+        cap += f" Variant {name} (one run, not counted): " + (settings_diff(d, head) if head else "") + "."
     write_table(df.drop(columns=["text", "built_in"]), cfg.paths.tables, "verdicts_detail", caption=cap)
     write_table(pd.DataFrame(rows), cfg.paths.tables, "verdicts", display=disp, caption=cap)
     return disp
