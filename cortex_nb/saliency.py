@@ -31,7 +31,7 @@ from .inference import eval_mode
 __all__ = [
     "TokenSaliency", "Sigma", "Reduce", "Output",
     "top_n_positions", "positions_to_mask",
-    "concept_tokens", "frequency_baseline", "class_vs_rest_baseline", "token_class_usage",
+    "concept_tokens", "frequency_baseline", "class_vs_rest_baseline", "class_vs_rest_scores", "token_class_usage",
 ]
 
 
@@ -354,6 +354,14 @@ def class_vs_rest_baseline(
     eligible; ties by lower id; -1 padding when a class has fewer than k distinct ids.
     ``return_scores`` also returns the (n_classes, k) float64 scores (-inf at padding).
     """
+    score = class_vs_rest_scores(tokens, labels, n_classes, K, smoothing)
+    top, top_scores = _top_k_ids(score, torch.isfinite(score), k, "class_vs_rest_baseline")
+    return (top, top_scores) if return_scores else top
+
+
+def class_vs_rest_scores(tokens: Any, labels: Any, n_classes: int, K: int, smoothing: float = 1.0) -> torch.Tensor:
+    """:func:`class_vs_rest_baseline`'s score(y, t) for every class and id, (n_classes, K) float64;
+    -inf where class y never holds id t."""
     if smoothing <= 0:
         raise ValueError(f"smoothing must be > 0, got {smoothing}")
     c = token_class_usage(tokens, labels, n_classes, K).double()      # (n_classes, K)
@@ -361,6 +369,4 @@ def class_vs_rest_baseline(
     n_y, n_r = c.sum(1, keepdim=True), r.sum(1, keepdim=True)          # (n_classes, 1)
     s = float(smoothing)
     score = torch.log((c + s) / (n_y + s * K)) - torch.log((r + s) / (n_r + s * K))
-    score = score.masked_fill(c == 0, float("-inf"))
-    top, top_scores = _top_k_ids(score, c > 0, k, "class_vs_rest_baseline")
-    return (top, top_scores) if return_scores else top
+    return score.masked_fill(c == 0, float("-inf"))
