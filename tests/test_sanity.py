@@ -1,0 +1,81 @@
+"""cortex_nb.sanity: which layers each randomisation touches (parameter by parameter), Spearman's rank
+correlation against pandas, Jaccard by hand, and the check doing its job on a real extractor."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cortex_nb.extractors import ExtractorConfig, build_extractor
+from cortex_nb.sanity import (cascading_randomisation, independent_randomisation, jaccard, randomisable_layers,
+                              rank_correlation)
+
+
+def _extractor(arch="CE"):
+    torch.manual_seed(0)
+    f = build_extractor(ExtractorConfig(arch=arch, width=8, d=4, m=4, n_classes=3))
+    f.train()(torch.randn(16, 4, 4, 4))                                 # running statistics away from 0 / 1
+    return f.eval()
+
+
+def _changed(a, b) -> set[str]:
+    """Modules (by name) whose parameters or buffers differ between two copies."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return {k.rsplit(".", 1)[0] for k in sa if not torch.equal(sa[k], sb[k])}
+
+
+@pytest.mark.parametrize("arch", ["CE", "RE"])
+def test_cascading_grows_from_the_output_and_independent_touches_one_layer(arch):
+    f = _extractor(arch)
+    before = {k: v.clone() for k, v in f.state_dict().items()}
+    layers = randomisable_layers(f)
+    assert len(layers) > 4 and layers[-1].startswith("classifier")
+    casc = list(cascading_randomisation(f, seed=1))
+    assert [n for n, _ in casc] == layers[::-1]
+    for i, (name, g) in enumerate(casc):
+        assert _changed(f, g) == set(layers[len(layers) - 1 - i:])      # this layer and every later one
+    indep = list(independent_randomisation(f, seed=1))
+    for name, g in indep:
+        assert _changed(f, g) == {name}
+    # the same layer gets the same fresh weights in both checks
+    name, g_ind = indep[0]
+    torch.testing.assert_close(casc[0][1].get_submodule(name).weight, g_ind.get_submodule(name).weight)
+    for k, v in f.state_dict().items():                                 # the extractor itself is untouched
+        assert torch.equal(v, before[k])
+
+
+def test_rank_correlation_equals_pandas_spearman_with_ties():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 5, (6, 4, 4), generator=g).float()             # many ties
+    b = a + torch.randint(0, 3, (6, 4, 4), generator=g).float()
+    got = rank_correlation(a, b)
+    for i in range(6):
+        frame = pd.DataFrame({"a": a[i].flatten().numpy(), "b": b[i].flatten().numpy()})
+        want = frame.corr(method="spearman").loc["a", "b"]               # pandas' own (Cython) Spearman
+        assert float(got[i]) == pytest.approx(want, abs=1e-12)
+    assert float(rank_correlation(a[:1], a[:1] * 3 + 1)[0]) == pytest.approx(1.0)
+    assert float(rank_correlation(a[:1], -a[:1])[0]) == pytest.approx(-1.0)
+    assert np.isnan(float(rank_correlation(torch.ones(1, 4, 4), a[:1])[0]))
+
+
+def test_jaccard_by_hand_ignores_padding():
+    a = torch.tensor([[1, 2, 3, -1], [5, -1, -1, -1], [-1, -1, -1, -1]])
+    b = torch.tensor([[3, 2, 9, 8], [6, -1, -1, -1], [-1, -1, -1, -1]])
+    np.testing.assert_allclose(jaccard(a, b).numpy(), [2 / 5, 0.0, 1.0])
+
+
+def test_a_destroyed_extractor_gives_a_different_token_saliency():
+    """The point of the check: the TSV of the trained extractor against itself correlates perfectly, and
+    against the fully randomised extractor much less."""
+    from cortex_nb.saliency import TokenSaliency
+
+    f = _extractor()
+    E = torch.randn(8, 4, 4, 4, generator=torch.Generator().manual_seed(3))
+    t = torch.zeros(8, dtype=torch.long)
+
+    def tsv(model):
+        return TokenSaliency.paper(model, n_samples=4).attribute(E, t, generator=torch.Generator().manual_seed(0))
+
+    base = tsv(f)
+    np.testing.assert_allclose(rank_correlation(base, tsv(f)).numpy(), 1.0)
+    *_, (name, destroyed) = cascading_randomisation(f, seed=5)
+    assert float(rank_correlation(base, tsv(destroyed)).mean()) < 0.8
