@@ -186,6 +186,10 @@ SCHEMA: dict[str, Check] = {
     "optimization.jobs": _int(1),
     "optimization.controls": Check("bool"),
     "optimization.original_control": Check("bool"),
+    "faithfulness.n_per_class": _int(1),
+    "faithfulness.steps": _int(1),
+    "faithfulness.ig_steps": _int(1),
+    "faithfulness.archs": Check("list", choices=("CE", "RE")),
     "verdicts.equivalence_margin": _pos(),
 }
 

@@ -384,6 +384,36 @@ def test_edit_runs_in_parallel_processes_equal_the_runs_one_after_another(profil
     assert len(list((_cache(cfg) / "editing").glob("*/done.json"))) == 4   # every run cached
 
 
+def test_faithfulness_section_end_to_end_on_a_tiny_run(profile):
+    """Section 07 on the tiny run: every map scored in both directions under every evaluator, areas in
+    [0, 1], a shared mask scored once, the TSV's areas equal to scoring its curve directly, the tables
+    and the figure written."""
+    from cortex_nb.faithfulness import auc, default_steps, rank_positions, step_mask
+    from cortex_nb.pipeline import s07_faithfulness as S7
+    from cortex_nb.pipeline.s04_concept_level import score_masked
+
+    cfg = profile(**{"faithfulness.n_per_class": 1, "faithfulness.steps": 2, "faithfulness.ig_steps": 4})
+    composed = pipeline.compose(cfg)
+    res = S7.run(cfg, composed)
+    areas, maps = res.values["areas"], res.values["maps"]
+    methods = {("CE", "TSV"), ("RE", "TSV"), ("-", "random"), ("-", "class-vs-rest")} | {("CE", r) for r in S7.RIVALS}
+    assert set(maps) == methods
+    assert {(a, m) for a, m, _, _ in areas} == methods and {d for _, _, d, _ in areas} == {"deletion", "insertion"}
+    for a in areas.values():
+        assert a.shape == (N_CLASSES,) and np.all((a >= 0) & (a <= 1))
+    # the TSV's deletion area, scored here without the section's memo
+    batch = S7.faith_batch(cfg, composed.vqgm)
+    m = composed.vqgm.m
+    ks, order = default_steps(m, 2), rank_positions(maps[("CE", "TSV")])
+    curve = np.stack([score_masked(cfg, composed.evaluators, batch["images"], batch["labels"].numpy(),
+                                   step_mask(order, m, k), tokens=batch["tokens"], vqgm=composed.vqgm)["vit_p4"]["p_true"]
+                      for k in ks])
+    np.testing.assert_allclose(areas[("CE", "TSV", "deletion", "vit_p4")], auc(ks, curve, m), rtol=0, atol=1e-6)
+    for name in ("faithfulness_auc", "faithfulness_cost", "faithfulness_curves"):
+        assert (Path(cfg.paths.tables) / f"{name}.csv").exists()
+    assert (Path(cfg.paths.figures) / "faithfulness_curves.png").exists()
+
+
 def _blobs(n, seed=0):
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % 3

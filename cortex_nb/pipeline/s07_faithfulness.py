@@ -1,0 +1,206 @@
+"""Section 07 (beyond the paper; issue #14): is CORTEX's token saliency faithful, by the field's tests?
+
+On ``faithfulness.n_per_class`` generated test images per class, every attribution ranks each image's
+m² positions -- the TSV of each extractor, and for the extractors of ``faithfulness.archs`` the rivals
+of :mod:`cortex_nb.attributions` (gradient, gradient x input, Integrated Gradients, leave-one-token-out
+occlusion with the token in-fill), plus the random and class-vs-rest controls -- and
+:mod:`cortex_nb.faithfulness` draws the deletion and insertion curves (``faithfulness.steps`` steps,
+the profile's headline fill) under every evaluator. The unit is the image: one area per image, a
+bootstrap interval over images, and each rival paired with its extractor's TSV on the same images.
+
+- :func:`faith_batch`, :func:`fill_embeddings` -- the images, and the embedding of each image's in-fill token;
+- :func:`attribution_maps` -- every map (B, m, m) and the seconds it took;
+- :func:`curves` -- the curves (mean P(true) per k) and the per-image areas; a mask shared by several
+  methods (nothing or everything removed) is scored once;
+- :func:`auc_table`, :func:`cost_table`, :func:`fig_curves`, :func:`run`.
+
+Not yet in a notebook or in ``make all`` (issue #14 continues: notebook 07, the sanity-check tables,
+the Quantus oracle and the benchmark).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from .. import attributions as A
+from .. import masking
+from ..faithfulness import auc, default_steps, perturbation_curve, rank_positions
+from ..figures import save_figure
+from ..saliency import class_vs_rest_scores
+from ..tables import fmt_ci, mean_ci, paired_ci, write_table
+from .keys import replicate_seed
+from .run import (Run, SectionResult, compose, display_name, embed_fn, load_split, saliency_of, setup,
+                  store_tokens)
+from .s04_concept_level import fill_of, score_masked
+
+__all__ = ["RIVALS", "faith_batch", "fill_embeddings", "attribution_maps", "curves", "auc_table", "cost_table",
+           "fig_curves", "run"]
+
+#: the rival attributions computed for each extractor of ``faithfulness.archs`` (beside its TSV)
+RIVALS = ("gradient", "gradient x input", "integrated gradients", "occlusion")
+
+
+def faith_batch(cfg: DictConfig, vqgm) -> dict:
+    """The first ``faithfulness.n_per_class`` generated test images of each class: index into the test
+    split, tokens (B, m, m) int64, labels (B,), images (B, H, W, 3) uint8."""
+    test = load_split(cfg, "test", vqgm)
+    n = int(cfg.faithfulness.n_per_class)
+    idx = np.concatenate([np.flatnonzero(test.labels == c)[:n] for c in range(int(cfg.world.n_classes))])
+    return {"index": idx, "tokens": store_tokens(test)[idx], "labels": torch.from_numpy(test.labels[idx]).long(),
+            "images": np.asarray(test.images)[idx]}
+
+
+def fill_embeddings(vqgm, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, d, m, m): at every position, the codebook vector of the image's most common id -- what the
+    token fill puts in place of a removed token, seen from the extractor's side."""
+    bg = masking.background_tokens(tokens, torch.zeros_like(tokens, dtype=torch.bool))   # (B,)
+    return embed_fn(vqgm.codebook)(bg[:, None, None].expand_as(tokens).contiguous())
+
+
+def attribution_maps(cfg: DictConfig, extractors: dict, vqgm, batch: dict) -> tuple[dict, dict]:
+    """{(extractor, method): scores (B, m, m) float64} and {(extractor, method): seconds}. The TSV of
+    every extractor; the rivals for ``faithfulness.archs``; ("-", "random") and ("-", "class-vs-rest")
+    (the statistic fitted on the training split)."""
+    fc = cfg.faithfulness
+    dev = cfg.device
+    tokens, labels = batch["tokens"], batch["labels"]
+    E = embed_fn(vqgm.codebook.to(dev))(tokens.to(dev))
+    t = labels.to(dev)
+    maps, seconds = {}, {}
+
+    def timed(key, fn):
+        t0 = time.perf_counter()
+        maps[key] = fn().detach().cpu().double()
+        seconds[key] = time.perf_counter() - t0
+
+    for arch, f in extractors.items():
+        gen = torch.Generator(device=dev).manual_seed(replicate_seed(cfg) + 29)
+        timed((arch, "TSV"), lambda: saliency_of(cfg, f).attribute(E, t, generator=gen))
+        if arch not in list(fc.archs):
+            continue
+        timed((arch, "gradient"), lambda: A.gradient(f, E, t))
+        timed((arch, "gradient x input"), lambda: A.gradient_x_input(f, E, t))
+        timed((arch, "integrated gradients"),
+              lambda: A.integrated_gradients(f, E, t, n_steps=int(fc.ig_steps), codebook=vqgm.codebook.to(dev)))
+        fill = fill_embeddings(vqgm, tokens).to(dev)
+        timed((arch, "occlusion"), lambda: A.occlusion(f, E, t, fill))
+    gen = torch.Generator().manual_seed(replicate_seed(cfg) + 31)
+    timed(("-", "random"), lambda: A.random_scores(len(labels), int(vqgm.m), gen))
+    train = load_split(cfg, "train", vqgm)
+    cvr = class_vs_rest_scores(store_tokens(train), torch.from_numpy(train.labels), int(cfg.world.n_classes),
+                               int(vqgm.K))
+    timed(("-", "class-vs-rest"), lambda: A.class_vs_rest_positions(tokens, labels, cvr))
+    return maps, seconds
+
+
+def curves(cfg: DictConfig, maps: dict, evaluators: dict, vqgm, batch: dict,
+           fill: str | None = None) -> tuple[pd.DataFrame, dict]:
+    """Deletion and insertion curves of every map under every evaluator (``fill``: default the headline
+    fill). Returns the long frame (extractor, method, direction, evaluator, k, fraction, p) of mean
+    P(true) and {(extractor, method, direction, evaluator): per-image area (B,)}."""
+    fill = fill_of(cfg, fill)
+    m = int(vqgm.m)
+    ks = default_steps(m, int(cfg.faithfulness.steps))
+    images, labels, tokens = batch["images"], batch["labels"].numpy(), batch["tokens"]
+    memo: dict[bytes, dict] = {}
+
+    def scored(mask: torch.Tensor) -> dict:
+        key = np.packbits(mask.numpy()).tobytes()
+        if key not in memo:                     # nothing / everything removed: the same mask for every method
+            memo[key] = score_masked(cfg, evaluators, images, labels, mask, fill=fill, tokens=tokens, vqgm=vqgm)
+        return memo[key]
+
+    rows, areas = [], {}
+    for (arch, method), s in maps.items():
+        order = rank_positions(s)
+        for direction in ("deletion", "insertion"):
+            for ev in evaluators:
+                _, curve = perturbation_curve(lambda mask: scored(mask)[ev]["p_true"], order, m, ks,
+                                              insertion=direction == "insertion")
+                areas[(arch, method, direction, ev)] = auc(ks, curve, m)
+                rows += [{"extractor": arch, "method": method, "direction": direction, "evaluator": display_name(ev),
+                          "k": k, "fraction": k / m ** 2, "p": float(c.mean()), "fill": fill}
+                         for k, c in zip(ks, curve)]
+    return pd.DataFrame(rows), areas
+
+
+def auc_table(cfg: DictConfig, areas: dict, name: str = "faithfulness_auc") -> pd.DataFrame:
+    """Per method, direction and evaluator: the mean area with its interval over images, and the paired
+    difference to the TSV of the method's extractor (controls: to CE's TSV, or the first extractor's).
+    A faithful ranking has a LOW deletion area and a HIGH insertion area."""
+    seed = int(cfg.seed)
+    archs = [a for a, _, _, _ in areas if a != "-"]
+    rows = []
+    for (arch, method, direction, ev), a in areas.items():
+        ci = mean_ci(a, seed=seed)
+        ref = ("CE" if "CE" in archs else archs[0]) if arch == "-" else arch
+        tsv = areas.get((ref, "TSV", direction, ev))
+        d = paired_ci(a, tsv, seed=seed) if method != "TSV" and tsv is not None else \
+            {"mean": np.nan, "lo": np.nan, "hi": np.nan}
+        rows.append({"extractor": arch, "method": method, "direction": direction, "evaluator": display_name(ev),
+                     "n": len(a), "auc": ci["mean"], "auc_lo": ci["lo"], "auc_hi": ci["hi"], "vs_tsv_of": ref,
+                     "d_tsv": d["mean"], "d_tsv_lo": d["lo"], "d_tsv_hi": d["hi"]})
+    df = pd.DataFrame(rows)
+    disp = df.assign(AUC=[fmt_ci(a, lo, hi) for a, lo, hi in zip(df.auc, df.auc_lo, df.auc_hi)],
+                     minus_TSV=[fmt_ci(a, lo, hi) if np.isfinite(a) else "" for a, lo, hi in
+                                zip(df.d_tsv, df.d_tsv_lo, df.d_tsv_hi)])
+    disp = disp.pivot_table(index=["direction", "extractor", "method"], columns="evaluator", values="AUC",
+                            aggfunc="first", sort=False).reset_index()
+    write_table(df, cfg.paths.tables, name, display=disp,
+                caption="Deletion (lower = more faithful) and insertion (higher = more faithful) areas over the "
+                        "removed fraction, per image, 95% intervals over images; d_tsv in the CSV: paired "
+                        "difference to the extractor's TSV on the same images")
+    return disp
+
+
+def cost_table(cfg: DictConfig, seconds: dict, n: int) -> pd.DataFrame:
+    """Seconds per attribution method for the batch (and per 1000 images)."""
+    df = pd.DataFrame([{"extractor": a, "method": m, "images": n, "seconds": s, "per_1000": 1000 * s / max(n, 1)}
+                       for (a, m), s in seconds.items()])
+    write_table(df, cfg.paths.tables, "faithfulness_cost", display=df.round(3),
+                caption=f"Time to compute each attribution for {n} images (this machine; see profile.yaml)")
+    return df
+
+
+def fig_curves(cfg: DictConfig, frame: pd.DataFrame, arch: str = "CE", name: str = "faithfulness_curves"):
+    """Mean P(true) against the removed (deletion) / revealed (insertion) fraction, a panel per
+    evaluator and direction, a line per method (``arch``'s maps and the controls)."""
+    import matplotlib.pyplot as plt
+
+    evs = list(dict.fromkeys(frame.evaluator))
+    fig, axes = plt.subplots(2, len(evs), figsize=(3.0 * len(evs), 5.2), squeeze=False, sharex=True, sharey=True)
+    d = frame[frame.extractor.isin([arch, "-"])]
+    for r, direction in enumerate(("deletion", "insertion")):
+        for c, ev in enumerate(evs):
+            ax = axes[r, c]
+            for method, g in d[(d.direction == direction) & (d.evaluator == ev)].groupby("method", sort=False):
+                ax.plot(g.fraction, g.p, "-", lw=1.2, label=method)
+            ax.set(title=f"{ev}: {direction}", xlabel="fraction of positions " +
+                   ("removed" if direction == "deletion" else "revealed"))
+    axes[0, 0].set_ylabel("mean P(true)")
+    axes[1, 0].set_ylabel("mean P(true)")
+    axes[0, -1].legend(fontsize=6)
+    fig.tight_layout()
+    save_figure(fig, cfg.paths.figures, name)
+    write_table(frame, cfg.paths.tables, name, caption="Deletion and insertion curves: mean P(true) per step")
+    return fig
+
+
+def run(cfg: DictConfig, composed: Run | None = None) -> SectionResult:
+    """The maps, their curves under the headline fill, the area table, the cost table and the figure."""
+    setup(cfg)
+    composed = composed or compose(cfg)
+    vqgm = composed.vqgm
+    out = SectionResult("faithfulness")
+    batch = faith_batch(cfg, vqgm)
+    maps, seconds = attribution_maps(cfg, composed.extractors, vqgm, batch)
+    frame, areas = curves(cfg, maps, composed.evaluators, vqgm, batch)
+    out.tables["faithfulness_auc"] = auc_table(cfg, areas)
+    out.tables["faithfulness_cost"] = cost_table(cfg, seconds, len(batch["labels"]))
+    out.figures["faithfulness_curves"] = fig_curves(cfg, frame, arch=next(iter(composed.extractors)))
+    out.values.update(maps=maps, areas=areas, curves=frame)
+    return out
