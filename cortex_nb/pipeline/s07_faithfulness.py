@@ -14,8 +14,8 @@ bootstrap interval over images, and each rival paired with its extractor's TSV o
   methods (nothing or everything removed) is scored once;
 - :func:`auc_table`, :func:`cost_table`, :func:`fig_curves`, :func:`run`.
 
-Not yet in a notebook or in ``make all`` (issue #14 continues: notebook 07, the sanity-check tables,
-the Quantus oracle and the benchmark).
+Run headless with ``python -m cortex_nb faithfulness``; not yet in a notebook or in ``make all`` (issue #14
+continues: notebook 07, the sanity-check tables, the Quantus oracle and the benchmark).
 """
 from __future__ import annotations
 
