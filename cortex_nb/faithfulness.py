@@ -60,20 +60,21 @@ def default_steps(m: int, n_steps: int | None = None) -> list[int]:
 
 def perturbation_curve(score: Callable[[torch.Tensor], np.ndarray], order: torch.Tensor, m: int,
                        ks: Sequence[int] | None = None, *, insertion: bool = False) -> tuple[list[int], np.ndarray]:
-    """P(true) of every image after each k of ``ks`` (default every k): ``score(mask (B, m, m)) -> (B,)``
-    removes the masked patches and judges the images (e.g. ``score_masked(...)[evaluator]["p_true"]``).
-    Returns (ks, curve (len(ks), B))."""
+    """P(true) of every image after each k of ``ks`` (default every k): ``score(mask (B, m, m))`` removes
+    the masked patches and judges the images, returning (B,) -- or (..., B), e.g. one row per evaluator,
+    so one masked batch serves them all. Returns (ks, curve (len(ks), ..., B))."""
     ks = default_steps(m) if ks is None else [int(k) for k in ks]
     return ks, np.stack([np.asarray(score(step_mask(order, m, k, insertion=insertion)), dtype=np.float64)
                          for k in ks])
 
 
 def auc(ks: Sequence[int], curve: np.ndarray, m: int) -> np.ndarray:
-    """Area under each image's curve (len(ks), B) over the fraction k / m² (trapezoid): one value per
-    image, 1.0 for a curve that stays at 1, 0.5 for one falling linearly from 1 to 0. ``ks`` must run
-    from 0 to m² (the whole curve)."""
+    """Area under each image's curve (len(ks), ..., B) over the fraction k / m² (trapezoid): one value
+    per image (shape (..., B)), 1.0 for a curve that stays at 1, 0.5 for one falling linearly from 1 to 0.
+    ``ks`` must run from 0 to m² (the whole curve)."""
     x = np.asarray(ks, dtype=np.float64) / (m * m)
     if x[0] != 0 or x[-1] != 1 or np.any(np.diff(x) <= 0):
         raise ValueError(f"ks must increase from 0 to m² = {m * m}, got {list(ks)}")
     y = np.asarray(curve, dtype=np.float64)
-    return ((y[1:] + y[:-1]) / 2 * np.diff(x)[:, None]).sum(0)
+    dx = np.diff(x).reshape(-1, *[1] * (y.ndim - 1))
+    return ((y[1:] + y[:-1]) / 2 * dx).sum(0)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from .files import atomic_path, save_text
 
-__all__ = ["bootstrap_ci", "mean_ci", "cluster_bootstrap_ci", "cluster_and_unit_ci", "paired_ci", "seed_average", "fmt_ci", "write_table"]
+__all__ = ["bootstrap_ci", "mean_ci", "cluster_bootstrap_ci", "cluster_and_unit_ci", "paired_ci", "seed_average", "fmt_ci", "write_table", "read_table"]
 
 
 def bootstrap_ci(values: np.ndarray, *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
@@ -113,6 +113,13 @@ def write_table(df: pd.DataFrame, directory: str | Path, name: str, *, caption: 
     tex = display.to_latex(index=index, escape=True, caption=caption or None, label=f"tab:{name}")
     save_text(paths["tex"], tex)
     return paths
+
+
+def read_table(directory: str | Path, name: str) -> pd.DataFrame | None:
+    """The CSV :func:`write_table` wrote as ``directory/name.csv``; None when there is none (a run
+    that did not produce that table)."""
+    p = Path(directory) / f"{name}.csv"
+    return pd.read_csv(p) if p.is_file() else None
 
 
 def _has_tabulate() -> bool:

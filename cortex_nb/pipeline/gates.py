@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from ..tables import write_table
+from ..tables import read_table, write_table
 
 __all__ = ["Gate", "GATES", "check", "gate_table", "run"]
 
@@ -46,13 +46,8 @@ class Gate:
     test: Callable[[Path], tuple[bool, str] | None]
 
 
-def _read(tables: Path, name: str) -> pd.DataFrame | None:
-    p = Path(tables) / f"{name}.csv"
-    return pd.read_csv(p) if p.is_file() else None
-
-
 def _tokenizer(tables: Path):
-    df = _read(tables, "vqgm_quality")
+    df = read_table(tables, "vqgm_quality")
     if df is None:
         return None
     worst = df.loc[df.ratio.idxmin()]
@@ -60,7 +55,7 @@ def _tokenizer(tables: Path):
 
 
 def _prior(tables: Path):
-    df = _read(tables, "generated_test_accuracy")
+    df = read_table(tables, "generated_test_accuracy")
     if df is None:
         return None
     mean = float(df.acc.mean())
@@ -68,7 +63,7 @@ def _prior(tables: Path):
 
 
 def _fig3(tables: Path):
-    df = _read(tables, "fig3_image_level")
+    df = read_table(tables, "fig3_image_level")
     if df is None:
         return None
     d = df[df.method.isin(["CE", "RE"]) & (df.n > 1)]
@@ -81,7 +76,7 @@ def _fig3(tables: Path):
 
 
 def _area(tables: Path):
-    df = _read(tables, "table2_concept_level")
+    df = read_table(tables, "table2_concept_level")
     if df is None:
         return None
     ce, fr = (df[df.method == m].iloc[0] for m in ("CE", "frequency"))
@@ -89,7 +84,7 @@ def _area(tables: Path):
 
 
 def _table2(tables: Path):
-    df = _read(tables, "table2_paired")
+    df = read_table(tables, "table2_paired")
     if df is None:
         return None
     d = df[(df.kind == "method") & (df.a == "CE") & (df.b == "frequency") & (df.metric == "dP")]
@@ -99,7 +94,7 @@ def _table2(tables: Path):
 
 
 def _localisation(tables: Path):
-    df = _read(tables, "localisation")
+    df = read_table(tables, "localisation")
     if df is None:
         return None
     r = df.set_index("method" if "method" in df else "Method")      # (older runs wrote "Method")

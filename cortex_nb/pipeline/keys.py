@@ -123,16 +123,21 @@ def store_key(store: TokenStore) -> str:
 def evaluators_cache_key(cfg: DictConfig) -> str:
     """Key of the toy evaluators: they are trained on real toy images (seed, world) with the
     evaluators section's settings (weights_dir and preprocess are the pretrained ones')."""
-    return digest({"seed": int(cfg.seed), "world": profile_section(cfg, "world"),
-                   "evaluators": profile_section(cfg, "evaluators", drop=("weights_dir", "preprocess"))})
+    return digest(_evaluator_settings(cfg))
 
 
 def evaluator_key(cfg: DictConfig, name: str) -> str:
     """Key of ONE toy evaluator: :func:`evaluators_cache_key`'s inputs less the list of names, plus
     the name. Each evaluator trains from its own seed, whatever else is trained beside it (a shipped
     evaluator, :mod:`cortex_nb.shipped`, is installed when this key matches)."""
-    return digest({"seed": int(cfg.seed), "world": profile_section(cfg, "world"), "name": str(name),
-                   "evaluators": profile_section(cfg, "evaluators", drop=("weights_dir", "preprocess", "names"))})
+    return digest({**_evaluator_settings(cfg, drop=("names",)), "name": str(name)})
+
+
+def _evaluator_settings(cfg: DictConfig, drop: tuple[str, ...] = ()) -> dict:
+    """What toy evaluators are trained from: the seed, the world and the evaluators section (less the
+    pretrained ones' weights_dir and preprocess, and ``drop``)."""
+    return {"seed": int(cfg.seed), "world": profile_section(cfg, "world"),
+            "evaluators": profile_section(cfg, "evaluators", drop=("weights_dir", "preprocess", *drop))}
 
 
 def quality_key(cfg: DictConfig, vqgm, evaluators: dict) -> str:

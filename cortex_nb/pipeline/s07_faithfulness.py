@@ -114,17 +114,19 @@ def curves(cfg: DictConfig, maps: dict, evaluators: dict, vqgm, batch: dict,
             memo[key] = score_masked(cfg, evaluators, images, labels, mask, fill=fill, tokens=tokens, vqgm=vqgm)
         return memo[key]
 
+    names = list(evaluators)
     rows, areas = [], {}
     for (arch, method), s in maps.items():
         order = rank_positions(s)
         for direction in ("deletion", "insertion"):
-            for ev in evaluators:
-                _, curve = perturbation_curve(lambda mask: scored(mask)[ev]["p_true"], order, m, ks,
-                                              insertion=direction == "insertion")
-                areas[(arch, method, direction, ev)] = auc(ks, curve, m)
-                rows += [{"extractor": arch, "method": method, "direction": direction, "evaluator": display_name(ev),
-                          "k": k, "fraction": k / m ** 2, "p": float(c.mean()), "fill": fill}
-                         for k, c in zip(ks, curve)]
+            # one masked batch per step for every evaluator: curve (len(ks), evaluators, B)
+            _, curve = perturbation_curve(lambda mask: np.stack([scored(mask)[ev]["p_true"] for ev in names]),
+                                          order, m, ks, insertion=direction == "insertion")
+            for j, a in enumerate(auc(ks, curve, m)):
+                areas[(arch, method, direction, names[j])] = a
+            rows += [{"extractor": arch, "method": method, "direction": direction, "evaluator": display_name(ev),
+                      "k": k, "fraction": k / m ** 2, "p": float(curve[i, j].mean()), "fill": fill}
+                     for j, ev in enumerate(names) for i, k in enumerate(ks)]
     return pd.DataFrame(rows), areas
 
 

@@ -39,7 +39,7 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from ..tables import write_table
+from ..tables import read_table, write_table
 
 log = logging.getLogger("cortex_nb")
 
@@ -69,11 +69,6 @@ class Claim:
     built_in: str
 
 
-def _read(tables: Path, name: str) -> pd.DataFrame | None:
-    p = Path(tables) / f"{name}.csv"
-    return pd.read_csv(p) if p.exists() else None
-
-
 def _below(mean, lo, hi, case="") -> Evidence:
     """The claim is 'a lower than b': supported when the interval of a - b lies below 0."""
     return Evidence(float(mean), float(lo), float(hi), bool(hi < 0), bool(lo > 0), case)
@@ -96,7 +91,7 @@ def _fig3(method: str, which: str) -> Callable:
     """Fig. 3: ``method`` minus random (paired per image) below 0 -- at every n > 1 ('n>1') or at the
     smallest n ('n1')."""
     def ev(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
-        df = _read(tables, "fig3_image_level")
+        df = read_table(tables, "fig3_image_level")
         if df is None:
             return {}
         d = df[(df.method == method) & df.d_random.notna()]
@@ -110,7 +105,7 @@ def _table2(a: str, b: str, kind: str = "method") -> Callable:
     """Table 2: ΔP(a) - ΔP(b) below 0 (a hurts more), class-cluster interval; ``b`` may be a prefix
     (area-matched rows name b's k)."""
     def ev(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
-        df = _read(tables, "table2_paired")
+        df = read_table(tables, "table2_paired")
         if df is None:
             return {}
         d = df[(df.kind == kind) & (df.a == a) & df.b.astype(str).str.startswith(b) & (df.metric == "dP")]
@@ -122,7 +117,7 @@ def _fewer_patches(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
     """Table 2: CE's concept sets mask fewer patches than the frequency baseline's (mean masked
     patches; the sets are the same for every evaluator). Interval: CE's upper bound minus the
     baseline's lower bound and vice versa (conservative; unpaired)."""
-    df = _read(tables, "table2_concept_level")
+    df = read_table(tables, "table2_concept_level")
     if df is None:
         return {}
     ce, fr = df[df.method == "CE"].iloc[0], df[df.method == "frequency"].iloc[0]
@@ -132,7 +127,7 @@ def _fewer_patches(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
 
 def _ce_re(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
     """CE ~ RE: Table 2's ΔP(CE) - ΔP(RE) inside +-margin (an equivalence test at the interval level)."""
-    df = _read(tables, "table2_paired")
+    df = read_table(tables, "table2_paired")
     if df is None:
         return {}
     m = float(cfg.verdicts.equivalence_margin)
@@ -144,7 +139,7 @@ def _ce_re(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
 def _robust(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
     """ViT-B/16 (toy: ViT-p4) the most robust: its ΔP under CE's concept masking minus every other
     evaluator's, on the same images, above 0 (it loses less); the least favourable rival decides."""
-    df = _read(tables, "table2_paired")
+    df = read_table(tables, "table2_paired")
     if df is None:
         return {}
     d = df[(df.kind == "evaluator") & (df.metric == "dP")]
@@ -160,7 +155,7 @@ def _table3(a: str, b: str, metric: str) -> Callable:
     below = metric == "dP_orig"
 
     def ev(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
-        df = _read(tables, "table3_paired")
+        df = read_table(tables, "table3_paired")
         if df is None:
             return {}
         d = df[(df.a == a) & (df.b == b) & (df.metric == metric)]
