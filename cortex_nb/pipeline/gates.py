@@ -97,7 +97,7 @@ def _localisation(tables: Path):
     df = read_table(tables, "localisation")
     if df is None:
         return None
-    r = df.set_index("method" if "method" in df else "Method")      # (older runs wrote "Method")
+    r = df.set_index("method")
     others = [m for m in ("random", "frequency", "class-vs-rest") if m in r.index]
     top = max(r.loc[m, "hi"] for m in others)
     ok = all(r.loc[a, "lo"] > top for a in ("CE", "RE") if a in r.index)
