@@ -45,6 +45,10 @@ if TYPE_CHECKING:  # the lazy names below, for linters and editors
                                        score_edits, table3, table3_frame, with_controls)
     from .pipeline.verdicts import verdict_frame, verdict_table
     from .pipeline.s06_browser import BrowserData, browser_data
+    from .pipeline.s07_faithfulness import (attribution_maps, auc_display, auc_table, cost_table, curves,
+                                            faith_batch, faithfulness_fills_table, fig_auc, fig_curves, fig_sanity,
+                                            other_fills, permuted_extractors, rival_localisation,
+                                            rival_localisation_table, sanity_checks, sanity_table)
     from .widgets import TokenBrowser
 
 #: pipeline names -> the module (under cortex_nb) that defines them, imported on first use
@@ -64,6 +68,10 @@ _LAZY = {
                              "table3", "controls_table", "table3_frame", "fig4", "fig6"),
     "pipeline.verdicts": ("verdict_frame", "verdict_table"),
     "pipeline.s06_browser": ("BrowserData", "browser_data"),
+    "pipeline.s07_faithfulness": ("faith_batch", "attribution_maps", "curves", "auc_table", "auc_display",
+                                  "cost_table", "fig_curves", "fig_auc", "other_fills", "faithfulness_fills_table",
+                                  "rival_localisation", "rival_localisation_table", "permuted_extractors",
+                                  "sanity_checks", "sanity_table", "fig_sanity"),
     "widgets": ("TokenBrowser",),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
@@ -92,6 +100,10 @@ __all__ = [
     "pairs_of", "regions_of", "edit_batch", "run_edits", "with_controls", "score_edits", "table3", "controls_table",
     "table3_frame", "fig4", "fig6", "verdict_frame", "verdict_table",
     "BrowserData", "browser_data", "TokenBrowser",
+    # 07 faithfulness beyond the paper
+    "faith_batch", "attribution_maps", "curves", "auc_table", "auc_display", "cost_table", "fig_curves", "fig_auc",
+    "other_fills", "faithfulness_fills_table", "rival_localisation", "rival_localisation_table",
+    "permuted_extractors", "sanity_checks", "sanity_table", "fig_sanity",
 ]
 __version__ = "0.1.0"
 

@@ -16,9 +16,9 @@ GPU run needs no Jupyter. Commands:
   fig3              notebook 03: Fig. 3 (image level, both mask modes, random baseline), Fig. 2, 5
   table2            notebook 04: T*_concept, Table 2 (concept level), ground-truth localisation
   table3            notebook 05: token selection vs embedding optimisation, Table 3, Fig. 4, 6
-  faithfulness      beyond the paper (issue #14, no notebook yet; not part of `all`): deletion and
-                    insertion curves of the TSV, the captum rivals and two controls, their areas
-  all               every section above in notebook order (00 to 05), then the verdicts
+  faithfulness      notebook 07 (beyond the paper): deletion and insertion curves of the TSV, the
+                    captum rivals and two controls, their areas, localisation and sanity checks
+  all               every section above in notebook order (00 to 05, 07), then the verdicts
   seeds             the seed replicates r = 1 .. replicates - 1 (retrained extractors, redrawn
                     noise; results/P/seeds/r<r>/tables), then the verdicts (`make seeds`)
   verdicts          judge each of the paper's claims over the replicates found (holds / fails /
@@ -59,8 +59,8 @@ import yaml
 SECTIONS = {"vqgm-report": "s00_vqgm", "generate": "s01_dataset", "train-extractors": "s02_extractors",
             "fig3": "s03_image_level", "table2": "s04_concept_level", "table3": "s05_editing",
             "faithfulness": "s07_faithfulness"}
-#: sections that `all` leaves out (not yet a notebook of `make all`)
-NOT_IN_ALL = ("faithfulness",)
+#: sections that `all` leaves out
+NOT_IN_ALL: tuple[str, ...] = ()
 #: the splits whose TSVs a section reads (computed on every rank before rank 0 runs the section)
 TSV_SPLITS = {"fig3": ("test", "train"), "table2": ("train",), "table3": ("test",)}
 STAGES = ("vqgm", "evaluators", "vqgm-report", "generate", "train-extractors", "tsv", "fig3", "table2", "table3",

@@ -11,7 +11,8 @@ the information extractor's layers and compare the attributions before and after
 
 A layer is a module with its own parameters that ``reset_parameters`` re-initialises (convolutions,
 linear layers, batch norms -- a batch norm goes back to the identity with fresh running statistics),
-in the order the model registers them. The extractor passed in is never modified: every model yielded
+in the order the model registers them. :func:`randomisable_blocks` groups them as Adebayo et al. do for
+deep networks: a normalisation layer with the layer it normalises, a residual block as one step. The extractor passed in is never modified: every model yielded
 is a copy. The third check of the paper -- an extractor trained on permuted labels -- is a training
 run (``cortex_nb.train.fit`` on shuffled labels), not a transformation of the trained one.
 """
@@ -23,7 +24,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["randomisable_layers", "cascading_randomisation", "independent_randomisation", "rank_correlation",
+__all__ = ["randomisable_layers", "randomisable_blocks", "cascading_randomisation", "independent_randomisation", "rank_correlation",
            "jaccard"]
 
 
@@ -34,35 +35,74 @@ def randomisable_layers(model: nn.Module) -> list[str]:
             if name and hasattr(mod, "reset_parameters") and any(True for _ in mod.parameters(recurse=False))]
 
 
-def _reset(model: nn.Module, name: str, seed: int) -> None:
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def randomisable_blocks(model: nn.Module, residual: tuple[str, ...] = ("layers",)) -> list[list[str]]:
+    """:func:`randomisable_layers` in groups that are randomised together: a normalisation layer joins
+    the layer before it (a batch norm re-scales that layer's output), and every layer inside one block of
+    a ``residual`` container (``layers.3.body.0``, ``layers.3.shortcut.0``, ...: block ``layers.3``) is
+    one group. For CE: each convolution with its batch norm, each linear layer with its norm; for RE: the
+    stem, each residual block, the classifier's layers."""
+    groups: list[list[str]] = []
+    last_block = None
+    for name in randomisable_layers(model):
+        parts = name.split(".")
+        block = ".".join(parts[:2]) if len(parts) > 2 and parts[0] in residual else None
+        norm = isinstance(model.get_submodule(name), _NORMS)
+        if groups and ((norm and not block) or (block is not None and block == last_block)):
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+        last_block = block
+    return groups
+
+
+def _reset(model: nn.Module, names, seed: int) -> None:
     torch.manual_seed(seed)
-    model.get_submodule(name).reset_parameters()
-    if isinstance(model.get_submodule(name), nn.modules.batchnorm._BatchNorm):
-        model.get_submodule(name).reset_running_stats()
+    for name in [names] if isinstance(names, str) else names:
+        mod = model.get_submodule(name)
+        mod.reset_parameters()
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.reset_running_stats()
 
 
-def cascading_randomisation(model: nn.Module, seed: int = 0) -> Iterator[tuple[str, nn.Module]]:
+def _groups(model: nn.Module, blocks: bool) -> list[list[str]]:
+    return randomisable_blocks(model) if blocks else [[n] for n in randomisable_layers(model)]
+
+
+def _label(group: list[str]) -> str:
+    return group[0] if len(group) == 1 else f"{group[0]} .. {group[-1]}"
+
+
+def cascading_randomisation(model: nn.Module, seed: int = 0, *, blocks: bool = False,
+                            same_seed: bool = False) -> Iterator[tuple[str, nn.Module]]:
     """(layer, model with that layer and every layer after it re-initialised), from the output layer
     back to the input one. Each yielded model is its own copy (the next one randomises one layer more);
     ``model`` is untouched. Layer i (in :func:`randomisable_layers` order) is re-initialised from
-    ``seed + i``, so a layer gets the same fresh weights in both checks."""
-    layers = randomisable_layers(model)
+    ``seed + i``, so a layer gets the same fresh weights in both checks. ``blocks``: one step per group
+    of :func:`randomisable_blocks` (named 'first .. last layer' of the group) instead of per layer.
+    ``same_seed``: every layer re-initialised from ``seed`` itself (Quantus's MPRT seeds each layer with
+    its seed + 1; the tests compare the two this way)."""
+    groups = _groups(model, blocks)
     work = copy.deepcopy(model)
     with torch.random.fork_rng():
-        for i in reversed(range(len(layers))):
-            _reset(work, layers[i], seed + i)
-            yield layers[i], copy.deepcopy(work)
+        for i in reversed(range(len(groups))):
+            _reset(work, groups[i], seed if same_seed else seed + i)
+            yield _label(groups[i]), copy.deepcopy(work)
 
 
-def independent_randomisation(model: nn.Module, seed: int = 0) -> Iterator[tuple[str, nn.Module]]:
+def independent_randomisation(model: nn.Module, seed: int = 0, *, blocks: bool = False,
+                              same_seed: bool = False) -> Iterator[tuple[str, nn.Module]]:
     """(layer, a copy of ``model`` with only that layer re-initialised from ``seed + i``), every layer in
-    turn, output side first as :func:`cascading_randomisation`."""
-    layers = randomisable_layers(model)
+    turn, output side first as :func:`cascading_randomisation` (``blocks``: one group at a time;
+    ``same_seed``: as there)."""
+    groups = _groups(model, blocks)
     with torch.random.fork_rng():
-        for i in reversed(range(len(layers))):
+        for i in reversed(range(len(groups))):
             work = copy.deepcopy(model)
-            _reset(work, layers[i], seed + i)
-            yield layers[i], work
+            _reset(work, groups[i], seed if same_seed else seed + i)
+            yield _label(groups[i]), work
 
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:

@@ -190,6 +190,9 @@ SCHEMA: dict[str, Check] = {
     "faithfulness.steps": _int(1),
     "faithfulness.ig_steps": _int(1),
     "faithfulness.archs": Check("list", choices=("CE", "RE")),
+    "faithfulness.fills": Check("list", choices=FILLS, optional=True),
+    "faithfulness.n_localisation": _int(0),
+    "faithfulness.permuted": Check("list", choices=("CE", "RE")),
     "verdicts.equivalence_margin": _pos(),
 }
 

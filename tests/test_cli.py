@@ -136,7 +136,8 @@ def test_fig3_table2_table3_run_headless_and_write_their_outputs(results, tiny_v
     for name in ("fig3_image_level", "fig3_image_level_token_ids_mode", "fig3_fills", "fill_check",
                  "table2_concept_level", "table2_paired", "table2_area_curve", "table2_fills",
                  "table3_optimization", "table3_optimization_all", "table3_controls", "table3_paired",
-                 "faithfulness_auc", "faithfulness_cost", "faithfulness_curves"):
+                 "faithfulness_auc", "faithfulness_cost", "faithfulness_curves", "faithfulness_fills",
+                 "faithfulness_sanity"):
         assert all((tables / f"{name}.{ext}").stat().st_size > 0 for ext in ("csv", "md", "tex")), name
     for name in ("fig3_image_level", "fig3_image_level_token_ids_mode", "fig3_fills", "fig2_token_visualisation",
                  "fig5_token_visualisation", "table2_area_curve", "fig4_editing", "fig6_pairs", "faithfulness_curves"):
@@ -145,7 +146,7 @@ def test_fig3_table2_table3_run_headless_and_write_their_outputs(results, tiny_v
     assert "fig3 (smoke): fig3: 2 tables, 5 figures; 1 process" in out
     assert "table2 (smoke): table2: 3 tables, 1 figure" in out and "table2_concept_level:" in out
     assert "table3 (smoke): table3: 4 tables, 2 figures" in out and "ViT-p4" in out  # + the saliency region
-    assert "faithfulness (smoke): faithfulness: 2 tables, 1 figure" in out
+    assert "faithfulness (smoke): faithfulness: 4 tables, 3 figures" in out  # no localisation: toy only
     import yaml
 
     written = yaml.safe_load((results / "results" / "smoke" / "profile.yaml").read_text())

@@ -409,9 +409,43 @@ def test_faithfulness_section_end_to_end_on_a_tiny_run(profile):
                                    step_mask(order, m, k), tokens=batch["tokens"], vqgm=composed.vqgm)["vit_p4"]["p_true"]
                       for k in ks])
     np.testing.assert_allclose(areas[("CE", "TSV", "deletion", "vit_p4")], auc(ks, curve, m), rtol=0, atol=1e-6)
-    for name in ("faithfulness_auc", "faithfulness_cost", "faithfulness_curves"):
+    for name in ("faithfulness_auc", "faithfulness_cost", "faithfulness_curves", "faithfulness_fills",
+                 "faithfulness_sanity"):
         assert (Path(cfg.paths.tables) / f"{name}.csv").exists()
-    assert (Path(cfg.paths.figures) / "faithfulness_curves.png").exists()
+    for name in ("faithfulness_curves", "faithfulness_auc", "faithfulness_sanity"):
+        assert (Path(cfg.paths.figures) / f"{name}.png").exists()
+    assert not (Path(cfg.paths.tables) / "faithfulness_localisation.csv").exists()      # toy world only
+    # every other fill: the TSV of faithfulness.archs and random, in both directions, per evaluator
+    by_fill = res.values["areas_by_fill"]
+    assert list(by_fill) == [str(cfg.saliency.fill)] + [f for f in cfg.saliency.fills if f != cfg.saliency.fill]
+    for fill, fa in list(by_fill.items())[1:]:
+        assert {(a, m) for a, m, _, _ in fa} == {("CE", "TSV"), ("-", "random")}, fill
+
+    # sanity checks: the trained extractor against itself is 1 / 1, the frequency control never moves,
+    # one cascading / independent step per block, the permuted-label extractor scored
+    from cortex_nb.sanity import cascading_randomisation, randomisable_blocks, rank_correlation
+
+    sanity = res.values["sanity"]
+    trained = sanity[sanity.check == "trained"]
+    assert np.allclose(trained.spearman, 1) and np.allclose(trained.jaccard, 1)
+    control = sanity[sanity.method == "frequency (control)"]
+    assert len(control) > 4 and np.allclose(control.spearman, 1) and np.allclose(control.jaccard, 1)
+    for arch, f in composed.extractors.items():
+        tsv = sanity[(sanity.extractor == arch) & (sanity.method == "TSV")]
+        n_blocks = len(randomisable_blocks(f))
+        assert (tsv.check == "cascading").sum() == (tsv.check == "independent").sum() == n_blocks
+    assert set(sanity[sanity.check == "permuted labels"].extractor) == set(cfg.faithfulness.permuted)
+    # one cascading step recomputed here: the whole CE randomised, its TSV with the section's noise seed
+    *_, (_, g) = cascading_randomisation(composed.extractors["CE"], seed=int(cfg.seed), blocks=True)
+    E = pipeline.embed_fn(composed.vqgm.codebook)(batch["tokens"])
+
+    def tsv_of(model):
+        gen = torch.Generator().manual_seed(keys.replicate_seed(cfg) + 29)
+        return pipeline.saliency_of(cfg, model.eval()).attribute(E, batch["labels"], generator=gen).double()
+
+    rho = rank_correlation(tsv_of(composed.extractors["CE"]), tsv_of(g)).numpy()
+    last = sanity[(sanity.extractor == "CE") & (sanity.method == "TSV") & (sanity.check == "cascading")].iloc[-1]
+    assert last.spearman == pytest.approx(float(np.nanmean(rho)), abs=1e-9)
 
 
 def _blobs(n, seed=0):

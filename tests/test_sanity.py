@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from cortex_nb.extractors import ExtractorConfig, build_extractor
-from cortex_nb.sanity import (cascading_randomisation, independent_randomisation, jaccard, randomisable_layers,
-                              rank_correlation)
+from cortex_nb.sanity import (cascading_randomisation, independent_randomisation, jaccard, randomisable_blocks,
+                              randomisable_layers, rank_correlation)
 
 
 def _extractor(arch="CE"):
@@ -41,6 +41,28 @@ def test_cascading_grows_from_the_output_and_independent_touches_one_layer(arch)
     torch.testing.assert_close(casc[0][1].get_submodule(name).weight, g_ind.get_submodule(name).weight)
     for k, v in f.state_dict().items():                                 # the extractor itself is untouched
         assert torch.equal(v, before[k])
+
+
+@pytest.mark.parametrize("arch", ["CE", "RE"])
+def test_blocks_partition_the_layers_and_randomise_a_block_at_a_time(arch):
+    f = _extractor(arch)
+    layers = randomisable_layers(f)
+    groups = randomisable_blocks(f)
+    assert [n for g in groups for n in g] == layers                     # a partition, in order
+    norms = (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)
+    for g in groups:
+        assert not isinstance(f.get_submodule(g[0]), norms)             # a norm never starts a group
+        prefixes = {".".join(n.split(".")[:2]) for n in g if n.startswith("layers.")}
+        assert len(prefixes) <= 1                                       # never two residual blocks in one
+    if arch == "RE":                                                    # one step per residual block
+        assert sum(g[0].startswith("layers.") for g in groups) == len({n.split(".")[1] for n in layers
+                                                                      if n.startswith("layers.")})
+    casc = list(cascading_randomisation(f, seed=1, blocks=True))
+    assert len(casc) == len(groups)
+    for i, (_, g) in enumerate(casc):
+        assert _changed(f, g) == {n for grp in groups[len(groups) - 1 - i:] for n in grp}
+    for (_, g), grp in zip(independent_randomisation(f, seed=1, blocks=True), groups[::-1]):
+        assert _changed(f, g) == set(grp)
 
 
 def test_rank_correlation_equals_pandas_spearman_with_ties():

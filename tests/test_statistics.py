@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from cortex_nb.tables import bootstrap_ci, mean_ci
 
@@ -59,7 +60,7 @@ import torch  # noqa: E402
 from cortex_nb.masking import mask_token_set  # noqa: E402
 from cortex_nb.pipeline.s03_image_level import masked_counts  # noqa: E402
 from cortex_nb.pipeline.s04_concept_level import (concept_rank_scores, head_positions,  # noqa: E402
-                                                  head_share_of_top_n)
+                                                  head_share_of_top_n, head_share_rows)
 from cortex_nb.pipeline.s05_editing import best_of_checkpoints  # noqa: E402
 
 
@@ -81,6 +82,19 @@ def test_head_share_of_top_n_counts_the_head_among_the_best_positions():
                             [False, True, True, False]])
     assert head_share_of_top_n(scores, is_head, 2).tolist() == [0.5, 1.0]
     assert head_share_of_top_n(scores, is_head, 1).tolist() == [1.0, 1.0]
+
+
+def test_head_share_rows_score_every_method_and_add_the_grid_share_as_random():
+    scores = torch.tensor([[[0.9, 0.1], [0.5, 0.7]],
+                           [[0.0, 0.2], [0.3, 0.1]]])
+    batch = {"is_head": torch.tensor([[True, False, False, False], [False, True, True, False]]), "n": 2}
+    cfg = OmegaConf.create({"seed": 0})
+    rows = head_share_rows(cfg, {("CE", "TSV"): scores, "flat": -scores}, batch)
+    assert [r["method"] for r in rows] == [("CE", "TSV"), "flat", "random"]
+    assert rows[0]["head_share"] == pytest.approx(0.75)                 # (1/2 + 2/2) / 2
+    assert rows[1]["head_share"] == pytest.approx(0.0)                  # worst two: positions 1, 2 / 0, 3
+    assert rows[2]["head_share"] == pytest.approx(0.375)                # (1/4 + 2/4) / 2
+    assert all(r["n"] == 2 and r["lo"] <= r["head_share"] <= r["hi"] for r in rows)
 
 
 def test_concept_rank_scores_rank_each_position_by_its_class_set():

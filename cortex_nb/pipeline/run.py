@@ -282,7 +282,7 @@ def extractor_config(cfg: DictConfig, arch: str, vqgm):
                            width=int(e.width), fc=None if e.fc is None else int(e.fc))
 
 
-def get_extractors(cfg: DictConfig, vqgm=None, *, archs=None) -> dict:
+def get_extractors(cfg: DictConfig, vqgm=None, *, archs=None, permuted: bool = False) -> dict:
     """``{arch: FitResult}`` for CE and RE trained on the synthetic train split (validated on
     val; best epoch by validation top-1 kept; resumable from
     ``cache/extractors/<arch>-<extractor_key>/last.pt``). A finished run is loaded, not retrained;
@@ -290,7 +290,12 @@ def get_extractors(cfg: DictConfig, vqgm=None, *, archs=None) -> dict:
     Each result's ``.model`` is in eval mode on the device.
     Under torchrun every rank calls this: :func:`cortex_nb.train.fit` trains data-parallel (DDP, a
     slice of each global batch per rank, see :mod:`cortex_nb.distributed`) and only rank 0 writes
-    checkpoints."""
+    checkpoints.
+
+    ``permuted``: the same recipe on labels permuted at random (train and val, one fixed permutation
+    each), the extractor of the sanity check of Adebayo et al. (section 07): it can only memorise, so
+    an attribution that still looks like the trained extractor's does not explain the model. Cached
+    beside the real ones (``<arch>-permuted-<key>``)."""
     from ..extractors import build_extractor
     from ..train import FitConfig, fit
 
@@ -299,6 +304,10 @@ def get_extractors(cfg: DictConfig, vqgm=None, *, archs=None) -> dict:
     train, val = load_split(cfg, "train", vqgm), load_split(cfg, "val", vqgm)
     e = cfg.extractors
     embed = embed_fn(vqgm.codebook.to(cfg.device))
+    y_train, y_val = torch.from_numpy(train.labels), torch.from_numpy(val.labels)
+    if permuted:
+        gen = torch.Generator().manual_seed(replicate_seed(cfg) + 37)
+        y_train, y_val = (y[torch.randperm(len(y), generator=gen)] for y in (y_train, y_val))
     out = {}
     for arch in archs or list(e.archs):
         torch.manual_seed(replicate_seed(cfg))
@@ -306,9 +315,10 @@ def get_extractors(cfg: DictConfig, vqgm=None, *, archs=None) -> dict:
         fit_cfg = FitConfig(epochs=int(e.epochs), lr=float(e.lr), weight_decay=float(e.weight_decay),
                             step_size=max(1, int(e.epochs) // 4), gamma=0.1, batch_size=int(e.batch_size),
                             seed=replicate_seed(cfg), device=cfg.device, progress=bool(cfg.progress))
-        ckpt_dir = cache_path(cfg, "extractors", f"{arch}-{extractor_key(cfg, arch, train, val)}")
-        res = fit(model, (torch.from_numpy(np.array(train.tokens)), torch.from_numpy(train.labels)),
-                  (torch.from_numpy(np.array(val.tokens)), torch.from_numpy(val.labels)), fit_cfg,
+        ckpt_dir = cache_path(cfg, "extractors", f"{arch}{'-permuted' * permuted}-"
+                                                 f"{extractor_key(cfg, arch, train, val)}")
+        res = fit(model, (torch.from_numpy(np.array(train.tokens)), y_train),
+                  (torch.from_numpy(np.array(val.tokens)), y_val), fit_cfg,
                   ckpt_dir=ckpt_dir, transform=embed, compact=True)
         res.model.eval()
         out[arch] = res

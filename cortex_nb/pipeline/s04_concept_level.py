@@ -27,7 +27,7 @@ from .run import (Run, SectionResult, compose, display_name, embed_fn, get_tsv, 
 __all__ = ["METHOD_LABEL", "COMPARISONS", "fill_of", "masked_images", "score_masked", "concept_sets", "concept_scores",
            "concept_level", "robust_evaluator", "concept_paired", "area_curve", "area_matched", "fig_area", "table2",
            "paired_table", "fills_table", "concept_frames", "head_positions",
-           "concept_rank_scores", "head_share_of_top_n", "localisation", "localisation_table", "run"]
+           "concept_rank_scores", "head_share_of_top_n", "localisation_batch", "head_share_rows", "localisation", "localisation_table", "run"]
 
 #: how tables and figures name each token source
 METHOD_LABEL = {"CE": "CORTEX (CE)", "RE": "CORTEX (RE)", "random": "random", "frequency": "frequency baseline",
@@ -356,21 +356,41 @@ def head_share_of_top_n(scores: torch.Tensor, is_head: torch.Tensor, n: int) -> 
     return is_head.gather(1, top).float().mean(1)
 
 
+def localisation_batch(cfg: DictConfig, vqgm, n_images: int | None = None) -> dict:
+    """The ground truth of the localisation scores: ``n_images`` (default ``saliency.n_localisation``)
+    real toy images (the 'report' stream) encoded to tokens (B, m, m), their labels (B,), which
+    positions are head, ``is_head`` (B, m²) bool (at least ``saliency.head_fraction`` of the patch is
+    head pixels), and ``n``, the number of top positions scored (the paper's n scaled to the grid)."""
+    from .. import toyworld
+
+    real = real_toy_images(cfg, int(n_images or cfg.saliency.n_localisation), "report")
+    m = int(vqgm.m)
+    return {"tokens": vqgm.encode(toyworld.to_tensor(real.images).to(vqgm.device)).cpu(),
+            "labels": torch.as_tensor(real.labels).long(),
+            "is_head": head_positions(real.masks == toyworld.HEAD, m, float(cfg.saliency.head_fraction)),
+            "n": masking.scaled_n(int(cfg.saliency.n_concept), m)}
+
+
+def head_share_rows(cfg: DictConfig, scores: dict, batch: dict) -> list[dict]:
+    """{method: scores (B, m, m)} -> one row per method (head share of the top-n positions, interval over
+    images), and a last row 'random': the head's share of the grid, what random positions score."""
+    out = []
+    for method, s in scores.items():
+        ci = mean_ci(head_share_of_top_n(s, batch["is_head"], batch["n"]).numpy(), seed=int(cfg.seed))
+        out.append({"method": method, "n": batch["n"], "head_share": ci["mean"], "lo": ci["lo"], "hi": ci["hi"]})
+    ci = mean_ci(batch["is_head"].float().mean(1).numpy(), seed=int(cfg.seed))
+    out.append({"method": "random", "n": batch["n"], "head_share": ci["mean"], "lo": ci["lo"], "hi": ci["hi"]})
+    return out
+
+
 def localisation(cfg: DictConfig, extractors: dict, vqgm, sets: dict[str, torch.Tensor]) -> pd.DataFrame:
     """Beyond the paper: on real toy images (known part masks) encoded to tokens, the share of the
     top-n positions that lie on the head — the species-distinctive part — for each extractor's TSV,
     for positions ranked by the frequency / class-vs-rest baselines (a position scores by its token
     id's rank in the class's set), and for random positions (= the head's share of the grid).
     A position is 'head' when at least ``saliency.head_fraction`` of its patch is head pixels."""
-    from .. import toyworld
-
-    real = real_toy_images(cfg, int(cfg.saliency.n_localisation), "report")
-    x = toyworld.to_tensor(real.images).to(vqgm.device)
-    tokens = vqgm.encode(x).cpu()                                       # (B, m, m)
-    labels = torch.as_tensor(real.labels)
-    m = int(vqgm.m)
-    is_head = head_positions(real.masks == toyworld.HEAD, m, float(cfg.saliency.head_fraction))  # (B, m²)
-    n = masking.scaled_n(int(cfg.saliency.n_concept), m)
+    batch = localisation_batch(cfg, vqgm)
+    tokens, labels = batch["tokens"], batch["labels"]
     embed = embed_fn(vqgm.codebook.to(cfg.device))
     scores: dict[str, torch.Tensor] = {}
     for arch, f in extractors.items():
@@ -379,14 +399,7 @@ def localisation(cfg: DictConfig, extractors: dict, vqgm, sets: dict[str, torch.
                                                      generator=gen).cpu()
     for method in ("frequency", "class-vs-rest"):
         scores[method] = concept_rank_scores(sets[method], labels, tokens, int(vqgm.K))
-    out = []
-    for method, s in scores.items():
-        ci = mean_ci(head_share_of_top_n(s, is_head, n).numpy(), seed=int(cfg.seed))
-        out.append({"method": method, "n": n, "head_share": ci["mean"], "lo": ci["lo"], "hi": ci["hi"]})
-    chance = is_head.float().mean(1).numpy()
-    ci = mean_ci(chance, seed=int(cfg.seed))
-    out.append({"method": "random", "n": n, "head_share": ci["mean"], "lo": ci["lo"], "hi": ci["hi"]})
-    return pd.DataFrame(out)
+    return pd.DataFrame(head_share_rows(cfg, scores, batch))
 
 
 def localisation_table(cfg: DictConfig, df: pd.DataFrame) -> pd.DataFrame:

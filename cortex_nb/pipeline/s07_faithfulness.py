@@ -5,17 +5,24 @@ m² positions -- the TSV of each extractor, and for the extractors of ``faithful
 of :mod:`cortex_nb.attributions` (gradient, gradient x input, Integrated Gradients, leave-one-token-out
 occlusion with the token in-fill), plus the random and class-vs-rest controls -- and
 :mod:`cortex_nb.faithfulness` draws the deletion and insertion curves (``faithfulness.steps`` steps,
-the profile's headline fill) under every evaluator. The unit is the image: one area per image, a
-bootstrap interval over images, and each rival paired with its extractor's TSV on the same images.
+the profile's headline fill; the TSV of ``faithfulness.archs`` and random also under every other fill of
+``faithfulness.fills``)
+under every evaluator. The unit is the image: one area per image, a bootstrap interval over images, and
+each rival paired with its extractor's TSV on the same images.
 
 - :func:`faith_batch`, :func:`fill_embeddings` -- the images, and the embedding of each image's in-fill token;
 - :func:`attribution_maps` -- every map (B, m, m) and the seconds it took;
 - :func:`curves` -- the curves (mean P(true) per k) and the per-image areas; a mask shared by several
   methods (nothing or everything removed) is scored once;
-- :func:`auc_table`, :func:`cost_table`, :func:`fig_curves`, :func:`run`.
-
-Run headless with ``python -m cortex_nb faithfulness``; not yet in a notebook or in ``make all`` (issue #14
-continues: notebook 07, the sanity-check tables, the Quantus oracle and the benchmark).
+- :func:`auc_table`, :func:`faithfulness_fills_table`, :func:`cost_table`, :func:`fig_curves`, :func:`fig_auc`;
+- :func:`rival_localisation` -- which attribution puts its top-n positions on the head (real toy images,
+  known part masks), as the localisation table of section 04 scores the TSV;
+- :func:`sanity_checks`, :func:`sanity_table`, :func:`fig_sanity` -- Adebayo et al.'s checks: cascading
+  and independent randomisation of CE and RE (one step per block, :func:`cortex_nb.sanity.randomisable_blocks`)
+  and extractors retrained on permuted labels (``faithfulness.permuted``), scored by the rank correlation
+  of the TSV maps and the Jaccard overlap of T*_concept with the trained extractor's; the frequency
+  baseline, which reads no model, is the negative control that must come out unchanged;
+- :func:`run` -- all of it, as notebook 07 shows it.
 """
 from __future__ import annotations
 
@@ -30,15 +37,18 @@ from .. import attributions as A
 from .. import masking
 from ..faithfulness import auc, default_steps, perturbation_curve, rank_positions
 from ..figures import save_figure
-from ..saliency import class_vs_rest_scores
+from ..saliency import class_vs_rest_scores, concept_tokens, frequency_baseline, top_n_positions
+from ..sanity import cascading_randomisation, independent_randomisation, jaccard, rank_correlation
 from ..tables import fmt_ci, mean_ci, paired_ci, write_table
 from .keys import replicate_seed
-from .run import (Run, SectionResult, compose, display_name, embed_fn, load_split, saliency_of, setup,
-                  store_tokens)
-from .s04_concept_level import fill_of, score_masked
+from .run import (Run, SectionResult, compose, display_name, embed_fn, get_extractors, load_split, saliency_of,
+                  setup, store_tokens)
+from .s04_concept_level import (concept_rank_scores, fill_of, head_share_rows, localisation_batch, score_masked)
 
-__all__ = ["RIVALS", "faith_batch", "fill_embeddings", "attribution_maps", "curves", "auc_table", "cost_table",
-           "fig_curves", "run"]
+__all__ = ["RIVALS", "faith_batch", "fill_embeddings", "attribution_maps", "curves", "auc_table", "auc_display",
+           "faithfulness_fills_table", "cost_table", "fig_curves", "fig_auc", "rival_localisation",
+           "rival_localisation_table", "permuted_extractors", "sanity_checks", "sanity_table", "fig_sanity",
+           "other_fills", "run"]
 
 #: the rival attributions computed for each extractor of ``faithfulness.archs`` (beside its TSV)
 RIVALS = ("gradient", "gradient x input", "integrated gradients", "occlusion")
@@ -130,10 +140,7 @@ def curves(cfg: DictConfig, maps: dict, evaluators: dict, vqgm, batch: dict,
     return pd.DataFrame(rows), areas
 
 
-def auc_table(cfg: DictConfig, areas: dict, name: str = "faithfulness_auc") -> pd.DataFrame:
-    """Per method, direction and evaluator: the mean area with its interval over images, and the paired
-    difference to the TSV of the method's extractor (controls: to CE's TSV, or the first extractor's).
-    A faithful ranking has a LOW deletion area and a HIGH insertion area."""
+def _auc_rows(cfg: DictConfig, areas: dict, fill: str) -> list[dict]:
     seed = int(cfg.seed)
     archs = [a for a, _, _, _ in areas if a != "-"]
     rows = []
@@ -143,19 +150,54 @@ def auc_table(cfg: DictConfig, areas: dict, name: str = "faithfulness_auc") -> p
         tsv = areas.get((ref, "TSV", direction, ev))
         d = paired_ci(a, tsv, seed=seed) if method != "TSV" and tsv is not None else \
             {"mean": np.nan, "lo": np.nan, "hi": np.nan}
-        rows.append({"extractor": arch, "method": method, "direction": direction, "evaluator": display_name(ev),
-                     "n": len(a), "auc": ci["mean"], "auc_lo": ci["lo"], "auc_hi": ci["hi"], "vs_tsv_of": ref,
-                     "d_tsv": d["mean"], "d_tsv_lo": d["lo"], "d_tsv_hi": d["hi"]})
-    df = pd.DataFrame(rows)
-    disp = df.assign(AUC=[fmt_ci(a, lo, hi) for a, lo, hi in zip(df.auc, df.auc_lo, df.auc_hi)],
-                     minus_TSV=[fmt_ci(a, lo, hi) if np.isfinite(a) else "" for a, lo, hi in
-                                zip(df.d_tsv, df.d_tsv_lo, df.d_tsv_hi)])
-    disp = disp.pivot_table(index=["direction", "extractor", "method"], columns="evaluator", values="AUC",
-                            aggfunc="first", sort=False).reset_index()
+        rows.append({"fill": fill, "extractor": arch, "method": method, "direction": direction,
+                     "evaluator": display_name(ev), "n": len(a), "auc": ci["mean"], "auc_lo": ci["lo"],
+                     "auc_hi": ci["hi"], "vs_tsv_of": ref, "d_tsv": d["mean"], "d_tsv_lo": d["lo"], "d_tsv_hi": d["hi"]})
+    return rows
+
+
+def _auc_display(df: pd.DataFrame, index: list[str]) -> pd.DataFrame:
+    disp = df.assign(AUC=[fmt_ci(a, lo, hi) for a, lo, hi in zip(df.auc, df.auc_lo, df.auc_hi)])
+    return disp.pivot_table(index=index, columns="evaluator", values="AUC", aggfunc="first",
+                            sort=False).reset_index().rename_axis(columns=None)
+
+
+def auc_table(cfg: DictConfig, areas: dict, name: str = "faithfulness_auc", fill: str | None = None) -> pd.DataFrame:
+    """Per method, direction and evaluator: the mean area with its interval over images, and the paired
+    difference to the TSV of the method's extractor (controls: to CE's TSV, or the first extractor's).
+    A faithful ranking has a LOW deletion area and a HIGH insertion area."""
+    df = pd.DataFrame(_auc_rows(cfg, areas, fill_of(cfg, fill)))
+    write_table(df, cfg.paths.tables, name, display=_auc_display(df, ["direction", "extractor", "method"]),
+                caption=f"Deletion (lower = more faithful) and insertion (higher = more faithful) areas over the "
+                        f"removed fraction ({fill_of(cfg, fill)} fill), per image, 95% intervals over images; "
+                        "d_tsv in the CSV: paired difference to the extractor's TSV on the same images")
+    return df
+
+
+def auc_display(df: pd.DataFrame) -> pd.DataFrame:
+    """The AUC frame as the notebook shows it: a row per direction / extractor / method, a column per
+    evaluator, 'mean [lo, hi]'."""
+    return _auc_display(df, ["direction", "extractor", "method"])
+
+
+def faithfulness_fills_table(cfg: DictConfig, areas_by_fill: dict, name: str = "faithfulness_fills") -> pd.DataFrame:
+    """The TSVs' and random's areas under every fill measured ({fill: areas}), and TSV − random paired
+    per image: does the ranking's advantage survive the choice of what replaces a patch?"""
+    df = pd.DataFrame([r for fill, areas in areas_by_fill.items() for r in _auc_rows(cfg, areas, fill)])
+    seed = int(cfg.seed)
+    gap = []
+    for fill, areas in areas_by_fill.items():
+        for (arch, method, direction, ev), a in areas.items():
+            if method == "TSV" and ("-", "random", direction, ev) in areas:
+                d = paired_ci(a, areas[("-", "random", direction, ev)], seed=seed)
+                gap.append({"fill": fill, "direction": direction, "extractor": arch, "evaluator": display_name(ev),
+                            "TSV − random": fmt_ci(d["mean"], d["lo"], d["hi"])})
+    gap = pd.DataFrame(gap)
+    disp = gap.pivot_table(index=["fill", "direction", "extractor"], columns="evaluator", values="TSV − random",
+                           aggfunc="first", sort=False).reset_index().rename_axis(columns=None) if len(gap) else gap
     write_table(df, cfg.paths.tables, name, display=disp,
-                caption="Deletion (lower = more faithful) and insertion (higher = more faithful) areas over the "
-                        "removed fraction, per image, 95% intervals over images; d_tsv in the CSV: paired "
-                        "difference to the extractor's TSV on the same images")
+                caption="TSV − random area per fill, paired per image (deletion: negative = TSV removes what "
+                        "matters first; insertion: positive = TSV restores it first); every area in the CSV")
     return disp
 
 
@@ -174,35 +216,271 @@ def fig_curves(cfg: DictConfig, frame: pd.DataFrame, arch: str = "CE", name: str
     import matplotlib.pyplot as plt
 
     evs = list(dict.fromkeys(frame.evaluator))
-    fig, axes = plt.subplots(2, len(evs), figsize=(3.0 * len(evs), 5.2), squeeze=False, sharex=True, sharey=True)
+    fig, axes = plt.subplots(2, len(evs), figsize=(3.0 * len(evs), 5.4), squeeze=False, sharex=True, sharey=True)
     d = frame[frame.extractor.isin([arch, "-"])]
     for r, direction in enumerate(("deletion", "insertion")):
         for c, ev in enumerate(evs):
             ax = axes[r, c]
             for method, g in d[(d.direction == direction) & (d.evaluator == ev)].groupby("method", sort=False):
-                ax.plot(g.fraction, g.p, "-", lw=1.2, label=method)
-            ax.set(title=f"{ev}: {direction}", xlabel="fraction of positions " +
-                   ("removed" if direction == "deletion" else "revealed"))
+                ax.plot(g.fraction, g.p, "-" if method not in ("random", "class-vs-rest") else "--", lw=1.2,
+                        label=method)
+            ax.set(title=f"{ev}: {direction}", xlabel="fraction " + ("removed" if direction == "deletion"
+                                                                      else "revealed"))
     axes[0, 0].set_ylabel("mean P(true)")
     axes[1, 0].set_ylabel("mean P(true)")
     axes[0, -1].legend(fontsize=6)
+    fig.suptitle(f"Deletion and insertion curves, {arch}'s attributions ({fill_of(cfg)} fill)", fontsize=9)
     fig.tight_layout()
     save_figure(fig, cfg.paths.figures, name)
     write_table(frame, cfg.paths.tables, name, caption="Deletion and insertion curves: mean P(true) per step")
     return fig
 
 
+def fig_auc(cfg: DictConfig, df: pd.DataFrame, name: str = "faithfulness_auc"):
+    """The areas as bars with their 95% intervals: a panel per direction, a group per method, a bar
+    per evaluator (deletion: lower = more faithful; insertion: higher)."""
+    import matplotlib.pyplot as plt
+
+    d = df.assign(label=[m if a == "-" else f"{a} {m}" for a, m in zip(df.extractor, df.method)])
+    labels = list(dict.fromkeys(d.label))
+    evs = list(dict.fromkeys(d.evaluator))
+    w = 0.8 / len(evs)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, direction in zip(axes, ("deletion", "insertion")):
+        g = d[d.direction == direction].set_index(["label", "evaluator"])
+        for j, ev in enumerate(evs):
+            r = g.xs(ev, level="evaluator").reindex(labels)
+            x = np.arange(len(labels)) + (j - (len(evs) - 1) / 2) * w
+            ax.bar(x, r.auc, w, yerr=[r.auc - r.auc_lo, r.auc_hi - r.auc], capsize=1.5, label=ev,
+                   error_kw={"lw": 0.7})
+        ax.set_xticks(np.arange(len(labels)), labels, rotation=35, ha="right", fontsize=7)
+        ax.set_title(f"{direction} AUC ({'lower' if direction == 'deletion' else 'higher'} = more faithful)")
+    axes[0].set_ylabel("area under P(true)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, cfg.paths.figures, name)
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# which attribution finds the head (real toy images, known part masks)
+# --------------------------------------------------------------------------------------
+
+def rival_localisation(cfg: DictConfig, extractors: dict, vqgm) -> pd.DataFrame:
+    """On ``faithfulness.n_localisation`` real toy images encoded to tokens: the share of each
+    attribution's top-n positions on the head (section 04's score), for every map of
+    :func:`attribution_maps` (the random map replaced by its exact expectation, the head's share of
+    the grid: the row 'random')."""
+    lb = localisation_batch(cfg, vqgm, int(cfg.faithfulness.n_localisation))
+    maps, _ = attribution_maps(cfg, extractors, vqgm, {"tokens": lb["tokens"], "labels": lb["labels"]})
+    rows = head_share_rows(cfg, {key: s for key, s in maps.items() if key != ("-", "random")}, lb)
+    return pd.DataFrame([{**r, "extractor": r["method"][0] if isinstance(r["method"], tuple) else "-",
+                          "method": r["method"][1] if isinstance(r["method"], tuple) else r["method"]}
+                         for r in rows])
+
+
+def rival_localisation_table(cfg: DictConfig, df: pd.DataFrame, name: str = "faithfulness_localisation") -> pd.DataFrame:
+    """The rival localisation frame as a table."""
+    disp = pd.DataFrame({"extractor": df.extractor, "method": df.method, "n": df.n,
+                         "share of top-n positions on the head": [fmt_ci(a, lo, hi, pct=True) for a, lo, hi in
+                                                                  zip(df.head_share, df.lo, df.hi)]})
+    write_table(df, cfg.paths.tables, name, display=disp,
+                caption="Ground-truth localisation of every attribution on real toy images (random: the head's "
+                        "share of the grid)")
+    return disp
+
+
+# --------------------------------------------------------------------------------------
+# sanity checks (Adebayo et al. 2018)
+# --------------------------------------------------------------------------------------
+
+def other_fills(cfg: DictConfig, maps: dict, areas: dict, evaluators: dict, vqgm, batch: dict) -> dict:
+    """{fill: areas}: the headline fill's ``areas`` and, for every other fill of ``faithfulness.fills``
+    (null: ``saliency.fills``), the areas of the TSV of the extractors of ``faithfulness.archs`` and of
+    random under it."""
+    fc = cfg.faithfulness
+    by_fill = {fill_of(cfg): areas}
+    sub = {key: s for key, s in maps.items() if key in [(a, "TSV") for a in fc.archs] + [("-", "random")]}
+    for f in (fc.fills if fc.fills is not None else cfg.saliency.fills):
+        if str(f) not in by_fill:
+            by_fill[str(f)] = curves(cfg, sub, evaluators, vqgm, batch, fill=str(f))[1]
+    return by_fill
+
+
+def permuted_extractors(cfg: DictConfig, vqgm) -> dict:
+    """{arch: model} for the extractors of ``faithfulness.permuted``, trained (once, cached) on permuted
+    labels by :func:`cortex_nb.pipeline.run.get_extractors`; their best validation top-1 is chance."""
+    archs = list(cfg.faithfulness.permuted)
+    return {a: r.model for a, r in get_extractors(cfg, vqgm, archs=archs, permuted=True).items()} if archs else {}
+
+
+def sanity_checks(cfg: DictConfig, extractors: dict, vqgm, batch: dict, permuted: dict | None = None) -> pd.DataFrame:
+    """For each extractor: the TSV maps of the batch and T*_concept computed from them (eq. 6 on the
+    batch: top-n positions per image, k ids per class, n and k as in section 04) under every step of
+    the cascading and independent randomisation (one block at a time) and, for ``permuted``
+    ({arch: model trained on permuted labels}), under that model; each compared with the trained
+    extractor's by Spearman's rank correlation per image and Jaccard overlap per class. The TSV noise
+    is drawn from the same seed every time, so only the model differs. The frequency baseline goes
+    through the same loop as the negative control (it reads no model). One row per (extractor, check,
+    step, method); step 0 is the trained extractor. For scale: 'two random initialisations' (two fully
+    randomised copies against each other: what architecture and input alone make maps share), 'CE vs
+    RE' (two trained extractors) and 'random map (floor)' (uniform noise against the first extractor)."""
+    from .. import masking
+
+    dev = cfg.device
+    tokens, labels = batch["tokens"], batch["labels"]
+    E = embed_fn(vqgm.codebook.to(dev))(tokens.to(dev))
+    t = labels.to(dev)
+    C, K, m = int(cfg.world.n_classes), int(vqgm.K), int(vqgm.m)
+    n = masking.scaled_n(int(cfg.saliency.n_concept), m)
+    k = masking.scaled_n(int(cfg.saliency.k_concept), m)
+    seed = int(cfg.seed)
+
+    def tsv(model) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator(device=dev).manual_seed(replicate_seed(cfg) + 29)
+        s = saliency_of(cfg, model).attribute(E, t, generator=gen).detach().cpu().double()
+        return s, concept_tokens(tokens, labels, top_n_positions(s, n), C, K, k)
+
+    def frequency(model) -> tuple[torch.Tensor, torch.Tensor]:            # the control: no model read
+        sets = frequency_baseline(tokens, labels, C, K, k)
+        return concept_rank_scores(sets, labels, tokens, K).double(), sets
+
+    methods = {"TSV": tsv, "frequency (control)": frequency}
+    rows = []
+
+    def row(arch, check, step, layer, method, ref, new, **extra):
+        rho = rank_correlation(ref[0], new[0]).numpy()
+        rho = rho[np.isfinite(rho)]
+        ci = mean_ci(rho, seed=seed) if len(rho) else {"mean": np.nan, "lo": np.nan, "hi": np.nan}
+        jac = mean_ci(jaccard(ref[1], new[1]).numpy(), seed=seed)
+        rows.append({"extractor": arch, "check": check, "step": step, "layer": layer, "method": method,
+                     "spearman": ci["mean"], "spearman_lo": ci["lo"], "spearman_hi": ci["hi"], "n_images": len(rho),
+                     "jaccard": jac["mean"], "jaccard_lo": jac["lo"], "jaccard_hi": jac["hi"], **extra})
+
+    trained = {arch: {name: fn(f) for name, fn in methods.items()} for arch, f in extractors.items()}
+    for arch, f in extractors.items():
+        ref = trained[arch]
+        for name in methods:
+            row(arch, "trained", 0, "none", name, ref[name], ref[name])
+        for check, steps in (("cascading", cascading_randomisation(f, seed=seed, blocks=True)),
+                             ("independent", independent_randomisation(f, seed=seed, blocks=True))):
+            for i, (layer, g) in enumerate(steps, start=1):
+                g.eval()
+                for name, fn in methods.items():
+                    row(arch, check, i, layer, name, ref[name], fn(g))
+        if permuted and arch in permuted:
+            for name, fn in methods.items():
+                row(arch, "permuted labels", 1, "all (retrained)", name, ref[name], fn(permuted[arch]))
+        # for scale: the fully randomised extractor against a second, independent randomisation -- what
+        # the architecture and the input alone make two maps share
+        *_, (_, r1) = cascading_randomisation(f, seed=seed, blocks=True)
+        *_, (_, r2) = cascading_randomisation(f, seed=seed + 1000, blocks=True)
+        row(arch, "two random initialisations", 1, "all (two draws)", "TSV", tsv(r1.eval()), tsv(r2.eval()))
+    archs = list(extractors)
+    if len(archs) >= 2:
+        a, b = archs[:2]
+        row(f"{a} vs {b}", "two trained extractors", 0, "none", "TSV", trained[a]["TSV"], trained[b]["TSV"])
+    gen = torch.Generator().manual_seed(replicate_seed(cfg) + 31)
+    noise = torch.rand(len(labels), m, m, generator=gen, dtype=torch.float64)
+    rand = (noise, concept_tokens(tokens, labels, top_n_positions(noise, n), C, K, k))
+    row(archs[0], "random map (floor)", 0, "none", "TSV", trained[archs[0]]["TSV"], rand)
+    return pd.DataFrame(rows)
+
+
+def sanity_table(cfg: DictConfig, df: pd.DataFrame, name: str = "faithfulness_sanity") -> pd.DataFrame:
+    """The checks in brief: per extractor and method, the output block alone, the whole extractor
+    randomised (cascading, last step), the independent steps' range, the permuted labels, two random
+    initialisations against each other; then the reference rows ('CE vs RE' trained, a random map)
+    in the column 'reference'; every step in the CSV."""
+    out = []
+    per_model = df[~df.check.isin(["two trained extractors", "random map (floor)"])]
+    for (arch, method), g in per_model.groupby(["extractor", "method"], sort=False):
+        def cell(r):
+            return f"{r.spearman:.2f} / {r.jaccard:.2f}"
+        casc, ind = g[g.check == "cascading"], g[g.check == "independent"]
+        perm = g[g.check == "permuted labels"]
+        two = g[g.check == "two random initialisations"]
+        out.append({"extractor": arch, "method": method,
+                    "output block randomised": cell(casc.iloc[0]) if len(casc) else "",
+                    "all blocks (cascading)": cell(casc.iloc[-1]) if len(casc) else "",
+                    "one block at a time (min ρ .. max ρ)": f"{ind.spearman.min():.2f} .. {ind.spearman.max():.2f}"
+                    if len(ind) else "",
+                    "permuted labels": cell(perm.iloc[0]) if len(perm) else "",
+                    "two random initialisations": cell(two.iloc[0]) if len(two) else ""})
+    for check in ("two trained extractors", "random map (floor)"):
+        for r in df[df.check == check].itertuples():
+            out.append({"extractor": r.extractor if check != "random map (floor)" else f"random vs {r.extractor}",
+                        "method": f"{r.method} ({check})", "reference": f"{r.spearman:.2f} / {r.jaccard:.2f}"})
+    disp = pd.DataFrame(out).fillna("")
+    write_table(df, cfg.paths.tables, name, display=disp,
+                caption="Sanity checks (Adebayo et al. 2018): Spearman ρ of the TSV maps / Jaccard of T*_concept "
+                        "against the trained extractor's, mean over images / classes (1 = unchanged). A "
+                        "faithful method falls towards 0; the frequency control must stay at 1")
+    return disp
+
+
+def fig_sanity(cfg: DictConfig, df: pd.DataFrame, name: str = "faithfulness_sanity"):
+    """The degradation plot: Spearman ρ and Jaccard against the number of blocks randomised from the
+    output (cascading), the independent steps, and the permuted-label extractor as a dotted line."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    colours = dict(zip(dict.fromkeys(df.extractor), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for (arch, method), g in df[df.extractor.isin([a for a in colours if " vs " not in a])].groupby(
+            ["extractor", "method"], sort=False):
+        ls = "-" if method == "TSV" else ":"
+        lab = f"{arch} {method}"
+        base = g[g.check == "trained"]
+        for ax, col in zip(axes[:2], ("spearman", "jaccard")):
+            c = pd.concat([base, g[g.check == "cascading"]])
+            ax.plot(c.step, c[col], ls, marker=".", color=colours[arch], label=lab)
+            ax.fill_between(c.step, c[f"{col}_lo"], c[f"{col}_hi"], color=colours[arch], alpha=0.15, lw=0)
+            p = g[g.check == "permuted labels"]
+            if len(p) and method == "TSV":
+                ax.axhline(float(p[col].iloc[0]), color=colours[arch], ls="--", lw=0.8,
+                           label=f"{arch} permuted labels")
+        ind = g[g.check == "independent"]
+        axes[2].plot(ind.step, ind.spearman, ls, marker=".", color=colours[arch], label=lab)
+    for r in df[df.check == "random map (floor)"].itertuples():
+        for ax, col in zip(axes[:2], ("spearman", "jaccard")):
+            ax.axhline(getattr(r, col), color="grey", ls=":", lw=1, label="random map")
+    axes[0].set(title="cascading randomisation", xlabel="blocks randomised (from the output)",
+                ylabel="Spearman ρ with the trained TSV")
+    axes[1].set(title="cascading randomisation", xlabel="blocks randomised (from the output)",
+                ylabel="Jaccard with the trained T*_concept")
+    axes[2].set(title="independent randomisation", xlabel="block randomised alone (1 = output)",
+                ylabel="Spearman ρ with the trained TSV")
+    for ax in axes:
+        ax.set_ylim(-0.1, 1.05)
+        ax.axhline(0, color="grey", lw=0.5)
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    save_figure(fig, cfg.paths.figures, name)
+    return fig
+
+
 def run(cfg: DictConfig, composed: Run | None = None) -> SectionResult:
-    """The maps, their curves under the headline fill, the area table, the cost table and the figure."""
+    """Everything notebook 07 shows: the maps and their cost, the curves and areas under the headline
+    fill (table, curves, bars), the TSVs and random under the other fills, the rivals' localisation
+    (toy), and the sanity checks (table, degradation plot)."""
     setup(cfg)
     composed = composed or compose(cfg)
-    vqgm = composed.vqgm
+    vqgm, extractors, evaluators = composed.vqgm, composed.extractors, composed.evaluators
     out = SectionResult("faithfulness")
     batch = faith_batch(cfg, vqgm)
-    maps, seconds = attribution_maps(cfg, composed.extractors, vqgm, batch)
-    frame, areas = curves(cfg, maps, composed.evaluators, vqgm, batch)
-    out.tables["faithfulness_auc"] = auc_table(cfg, areas)
+    maps, seconds = attribution_maps(cfg, extractors, vqgm, batch)
+    frame, areas = curves(cfg, maps, evaluators, vqgm, batch)
+    auc = auc_table(cfg, areas)
+    out.tables["faithfulness_auc"] = auc_display(auc)
     out.tables["faithfulness_cost"] = cost_table(cfg, seconds, len(batch["labels"]))
-    out.figures["faithfulness_curves"] = fig_curves(cfg, frame, arch=next(iter(composed.extractors)))
-    out.values.update(maps=maps, areas=areas, curves=frame)
+    out.figures["faithfulness_curves"] = fig_curves(cfg, frame, arch=next(iter(extractors)))
+    out.figures["faithfulness_auc"] = fig_auc(cfg, auc)
+    by_fill = other_fills(cfg, maps, areas, evaluators, vqgm, batch)
+    out.tables["faithfulness_fills"] = faithfulness_fills_table(cfg, by_fill)
+    if cfg.vqgm.source == "toy":
+        out.tables["faithfulness_localisation"] = rival_localisation_table(cfg, rival_localisation(cfg, extractors, vqgm))
+    sanity = sanity_checks(cfg, extractors, vqgm, batch, permuted_extractors(cfg, vqgm))
+    out.tables["faithfulness_sanity"] = sanity_table(cfg, sanity)
+    out.figures["faithfulness_sanity"] = fig_sanity(cfg, sanity)
+    out.values.update(maps=maps, areas=areas, curves=frame, sanity=sanity, areas_by_fill=by_fill)
     return out
