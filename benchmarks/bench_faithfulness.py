@@ -88,7 +88,7 @@ def main(argv=None) -> dict:
     if args.quick:
         names, B, B_loop, repeats = ("resnet18", "vit_p8"), 8, 4, 1
     else:
-        names, B, B_loop, repeats = ("resnet18", "resnet34", "vit_p4", "vit_p8"), 200, 20, 2
+        names, B, B_loop, repeats = ("resnet18", "resnet34", "vit_p4", "vit_p8"), 100, 10, 2
     evaluators = {}
     for name in names:
         torch.manual_seed(0)

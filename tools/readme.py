@@ -27,6 +27,9 @@ TABLES = [
     ("localisation", "Ground-truth localisation (notebook 04, beyond the paper)"),
     ("table3_optimization", "Table 3 (notebook 05)"),
     ("table3_controls", "Table 3 with its controls (notebook 05)"),
+    ("faithfulness_auc", "Faithfulness: deletion / insertion areas of every attribution (notebook 07, beyond the paper)"),
+    ("faithfulness_localisation", "Which attribution finds the head (notebook 07)"),
+    ("faithfulness_sanity", "Sanity checks: Spearman ρ / Jaccard against the trained extractor (notebook 07)"),
 ]
 FIGURES = [
     ("toyworld", "The toy world"),
@@ -36,6 +39,8 @@ FIGURES = [
     ("table2_area_curve", "Table 2 at every masked area: ΔP as k varies"),
     ("fig2_token_visualisation", "Fig. 2: the same concept token across images"),
     ("fig4_editing", "Fig. 4: editing sequences"),
+    ("faithfulness_curves", "Deletion and insertion curves (notebook 07)"),
+    ("faithfulness_sanity", "Sanity checks: degradation under randomisation (notebook 07)"),
 ]
 
 

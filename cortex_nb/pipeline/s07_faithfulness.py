@@ -245,7 +245,7 @@ def fig_auc(cfg: DictConfig, df: pd.DataFrame, name: str = "faithfulness_auc"):
     labels = list(dict.fromkeys(d.label))
     evs = list(dict.fromkeys(d.evaluator))
     w = 0.8 / len(evs)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
     for ax, direction in zip(axes, ("deletion", "insertion")):
         g = d[d.direction == direction].set_index(["label", "evaluator"])
         for j, ev in enumerate(evs):
@@ -256,7 +256,7 @@ def fig_auc(cfg: DictConfig, df: pd.DataFrame, name: str = "faithfulness_auc"):
         ax.set_xticks(np.arange(len(labels)), labels, rotation=35, ha="right", fontsize=7)
         ax.set_title(f"{direction} AUC ({'lower' if direction == 'deletion' else 'higher'} = more faithful)")
     axes[0].set_ylabel("area under P(true)")
-    axes[1].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     save_figure(fig, cfg.paths.figures, name)
     return fig
