@@ -154,6 +154,11 @@ def test_replicate_dirs_finds_the_headline_and_seed_tables(tmp_path, monkeypatch
         (d / "profile.yaml").write_text(yaml.safe_dump({"profile": {"replicate": r, "threads": r + 1,
                                                                     "optimization": {"steps": steps}}}))
     assert set(V.replicate_dirs(cfg)) == {0, 1, "machine-avx2"}   # (no profile.yaml: not checked)
+    # ... but a section no claim reads (notebook 07's faithfulness) may differ: r2 with the headline's
+    # steps and another faithfulness section counts again
+    (root / "seeds" / "r2" / "profile.yaml").write_text(yaml.safe_dump(
+        {"profile": {"replicate": 2, "optimization": {"steps": 300}, "faithfulness": {"n_per_class": 3}}}))
+    assert set(V.replicate_dirs(cfg)) == {0, 1, 2, "machine-avx2"}
 
 
 @pytest.mark.parametrize("bad", [[0], [3, 3], "5", [1.5]])

@@ -247,8 +247,10 @@ def replicate_dirs(cfg: DictConfig) -> dict:
     return keep
 
 
-#: profile keys that may differ between the replicates of one verdict table
-_FREE = ("replicate", "replicates", "progress", "threads", "device")
+#: profile keys that may differ between the replicates of one verdict table: run plumbing, and the
+#: sections no claim of the table reads (notebook 07's faithfulness tests), so adding or changing them
+#: does not orphan the replicates
+_FREE = ("replicate", "replicates", "progress", "threads", "device", "faithfulness")
 
 
 def variant_dirs(cfg: DictConfig) -> dict[str, Path]:
