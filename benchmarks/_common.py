@@ -81,6 +81,8 @@ def machine() -> dict[str, Any]:
         load = None
     return {
         "cpu": cpu_model(),
+        # what torch's kernels use (AVX2 on an AVX-512 CPU under ATEN_CPU_CAPABILITY=avx2 emulation)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores_logical": os.cpu_count(),
         "cores_usable": usable,
         "torch": torch.__version__,
@@ -97,7 +99,8 @@ def machine() -> dict[str, Any]:
 def describe(m: dict[str, Any]) -> str:
     """One line for tables and logs."""
     load = "" if not m.get("loadavg") else f", load {m['loadavg'][0]}"
-    return (f"{m['cpu']}, {m['cores_usable']}/{m['cores_logical']} cores, torch {m['torch']}, "
+    cap = f" ({m['cpu_capability']})" if m.get("cpu_capability") else ""
+    return (f"{m['cpu']}{cap}, {m['cores_usable']}/{m['cores_logical']} cores, torch {m['torch']}, "
             f"{m['torch_threads']} thread(s), {m['date']}{load}")
 
 

@@ -48,7 +48,8 @@ def _cell(text) -> str:
 
 def machine_line(m: dict) -> str:
     load = m.get("loadavg")
-    return (f"{m.get('cpu', '?')}, {m.get('cores_usable', '?')}/{m.get('cores_logical', '?')} cores, "
+    cap = f" ({m['cpu_capability']})" if m.get("cpu_capability") else ""
+    return (f"{m.get('cpu', '?')}{cap}, {m.get('cores_usable', '?')}/{m.get('cores_logical', '?')} cores, "
             f"torch {m.get('torch', '?')}, {m.get('torch_threads', '?')} torch thread(s), {m.get('date', '?')}"
             + (f", load average {load[0]}" if load else ""))
 
