@@ -18,10 +18,10 @@ export OMP_WAIT_POLICY := PASSIVE
 FROM_SCRATCH ?=
 export CORTEX_FROM_SCRATCH := $(FROM_SCRATCH)
 
-.PHONY: setup all seeds test unit nbval lab bench clean help
+.PHONY: setup all seeds test unit nbval lab bench atlas clean help
 
 help:
-	@echo "make setup | all [PROFILE=toy|smoke|imagenet] [CELL_TIMEOUT=seconds] [FROM_SCRATCH=1] | seeds | test | lab | clean"
+	@echo "make setup | all [PROFILE=toy|smoke|imagenet] [CELL_TIMEOUT=seconds] [FROM_SCRATCH=1] | seeds | test | lab | atlas | bench | clean"
 
 setup: $(STAMP)
 
@@ -101,6 +101,11 @@ bench: $(STAMP)
 	done; \
 	$(PY) benchmarks/report.py || exit 1; \
 	echo "make bench took $$(( $$(date +%s) - start )) s (results/benchmarks.md)"
+
+# The token atlas: a static HTML site of the concept tokens (results/<profile>/atlas/index.html; opens
+# from file://, offline). Needs `make all` first (its caches); takes about a minute on the toy profile.
+atlas: $(STAMP)
+	$(PY) -m cortex_nb atlas --profile $(PROFILE)
 
 # Real-browser test of the token browser (notebook 06 in headless Chromium via Voilà + Playwright,
 # tests/browser). Installs Chromium from apt only when /usr/bin/chromium is missing (Playwright's

@@ -26,6 +26,8 @@ GPU run needs no Jupyter. Commands:
   gates             check the run's tables against the toy world's science gates (tokenizer, prior
                     samples, Fig. 3, Table 2, localisation): results/P/tables/gates; exit status 1
                     when one fails (`make all` runs it last on the toy profile)
+  atlas             the token atlas (`make atlas`): a static HTML site of CE's concept tokens, a
+                    page per class and per token, in results/P/atlas (opens from file://, offline)
 
 Data parallel, N processes on one machine (gloo on CPU, nccl with one GPU per process on CUDA):
 
@@ -64,7 +66,7 @@ NOT_IN_ALL: tuple[str, ...] = ()
 #: the splits whose TSVs a section reads (computed on every rank before rank 0 runs the section)
 TSV_SPLITS = {"fig3": ("test", "train"), "table2": ("train",), "table3": ("test",)}
 STAGES = ("vqgm", "evaluators", "vqgm-report", "generate", "train-extractors", "tsv", "fig3", "table2", "table3",
-          "faithfulness", "all", "seeds", "verdicts", "gates")
+          "faithfulness", "all", "seeds", "verdicts", "gates", "atlas")
 SPLITS = ("train", "val", "test")
 
 
@@ -167,6 +169,14 @@ def _run(args, cfg) -> str:
         if failed:
             raise GateFailure(failed)
         return f"gates: {len(df)} passed"
+    if args.stage == "atlas":
+        if not main:
+            return ""
+        from .pipeline.atlas import build_atlas
+
+        index = build_atlas(cfg)
+        size = sum(f.stat().st_size for f in index.parent.rglob("*") if f.is_file())
+        return f"atlas: {index} ({size / 1e6:.1f} MB)"
     if args.stage in ("vqgm", "evaluators", "vqgm-report"):  # one process builds, the others wait
         summary = ""
         if main:

@@ -586,3 +586,38 @@ def test_weights_key_is_remembered_until_the_weights_change_in_place():
         other[0].bias.zero_()
     net.load_state_dict(other.state_dict())
     assert weights_key(net) == weights_key(other) != k2
+
+
+def test_token_atlas_from_a_tiny_run(profile):
+    """The atlas on the tiny run: one page per concept token of CE, and a token's ΔP on its page equals
+    scoring its class's gallery images holding it directly (masked vs unmasked), here."""
+    import re
+
+    from cortex_nb.pipeline.atlas import atlas_data, build_atlas
+    from cortex_nb.pipeline.s04_concept_level import score_masked
+
+    cfg = profile()
+    composed = pipeline.compose(cfg)
+    data = atlas_data(cfg, composed)
+    ids = {int(t) for t in data.concepts.ravel() if t >= 0}
+    assert set(data.tokens) == ids and ids
+    index = build_atlas(cfg, composed, out=Path(cfg.paths.results) / "atlas")
+    assert all((index.parent / f"token_{t}.html").exists() for t in ids)
+    test = pipeline.load_split(cfg, "test", composed.vqgm)
+    toks, labs, imgs = np.asarray(test.tokens).astype(np.int64), np.asarray(test.labels), np.asarray(test.images)
+    checked = 0
+    for t, page in data.tokens.items():
+        for c, d in page.delta_p.items():
+            rows = np.flatnonzero((labs == c) & (toks == t).any((1, 2)))
+            if not len(rows):
+                assert all(n == 0 for _, n in d.values())
+                continue
+            mask = torch.from_numpy(toks[rows] == t)
+            before = score_masked(cfg, composed.evaluators, imgs[rows], labs[rows], torch.zeros_like(mask))
+            after = score_masked(cfg, composed.evaluators, imgs[rows], labs[rows], mask)
+            expect = float(np.mean(after["vit_p4"]["p_true"] - before["vit_p4"]["p_true"]))
+            assert d["ViT-p4"] == (pytest.approx(expect, abs=1e-6), len(rows))
+            checked += 1
+    assert checked
+    page = (index.parent / f"token_{next(iter(ids))}.html").read_text()
+    assert re.search(r"ΔP ViT-p4", page)
