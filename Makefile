@@ -88,8 +88,9 @@ unit: $(STAMP)
 nbval: $(STAMP)
 	CORTEX_PROFILE=smoke $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --current-env $(NBS)
 
+# JupyterLab rooted at the checkout (so results/ and figures/ are in its file browser), opening notebooks/.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks
 
 clean:
 	rm -rf results/*/cache results/*/executed results/*/timings results/*/deps results/smoke figures/smoke

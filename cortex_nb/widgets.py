@@ -48,6 +48,8 @@ from .figures import PANEL_DPI, message_png, panel_figure, png_bytes, stack_pngs
 from .masking import scaled_n
 from .pipeline.s06_browser import BASELINES, BrowserData, Ranking, rank_concepts
 from .saliency import token_class_usage
+from .token_search import PARTS, RANK_BY, search_tokens
+from .toyworld import SCENES
 
 __all__ = ["TokenBrowser"]
 
@@ -135,14 +137,38 @@ class TokenBrowser:
         self.status = W.HTML()
         self.output = W.Output(layout=W.Layout(max_height="240px", overflow="auto"))
 
+        # search by ground truth (toy world: data.search holds real images' tokens and part masks)
+        self.search_part = W.Dropdown(options=[("—", None)] + [(p, p) for p in PARTS], value=None,
+                                      description="search")
+        self.search_class = W.Dropdown(options=[("any class", None)] + list(zip(labels, range(C))), value=None,
+                                       description="in")
+        self.search_scene = W.Dropdown(options=[("any scene", None)] + [(sc, i) for i, sc in enumerate(SCENES)],
+                                       value=None, description="scene")
+        self.search_rank = W.ToggleButtons(options=list(RANK_BY), value="precision", description="rank by")
+        self.search_results = W.Select(options=[], rows=8, description="found", layout=W.Layout(width="420px"))
+        self.search_min_count = 5       # a token seen a handful of times on the head has precision 1
+        self.search_top = 50
+        self.search_box = W.VBox([W.HBox([self.search_part, self.search_class, self.search_scene]),
+                                  self.search_rank, self.search_results],
+                                 layout=W.Layout(display=None if data.search is not None else "none"))
+
         for w in (self.class_dropdown, self.source_toggle, self.n_slider, self.k_slider):
             w.observe(self._on_concept, names="value")
         self.token_select.observe(self._on_token, names="value")
         self.page_slider.observe(self._on_page, names="value")
+        for w in (self.search_part, self.search_class, self.search_scene, self.search_rank):
+            w.observe(self._on_search, names="value")
+        self.search_results.observe(self._on_search_pick, names="value")
+        # pixel art (the decoded token, the gallery) is scaled by the browser without smoothing
+        for v in (self.token_view, self.gallery_view):
+            v.add_class("cortex-pixelated")
+        style = W.HTML("<style>.cortex-pixelated{image-rendering:pixelated;image-rendering:crisp-edges}</style>")
 
         self.widget = W.VBox([
+            style,
             W.HBox([self.class_dropdown, self.source_toggle]),
             W.HBox([self.n_slider, self.k_slider]),
+            self.search_box,
             W.HBox([W.VBox([self.token_select, self.token_view]), self.ranking_view, self.usage_view]),
             self.page_slider, self.gallery_view, self.status, self.output,
         ])
@@ -246,7 +272,59 @@ class TokenBrowser:
             "gallery_message": self._gallery_message,
             "usage": self.usage[:, t].tolist() if t is not None else None,
             "redraw_s": self._last_redraw, "error": self.last_error,
+            "search": {"part": self.search_part.value, "class_index": self.search_class.value,
+                       "scene": self.search_scene.value, "rank_by": self.search_rank.value,
+                       "results": [int(v) for _, v in self.search_results.options]},
         }
+
+    # ------------------------------------------------------------------ search
+    def search(self) -> Any:
+        """The current query's ranked table (:func:`cortex_nb.token_search.search_tokens`, ids seen at least
+        ``search_min_count`` times, the best ``search_top``), or None when no part is chosen or the data
+        has no ground truth."""
+        sd, part = self.data.search, self.search_part.value
+        if sd is None or part is None:
+            return None
+        return search_tokens(sd["tokens"], sd["parts"], self.K, part, labels=sd["labels"], scenes=sd["scenes"],
+                             cls=self.search_class.value, scene=self.search_scene.value,
+                             rank_by=self.search_rank.value, min_count=self.search_min_count, top=self.search_top)
+
+    def open_token(self, t: int, class_index: int | None = None) -> None:
+        """Show token t (in ``class_index``, default the current class): selected in the token list (added on
+        top, marked 'search', when it is not one of the class's concept tokens), every view redrawn."""
+        self._busy = True
+        try:
+            if class_index is not None and class_index != self.class_index:
+                self.class_dropdown.value = int(class_index)
+                self._busy = False
+                self._refresh_concept()
+                self._busy = True
+            if int(t) not in [v for _, v in self.token_select.options]:
+                self.token_select.options = [(f"search: token {int(t)}", int(t)), *self.token_select.options]
+            self.token_select.value = int(t)
+        finally:
+            self._busy = False
+        self._refresh_token()
+
+    def _refresh_search(self) -> None:
+        df = self.search()
+        self._busy = True
+        try:
+            self.search_results.options = [] if df is None else [
+                (f"token {int(r.token)}  precision {r.precision:.0%}  recall {r.recall:.1%}  n {int(r.count)}",
+                 int(r.token)) for r in df.itertuples()]
+            self.search_results.value = None
+        finally:
+            self._busy = False
+
+    def _on_search(self, change: dict) -> None:
+        if not self._busy:
+            self._guarded(self._refresh_search)
+
+    def _on_search_pick(self, change: dict) -> None:
+        if not self._busy and change["new"] is not None:
+            c = self.search_class.value
+            self._guarded(lambda: self.open_token(int(change["new"]), c))
 
     # ------------------------------------------------------------------ callbacks
     def _report_error(self, where: str, exc: BaseException) -> None:

@@ -621,3 +621,18 @@ def test_token_atlas_from_a_tiny_run(profile):
     assert checked
     page = (index.parent / f"token_{next(iter(ids))}.html").read_text()
     assert re.search(r"ΔP ViT-p4", page)
+
+
+def test_log_records_go_to_stdout_inside_a_kernel_and_stderr_outside(monkeypatch):
+    """JupyterLab shows stderr in a red box: inside a kernel the pipeline's log records go to stdout."""
+    import sys
+    import types
+
+    import IPython
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: None)
+    assert pipeline.log_stream() is sys.stderr
+    monkeypatch.setattr(IPython, "get_ipython", lambda: types.SimpleNamespace(kernel=object()))
+    assert pipeline.log_stream() is sys.stdout
+    monkeypatch.setattr(IPython, "get_ipython", lambda: types.SimpleNamespace())     # a terminal IPython
+    assert pipeline.log_stream() is sys.stderr

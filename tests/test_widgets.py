@@ -336,12 +336,62 @@ def test_browser_data_glue_with_stand_ins(monkeypatch):
     monkeypatch.setattr(run, "load_split", lambda cfg, split, vqgm=None: stores[split])
     monkeypatch.setattr(run, "class_names", lambda cfg: ["wren", "finch", "tit", "extra"])
     monkeypatch.setattr(run, "get_tsv", lambda cfg, arch, f, vqgm, split: d.train_tsv[arch])
-    cfg = SimpleNamespace(world=SimpleNamespace(n_classes=C))
+    cfg = SimpleNamespace(world=SimpleNamespace(n_classes=C), vqgm=SimpleNamespace(source="taming"))
     bd = s06_browser.browser_data(cfg, FakeVQGM(), {"CE": torch.nn.Identity(), "RE": SimpleNamespace(model=None)})
     assert bd.class_names == ["wren", "finch", "tit"] and (bd.K, bd.m) == (K, M)
+    assert bd.search is None                                            # ground truth only in the toy world
     assert list(bd.train_tsv) == ["CE", "RE"] and bd.gallery_images is not None
     img = bd.token_image(19)
     assert img.dtype == np.uint8 and img.shape == (M * P, M * P, 3) and (img == 255).all()
     bd.token_image(19)
     assert len(calls) == 1 and calls[0].shape == (1, M, M) and (calls[0] == 19).all()
     assert TokenBrowser(bd).state()["error"] is None
+
+
+# ---------------------------------------------------------------------- search by ground truth
+def _with_search(d: BrowserData) -> BrowserData:
+    """Ground truth for the search panel: 15 'real' images (5 per class) whose id 7 sits on the head at
+    (1, 2) and id 3 on the body at (0, 0) in every image; everything else background."""
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(8, K, (15, M, M))
+    parts = np.zeros((15, M, M), np.int64)
+    tokens[:, 1, 2], parts[:, 1, 2] = 7, 2                              # head
+    tokens[:, 0, 0], parts[:, 0, 0] = 3, 1                              # body
+    d.search = {"tokens": tokens, "parts": parts, "labels": np.arange(15) % C, "scenes": np.arange(15) % 4}
+    return d
+
+
+def test_search_lists_the_library_ranking_and_a_click_opens_the_token(data):
+    from cortex_nb.token_search import search_tokens
+
+    d = _with_search(data)
+    b = TokenBrowser(d, source="CE")
+    assert b.search_box.layout.display is None and b.state()["search"]["results"] == []
+    b.search_part.value = "head"
+    expect = search_tokens(d.search["tokens"], d.search["parts"], K, "head", labels=d.search["labels"],
+                           scenes=d.search["scenes"], min_count=b.search_min_count, top=b.search_top)
+    assert b.state()["search"]["results"] == expect.token.tolist() and expect.token.iloc[0] == 7
+    b.search_class.value = 1                                            # the query within class 1 ("finch")
+    b.search_rank.value = "count"
+    expect = search_tokens(d.search["tokens"], d.search["parts"], K, "head", labels=d.search["labels"], cls=1,
+                           rank_by="count", min_count=b.search_min_count, top=b.search_top)
+    assert b.state()["search"]["results"] == expect.token.tolist()
+    b.search_results.value = 7                                          # the click: class 1, token 7
+    st = b.state()
+    assert st["class_index"] == 1 and st["token"] == 7 and st["error"] is None
+    assert st["gallery"] == sorted(oracle_gallery(d, 1, 7))
+    b.search_part.value = "body"
+    b.search_class.value = None
+    b.search_rank.value = "precision"
+    assert b.state()["search"]["results"][0] == 3
+    b.search_results.value = 3                                          # not a concept token of class 1
+    st = b.state()
+    assert st["token"] == 3 and b.token_select.options[0] == ("search: token 3", 3) and st["error"] is None
+    assert st["usage"] == [int((d.train_tokens[d.train_labels == c] == 3).sum()) for c in range(C)]
+
+
+def test_no_ground_truth_hides_the_search_panel(data):
+    b = TokenBrowser(data)
+    assert b.search_box.layout.display == "none" and b.search() is None
+    b.search_part.value = "head"
+    assert b.state()["search"]["results"] == [] and b.state()["error"] is None

@@ -65,7 +65,23 @@ def setup(cfg: DictConfig) -> None:
         config.write_resolved(cfg)
     if not logging.getLogger().handlers:
         who = f" [rank {os.environ.get('RANK', '0')}]" if distributed.launched() else ""
-        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s{who} %(name)s: %(message)s", datefmt="%H:%M:%S")
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s{who} %(name)s: %(message)s", datefmt="%H:%M:%S",
+                            stream=log_stream())
+
+
+def log_stream():
+    """Where log records go: stdout inside a Jupyter kernel (JupyterLab shows stderr in a red box, as if
+    something had failed; these are progress records), stderr everywhere else."""
+    import sys
+
+    try:
+        from IPython import get_ipython
+
+        if getattr(get_ipython(), "kernel", None) is not None:
+            return sys.stdout
+    except ImportError:
+        pass
+    return sys.stderr
 
 
 def display_name(evaluator: str) -> str:

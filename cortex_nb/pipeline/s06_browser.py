@@ -24,7 +24,7 @@ import torch
 
 from ..saliency import class_vs_rest_baseline, concept_tokens, frequency_baseline, top_n_positions
 
-__all__ = ["BASELINES", "BrowserData", "browser_data", "Ranking", "rank_concepts", "run"]
+__all__ = ["BASELINES", "BrowserData", "browser_data", "search_index", "Ranking", "rank_concepts", "run"]
 
 BASELINES = ("frequency", "class-vs-rest")   # sources that need no TSV (n is ignored for them)
 
@@ -46,6 +46,9 @@ class BrowserData:
     gallery_labels: np.ndarray          # (G,)
     gallery_images: np.ndarray          # (G, H, W, 3) uint8, H = W = p·m
     token_image: Callable[[int], np.ndarray]  # token id -> uint8 (h, w, 3)
+    # ground truth for the search panel (toy world only; None hides it): real toy images encoded to tokens,
+    # {"tokens": (R, m, m), "parts": (R, m, m) part per position, "labels": (R,), "scenes": (R,)}
+    search: dict | None = None
 
     def check(self) -> None:
         """Raise ValueError when the arrays disagree in shape (called by TokenBrowser)."""
@@ -95,7 +98,22 @@ def browser_data(cfg, vqgm, extractors: dict) -> BrowserData:
                        train_tokens=np.asarray(train.tokens), train_labels=np.asarray(train.labels),
                        train_tsv=tsv, gallery_tokens=np.asarray(test.tokens),
                        gallery_labels=np.asarray(test.labels), gallery_images=np.asarray(test.images),
-                       token_image=token_image)
+                       token_image=token_image,
+                       search=search_index(cfg, vqgm) if cfg.vqgm.source == "toy" else None)
+
+
+def search_index(cfg, vqgm, n_images: int | None = None) -> dict:
+    """The search panel's ground truth: ``n_images`` (default ``saliency.n_localisation``) real toy
+    images (the 'report' stream) encoded to tokens, with the part of every position
+    (:func:`cortex_nb.token_search.position_parts`), the species and the scene of every image."""
+    from .. import toyworld
+    from ..token_search import position_parts
+    from .run import real_toy_images
+
+    real = real_toy_images(cfg, int(n_images or cfg.saliency.n_localisation), "report")
+    tokens = vqgm.encode(toyworld.to_tensor(real.images).to(vqgm.device)).cpu().numpy()
+    return {"tokens": tokens, "parts": position_parts(real.masks, int(vqgm.m)),
+            "labels": np.asarray(real.labels), "scenes": np.asarray(real.scenes)}
 
 
 @dataclass
