@@ -54,6 +54,43 @@ def one_sequence(data: BrowserData) -> dict[str, float]:
     return times
 
 
+def toy_models():
+    """The intervention panel's models at toy size: the shipped toy VQGM (real weights, no training) and
+    untrained toy evaluators and CE (timing does not depend on training)."""
+    import torch
+
+    from cortex_nb.extractors import ExtractorConfig, build_extractor
+    from cortex_nb.intervention_panel import Intervention
+    from cortex_nb.toy_evaluators import build_toy_evaluator
+    from cortex_nb.vqgm import load_vqgm
+
+    art = C.ROOT / "cortex_nb" / "artifacts" / "toy-vqgm"
+    vqgm = load_vqgm(art / "config.yaml", art / "model.ckpt")
+    torch.manual_seed(0)
+    evs = {n: build_toy_evaluator(n, n_classes=10, image_size=32).eval()
+           for n in ("resnet18", "resnet34", "vit_p4", "vit_p8")}
+    f = build_extractor(ExtractorConfig(arch="CE", width=32, d=vqgm.d, m=vqgm.m, n_classes=10)).eval()
+    return Intervention(vqgm=vqgm, evaluators=evs, extractor=f, steps=300)
+
+
+def intervention_sequence(data: BrowserData, ctx) -> dict[str, float]:
+    """Click-to-result of the intervention panel: two cells, then apply with each fill and a token."""
+    b = TokenBrowser(data, intervention=ctx)
+    p = b.intervention_panel
+    p.cells[3][3].value = p.cells[3][4].value = True
+    times = {}
+    for mode in ("black", "mean", "token"):
+        p.mode.value = mode
+        t0 = time.perf_counter()
+        p.apply_button.click()
+        times[f"apply {mode}"] = time.perf_counter() - t0
+        assert b.state()["error"] is None, b.state()["error"]
+    t0 = time.perf_counter()
+    p.toward_button.click()
+    times[f"edit toward ({ctx.steps} Gumbel steps, on demand)"] = time.perf_counter() - t0
+    return times
+
+
 def main(argv=None) -> dict:
     args = C.parse_args(__doc__.splitlines()[0], argv)
     N, G, repeats = (1_000, 100, 1) if args.quick else (10_000, 500, 3)
@@ -66,9 +103,25 @@ def main(argv=None) -> dict:
     rows = [C.row("token browser: one interaction", f"toy N={N}, m 8, K 512, {G} gallery images", "ours", None,
                   med[slowest], None, goal="— (reported)", agreement=f"slowest: {slowest!r}; no errors",
                   repeats=repeats, times=times)]
-    C.write_result(args, "widgets_redraw", "Token browser redraw", rows, extra={"redraw_seconds": med},
-                   notes=["Median wall seconds per widget change on a fresh browser; 'init' builds the browser."])
-    return {"redraw_seconds": med}
+    ctx = toy_models()
+    if args.quick:
+        ctx.steps = 5
+    intervention_sequence(data, ctx)                                    # warm-up
+    iruns = [intervention_sequence(data, ctx) for _ in range(repeats)]
+    itimes = {k: [r[k] for r in iruns] for k in iruns[0]}
+    imed = {k: statistics.median(v) for k, v in itimes.items()}
+    clicks = {k: v for k, v in imed.items() if k.startswith("apply")}
+    worst = max(clicks, key=clicks.get)
+    rows.append(C.row("intervention panel: click to result", "toy VQGM (shipped), 4 toy evaluators + CE, one image",
+                      "ours", None, clicks[worst], None, goal="< 0.5 s", goal_min=None,
+                      agreement=f"slowest: {worst!r}; edit toward {imed[[k for k in imed if 'toward' in k][0]]:.2f} s "
+                                f"(on demand, not in the budget); no errors", repeats=repeats, times=itimes,
+                      met=bool(clicks[worst] < 0.5)))
+    C.write_result(args, "widgets_redraw", "Token browser redraw", rows, extra={"redraw_seconds": med,
+                                                                              "intervention_seconds": imed},
+                   notes=["Median wall seconds per widget change on a fresh browser; 'init' builds the browser.",
+                          "Intervention: the shipped toy VQGM decodes and encodes, untrained evaluators and CE judge."])
+    return {"redraw_seconds": med, "intervention_seconds": imed}
 
 
 if __name__ == "__main__":

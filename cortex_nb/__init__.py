@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # the lazy names below, for linters and editors
                                             other_fills, permuted_extractors, rival_localisation,
                                             rival_localisation_table, sanity_checks, sanity_table)
     from .widgets import TokenBrowser
+    from .intervention_panel import Intervention, intervention_for
 
 #: pipeline names -> the module (under cortex_nb) that defines them, imported on first use
 _LAZY = {
@@ -73,6 +74,7 @@ _LAZY = {
                                   "rival_localisation", "rival_localisation_table", "permuted_extractors",
                                   "sanity_checks", "sanity_table", "fig_sanity"),
     "widgets": ("TokenBrowser",),
+    "intervention_panel": ("Intervention", "intervention_for"),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
@@ -99,7 +101,7 @@ __all__ = [
     # 05 Table 3, Fig. 4, 6, the verdicts; 06 the token browser
     "pairs_of", "regions_of", "edit_batch", "run_edits", "with_controls", "score_edits", "table3", "controls_table",
     "table3_frame", "fig4", "fig6", "verdict_frame", "verdict_table",
-    "BrowserData", "browser_data", "TokenBrowser",
+    "BrowserData", "browser_data", "TokenBrowser", "Intervention", "intervention_for",
     # 07 faithfulness beyond the paper
     "faith_batch", "attribution_maps", "curves", "auc_table", "auc_display", "cost_table", "fig_curves", "fig_auc",
     "other_fills", "faithfulness_fills_table", "rival_localisation", "rival_localisation_table",

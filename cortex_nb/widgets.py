@@ -84,7 +84,8 @@ class TokenBrowser:
     """
 
     def __init__(self, data: BrowserData, *, n: int | None = None, k: int | None = None, source: str = "CE",
-                 class_name: str | None = None, per_page: int = 12, k_max: int | None = None):
+                 class_name: str | None = None, per_page: int = 12, k_max: int | None = None,
+                 intervention: Any = None):
         data.check()
         self.data = data
         C, m, K = len(data.class_names), int(data.m), int(data.K)
@@ -162,7 +163,7 @@ class TokenBrowser:
         # pixel art (the decoded token, the gallery) is scaled by the browser without smoothing
         for v in (self.token_view, self.gallery_view):
             v.add_class("cortex-pixelated")
-        style = W.HTML("<style>.cortex-pixelated{image-rendering:pixelated;image-rendering:crisp-edges}</style>")
+        style = W.HTML("<style>.cortex-pixelated{image-rendering:pixelated}</style>")
 
         self.widget = W.VBox([
             style,
@@ -172,6 +173,14 @@ class TokenBrowser:
             W.HBox([W.VBox([self.token_select, self.token_view]), self.ranking_view, self.usage_view]),
             self.page_slider, self.gallery_view, self.status, self.output,
         ])
+        # the intervention panel (cortex_nb.intervention_panel), when the models are given
+        self.intervention_panel = None
+        if intervention is not None:
+            from .intervention_panel import InterventionPanel
+
+            self.intervention_panel = InterventionPanel(self, intervention)
+            self.widget.children = (*self.widget.children[:-2], self.intervention_panel.widget,
+                                    *self.widget.children[-2:])
         self._guarded(self._refresh_concept, raise_errors=True)
 
     # ------------------------------------------------------------------ display
@@ -363,6 +372,8 @@ class TokenBrowser:
     def _on_page(self, change: dict) -> None:
         if not self._busy:
             self._guarded(self._render_gallery)
+            if self.intervention_panel is not None:
+                self.intervention_panel.refresh_images()
 
     def _view(self, name: str, render: Callable[[], None]) -> None:
         """Render one view; a failure is reported and the view shows it, the others still render."""
@@ -402,6 +413,8 @@ class TokenBrowser:
         self._view("gallery_view", self._render_gallery)
         self._view("token_view", self._render_token)
         self._view("usage_view", self._render_usage)
+        if self.intervention_panel is not None:
+            self.intervention_panel.refresh_images()
 
     # ------------------------------------------------------------------ views
     def _render_ranking(self) -> None:

@@ -1,0 +1,191 @@
+"""The token browser's intervention panel (issue #15): poke one gallery image and watch the judges.
+
+Pick one of the gallery images the browser shows, click grid cells (an m x m grid of toggle buttons; ipywidgets
+has no click events on images), choose what replaces them -- ``black`` / ``mean`` fill or a token id -- and
+**apply**: the edited image is shown beside the original with every evaluator's P(true class) and P(target
+class) and the extractor's prediction, before and after (:func:`cortex_nb.intervene.edit_image` and
+:func:`~cortex_nb.intervene.judge`: the numbers a notebook gets from the same calls). **Edit toward** runs the
+Gumbel token selection of §3.4 for that image, the selected cells as its region, with a progress bar, and shows
+the tokens it chose. Build it with :class:`Intervention` (the models) and pass it to ``TokenBrowser(...,
+intervention=...)``.
+"""
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ipywidgets as W
+import numpy as np
+import torch
+
+from .figures import panel_figure, png_bytes
+from .intervene import MODES, edit_image, edit_toward, judge
+
+__all__ = ["Intervention", "InterventionPanel", "intervention_for"]
+
+
+@dataclass
+class Intervention:
+    """The models the panel needs: the VQGM, the evaluators ({name: Evaluator}), one information extractor
+    and its name, the display names of the evaluators, and the Gumbel settings of ``edit toward``."""
+    vqgm: Any
+    evaluators: dict
+    extractor: Any
+    extractor_name: str = "CE"
+    display: dict | None = None
+    steps: int = 300
+    lr: float = 0.01
+    tau: float = 1.0
+
+
+def intervention_for(cfg, composed, arch: str = "CE") -> Intervention:
+    """The :class:`Intervention` of a composed run (``compose(cfg)``, evaluators included)."""
+    from .pipeline.run import display_name
+
+    o = cfg.optimization
+    return Intervention(vqgm=composed.vqgm, evaluators=composed.evaluators, extractor=composed.extractors[arch],
+                        extractor_name=arch, display={e: display_name(e) for e in composed.evaluators},
+                        steps=int(o.steps), lr=float(o.lr), tau=float(o.tau))
+
+
+class InterventionPanel:
+    """The panel of one :class:`~cortex_nb.widgets.TokenBrowser` (``browser.intervention_panel``)."""
+
+    def __init__(self, browser, ctx: Intervention):
+        self.browser, self.ctx = browser, ctx
+        m, C = browser.m, browser.C
+        names = list(browser.data.class_names)
+        self.image_select = W.Dropdown(options=[], description="image")
+        self.cells = [[W.ToggleButton(value=False, layout=W.Layout(width="26px", height="22px", padding="0"),
+                                      tooltip=f"cell ({i}, {j})") for j in range(m)] for i in range(m)]
+        self.mode = W.ToggleButtons(options=list(MODES), value="black", description="replace by")
+        self.token_id = W.BoundedIntText(value=0, min=0, max=int(ctx.vqgm.K) - 1, description="token id")
+        self.target = W.Dropdown(options=list(zip(names, range(C))), value=min(1, C - 1), description="target")
+        self.apply_button = W.Button(description="apply", button_style="primary")
+        self.toward_button = W.Button(description="edit toward target")
+        self.clear_button = W.Button(description="clear cells")
+        self.progress = W.IntProgress(value=0, min=0, max=max(1, ctx.steps), description="Gumbel",
+                                      layout=W.Layout(visibility="hidden"))
+        self.view = W.Image(format="png")
+        self.view.add_class("cortex-pixelated")
+        self.table = W.HTML()
+        self.last: dict | None = None
+        self.apply_button.on_click(lambda _: browser._guarded(self.apply))
+        self.toward_button.on_click(lambda _: browser._guarded(self.toward))
+        self.clear_button.on_click(lambda _: browser._guarded(self.clear))
+        grid = W.VBox([W.HBox(row, layout=W.Layout(margin="0")) for row in self.cells],
+                      layout=W.Layout(margin="0 1em 0 0"))
+        self.widget = W.VBox([
+            W.HTML("<b>Intervene</b> on one gallery image: click cells, choose what replaces them, apply."),
+            W.HBox([self.image_select, self.target]),
+            W.HBox([grid, W.VBox([self.mode, self.token_id, W.HBox([self.apply_button, self.clear_button]),
+                                  W.HBox([self.toward_button, self.progress])])]),
+            W.HBox([self.view, self.table]),
+        ])
+
+    # ------------------------------------------------------------------ state
+    def refresh_images(self) -> None:
+        """The images to pick from: the ones the browser's gallery shows (the selected token's matches)."""
+        _, shown = self.browser._shown()
+        labels = self.browser.data.class_names
+        gl = np.asarray(self.browser.data.gallery_labels)
+        keep = self.image_select.value
+        self.image_select.options = [(f"#{int(i)} ({labels[int(gl[i])]})", int(i)) for i in shown]
+        self.image_select.value = keep if keep in shown else (int(shown[0]) if len(shown) else None)
+        if self.browser.token is not None:
+            self.token_id.value = int(self.browser.token)
+
+    def selected_cells(self) -> np.ndarray:
+        return np.array([[b.value for b in row] for row in self.cells], dtype=bool)
+
+    def set_cells(self, cells: np.ndarray) -> None:
+        for row, vals in zip(self.cells, np.asarray(cells, dtype=bool)):
+            for b, v in zip(row, vals):
+                b.value = bool(v)
+
+    def clear(self) -> None:
+        self.set_cells(np.zeros((self.browser.m, self.browser.m), bool))
+
+    def _image(self) -> tuple[int, np.ndarray, np.ndarray, int]:
+        i = self.image_select.value
+        if i is None:
+            raise ValueError("no image selected: pick a token whose gallery is not empty")
+        d = self.browser.data
+        m = self.browser.m
+        return (int(i), np.asarray(d.gallery_tokens)[i].reshape(m, m).astype(np.int64),
+                np.asarray(d.gallery_images)[i], int(np.asarray(d.gallery_labels)[i]))
+
+    # ------------------------------------------------------------------ actions
+    def apply(self) -> dict:
+        """Edit the selected image's selected cells, judge before and after, show both; returns the result
+        (also ``self.last``): {"index", "tokens", "image", "before", "after", "seconds"}."""
+        t0 = time.perf_counter()
+        i, tokens, image, true = self._image()
+        new_t, new_img = edit_image(self.ctx.vqgm, tokens, image, self.selected_cells(), self.mode.value,
+                                    token=int(self.token_id.value))
+        return self._show(i, tokens, image, new_t, new_img, true, t0, what=f"{self.mode.value}"
+                          + (f" {int(self.token_id.value)}" if self.mode.value == "token" else ""))
+
+    def toward(self) -> dict:
+        """Gumbel token selection toward the target class in the selected cells (progress bar), then judged
+        and shown like :meth:`apply`."""
+        t0 = time.perf_counter()
+        i, tokens, image, true = self._image()
+        cells = self.selected_cells()
+        self.progress.max, self.progress.value = self.ctx.steps, 0
+        self.progress.layout.visibility = "visible"
+
+        def tick(step, steps):
+            self.progress.value = step
+
+        new_t = edit_toward(self.ctx.extractor, self.ctx.vqgm.codebook, tokens, cells, int(self.target.value),
+                            steps=self.ctx.steps, lr=self.ctx.lr, tau=self.ctx.tau, progress=tick)
+        from .figures import to_uint8
+
+        new_img = to_uint8(self.ctx.vqgm.decode(new_t[None]))[0]
+        chosen = new_t[torch.as_tensor(cells)].tolist()
+        return self._show(i, tokens, image, new_t, new_img, true, t0, what=f"toward class {int(self.target.value)}: "
+                          f"tokens {chosen}")
+
+    def _show(self, i, tokens, image, new_t, new_img, true, t0, what: str) -> dict:
+        target = int(self.target.value)
+        both = judge(self.ctx.evaluators, self.ctx.extractor, self.ctx.vqgm.codebook, np.stack([image, new_img]),
+                     torch.stack([torch.as_tensor(tokens), torch.as_tensor(new_t)]), true=true, target=target)
+        before = {k: {f: float(v[f][0]) for f in ("p_true", "p_target")} | {"pred": int(v["pred"][0])}
+                  for k, v in both.items()}
+        after = {k: {f: float(v[f][1]) for f in ("p_true", "p_target")} | {"pred": int(v["pred"][1])}
+                 for k, v in both.items()}
+        self._render(image, new_img, what)
+        self._table(before, after, true, target)
+        self.last = {"index": i, "tokens": torch.as_tensor(new_t), "image": new_img, "before": before,
+                     "after": after, "what": what, "seconds": time.perf_counter() - t0}
+        return self.last
+
+    # ------------------------------------------------------------------ views
+    def _render(self, image: np.ndarray, new_img: np.ndarray, what: str) -> None:
+        H, W_ = image.shape[:2]
+        s = max(1, 128 // max(H, W_))                               # integer upscaling: square pixels
+        gap = np.full((H * s, 6, 3), 255, np.uint8)
+        pair = np.concatenate([np.repeat(np.repeat(image, s, 0), s, 1), gap,
+                               np.repeat(np.repeat(new_img, s, 0), s, 1)], axis=1)
+        fig = panel_figure(pair.shape[1] / 100 + 0.1, pair.shape[0] / 100 + 0.35)
+        ax = fig.add_axes((0.02, 0.02, 0.96, pair.shape[0] / 100 / fig.get_figheight()))
+        ax.imshow(pair, interpolation="nearest")
+        ax.set_axis_off()
+        fig.text(0.02, 0.97, f"original | edited ({what})"[:80], va="top", fontsize=7)
+        self.view.value = png_bytes(fig)
+
+    def _table(self, before: dict, after: dict, true: int, target: int) -> None:
+        names = self.browser.data.class_names
+        disp = self.ctx.display or {}
+        rows = []
+        for k in before:
+            label = f"extractor {self.ctx.extractor_name}" if k == "extractor" else disp.get(k, k)
+            b, a = before[k], after[k]
+            rows.append(f"<tr><td>{html.escape(label)}</td><td>{b['p_true']:.3f} → <b>{a['p_true']:.3f}</b></td>"
+                        f"<td>{b['p_target']:.3f} → <b>{a['p_target']:.3f}</b></td>"
+                        f"<td>{html.escape(names[b['pred']])} → {html.escape(names[a['pred']])}</td></tr>")
+        self.table.value = (f"<table style='font-size:12px'><tr><th></th><th>P({html.escape(names[true])})</th>"
+                            f"<th>P({html.escape(names[target])})</th><th>prediction</th></tr>{''.join(rows)}</table>")
