@@ -71,6 +71,9 @@ class InterventionPanel:
         self.view = W.Image(format="png")
         self.view.add_class("cortex-pixelated")
         self.table = W.HTML()
+        for w, name in ((self.image_select, "image"), (self.target, "target"), (self.view, "view"),
+                        (self.table, "table")):
+            w.add_class(f"cortex-intervene-{name}")           # hooks for the browser test
         self.last: dict | None = None
         self.apply_button.on_click(lambda _: browser._guarded(self.apply))
         self.toward_button.on_click(lambda _: browser._guarded(self.toward))
@@ -94,6 +97,8 @@ class InterventionPanel:
         keep = self.image_select.value
         self.image_select.options = [(f"#{int(i)} ({labels[int(gl[i])]})", int(i)) for i in shown]
         self.image_select.value = keep if keep in shown else (int(shown[0]) if len(shown) else None)
+        if self.image_select.value is not None and int(self.target.value) == int(gl[self.image_select.value]):
+            self.target.value = (int(self.target.value) + 1) % self.browser.C    # a target other than its class
         if self.browser.token is not None:
             self.token_id.value = int(self.browser.token)
 

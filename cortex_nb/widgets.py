@@ -160,6 +160,11 @@ class TokenBrowser:
         for w in (self.search_part, self.search_class, self.search_scene, self.search_rank):
             w.observe(self._on_search, names="value")
         self.search_results.observe(self._on_search_pick, names="value")
+        # stable hooks for browser tests and page styles (the search row adds another <select>)
+        self.class_dropdown.add_class("cortex-class-select")
+        self.token_select.add_class("cortex-token-select")
+        self.search_results.add_class("cortex-search-results")
+        self.search_part.add_class("cortex-search-part")
         # pixel art (the decoded token, the gallery) is scaled by the browser without smoothing
         for v in (self.token_view, self.gallery_view):
             v.add_class("cortex-pixelated")
