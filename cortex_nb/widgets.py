@@ -12,7 +12,12 @@ one *is* and *where it lives*:
   its patches boxed in red: does the id sit on the bird's head, or on the background?
 - **token** — the token decoded on its own (a grid filled with that one id), enlarged;
 - **usage** — how often each class uses that id over the training split (``token_class_usage``):
-  a concept token that every class uses is not much of an explanation.
+  a concept token that every class uses is not much of an explanation;
+- **search** (toy world, ``data.search``) — the ids that sit on a part of the bird (head / body /
+  background), within a class or a scene, ranked by precision, recall or count
+  (:mod:`cortex_nb.token_search`); picking one opens it;
+- **intervene** (``intervention=``, :mod:`cortex_nb.intervention_panel`) — edit one gallery image by cells
+  (fill or token) or by Gumbel selection toward a class, and see every judge before and after.
 
 Driving it: ``TokenBrowser(browser_data(cfg, vqgm, extractors))`` and ``display(b.widget)`` (or
 just ``b`` as a cell's last value). The data and the rankings are section 06's
