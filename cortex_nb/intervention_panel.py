@@ -69,7 +69,6 @@ class InterventionPanel:
         self.progress = W.IntProgress(value=0, min=0, max=max(1, ctx.steps), description="Gumbel",
                                       layout=W.Layout(visibility="hidden"))
         self.view = W.Image(format="png")
-        self.view.add_class("cortex-pixelated")
         self.table = W.HTML()
         for w, name in ((self.image_select, "image"), (self.target, "target"), (self.view, "view"),
                         (self.table, "table")):

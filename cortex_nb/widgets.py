@@ -170,13 +170,8 @@ class TokenBrowser:
         self.token_select.add_class("cortex-token-select")
         self.search_results.add_class("cortex-search-results")
         self.search_part.add_class("cortex-search-part")
-        # pixel art (the decoded token, the gallery) is scaled by the browser without smoothing
-        for v in (self.token_view, self.gallery_view):
-            v.add_class("cortex-pixelated")
-        style = W.HTML("<style>.cortex-pixelated{image-rendering:pixelated}</style>")
 
         self.widget = W.VBox([
-            style,
             W.HBox([self.class_dropdown, self.source_toggle]),
             W.HBox([self.n_slider, self.k_slider]),
             self.search_box,

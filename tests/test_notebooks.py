@@ -63,3 +63,21 @@ def test_importing_the_package_imports_no_pipeline_module():
     code = "import sys, cortex_nb; print(' '.join(m for m in sys.modules if m.startswith('cortex_nb')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert not [m for m in loaded if m.startswith("cortex_nb.pipeline") or m == "cortex_nb.widgets"], loaded
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_metadata_is_what_jupyterlab_writes_so_opening_does_not_modify(path):
+    """JupyterLab rewrites the kernelspec and language_info from the running kernel when it opens a notebook;
+    any difference marks the tracked notebook modified (and a save would commit it). The committed metadata
+    is therefore ipykernel's own (its kernelspec's display name, its language_info); only the Python version
+    can still differ, on a Python other than the one the notebooks were written with."""
+    from ipykernel.ipkernel import IPythonKernel
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    meta = json.loads(path.read_text())["metadata"]
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    assert meta["kernelspec"] == {"display_name": spec.display_name, "language": spec.language, "name": "python3"}
+    info = dict(IPythonKernel.language_info)
+    assert {k: v for k, v in meta["language_info"].items() if k != "version"} == \
+        {k: v for k, v in info.items() if k != "version"}
+    assert meta["language_info"]["version"].count(".") == 2

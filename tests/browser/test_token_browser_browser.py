@@ -21,7 +21,6 @@ notebook may take to render the app; default 900 — with no smoke caches the no
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -30,6 +29,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from steps import search_and_intervene  # tests/browser/steps.py (pytest puts this directory on sys.path)
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = "notebooks/06_token_browser.ipynb"
@@ -204,67 +205,5 @@ def test_token_browser_in_chromium(voila_url, page):
     assert g0 != g1, "gallery unchanged after the class change"
     assert g1 != g2, "gallery unchanged after the token change"
 
-    # 3. search: the head -> tokens listed; a click opens the first one in the token list
-    page.select_option(f"{APP} .cortex-search-part select", label="head", timeout=30_000)
-    results = f"{APP} .cortex-search-results select"
-    page.wait_for_function("sel => { const s = document.querySelector(sel); return s && s.options.length >= 1; }",
-                           arg=results, timeout=CHANGE_TIMEOUT * 1000)
-    first = page.eval_on_selector(results, "s => s.options[0].textContent")
-    found = int(re.search(r"token\s(\d+)", first).group(1))   # ipywidgets shows spaces as U+00A0
-    page.select_option(results, index=0, timeout=30_000)
-    deadline = time.monotonic() + CHANGE_TIMEOUT
-    while True:       # the token list shows the searched token selected (as a concept token or 'search: ...')
-        sel = page.eval_on_selector(TOKEN_SELECT, "s => s.selectedIndex >= 0 ? s.options[s.selectedIndex].textContent : ''")
-        if re.search(rf"token\s{found}\b", sel):
-            break
-        assert time.monotonic() < deadline, f"token {found} not opened after the search click; selected: {sel!r}"
-        page.wait_for_timeout(250)
-
-    # 4. intervention: two cells blacked out on the first gallery image; the numbers shown must be the
-    # library's for the same edit (computed here, in this process, from the same caches)
-    panel_select = ".cortex-intervene-image select"
-    page.wait_for_function("sel => { const s = document.querySelector(sel); return s && s.options.length >= 1; }",
-                           arg=panel_select, timeout=CHANGE_TIMEOUT * 1000)
-    for cell in ("cell (1, 2)", "cell (3, 0)"):
-        page.locator(f'button[title="{cell}"]').click()
-    page.locator("button", has_text="apply").first.click()
-    table = ".cortex-intervene-table"
-    page.wait_for_function("sel => { const e = document.querySelector(sel); return e && e.textContent.includes('→'); }",
-                           arg=table, timeout=CHANGE_TIMEOUT * 1000)
-    shown_text = page.eval_on_selector(table, "e => e.innerText")
-    image_label = page.eval_on_selector(panel_select, "s => s.options[s.selectedIndex].textContent")
-    target_label = page.eval_on_selector(".cortex-intervene-target select",
-                                         "s => s.options[s.selectedIndex].textContent")
-    _check_intervention(shown_text, int(re.match(r"#(\d+)", image_label).group(1)), target_label)
-    page.locator(".cortex-intervene-table").screenshot(path=str(SHOT.with_name("intervention_table.png")))
-    page.locator(".cortex-intervene-view").screenshot(path=str(SHOT.with_name("intervention.png")))
+    search_and_intervene(page, APP, TOKEN_SELECT, SHOT.parent, CHANGE_TIMEOUT)
     assert not [e for e in errors if "widget" in e.lower()], f"page errors: {errors}"
-
-
-def _check_intervention(shown: str, i: int, target_name: str) -> None:
-    """The table's numbers for gallery image i, cells (1, 2) and (3, 0) blacked out, equal judge(edit_image())."""
-    import numpy as np
-    import torch
-
-    from cortex_nb import browser_data, compose, load_profile
-    from cortex_nb.intervene import edit_image, judge
-    from cortex_nb.pipeline.run import display_name
-
-    cfg = load_profile("smoke")
-    run = compose(cfg)
-    data = browser_data(cfg, run.vqgm, run.fits)
-    m = run.vqgm.m
-    tokens = np.asarray(data.gallery_tokens)[i].astype(np.int64).reshape(m, m)
-    image, true = np.asarray(data.gallery_images)[i], int(np.asarray(data.gallery_labels)[i])
-    cells = np.zeros((m, m), bool)
-    cells[1, 2] = cells[3, 0] = True
-    new_t, new_img = edit_image(run.vqgm, tokens, image, cells, "black")
-    target = list(data.class_names).index(target_name.replace("\xa0", " "))
-    got = judge(run.evaluators, run.extractors["CE"], run.vqgm.codebook, np.stack([image, new_img]),
-                torch.stack([torch.as_tensor(tokens), new_t]), true=true, target=target)
-    lines = {ln.split("\t")[0].replace("\xa0", " ").strip(): ln for ln in shown.splitlines()}
-    for key, res in got.items():
-        label = "extractor CE" if key == "extractor" else display_name(key)
-        nums = [float(x) for x in re.findall(r"\d+\.\d{3}", lines[label])]
-        expect = [res["p_true"][0], res["p_true"][1], res["p_target"][0], res["p_target"][1]]
-        assert np.allclose(nums, expect, atol=1.5e-3), (label, nums, expect)

@@ -1,0 +1,94 @@
+"""The token browser in JupyterLab itself (issue #15): the README tells users to open notebook 06 in Lab,
+so Lab is tested too -- not only Voilà, which hides Lab-only problems.
+
+JupyterLab is served on 127.0.0.1 (no token, rooted at the checkout as ``make lab`` does) with
+CORTEX_PROFILE=smoke; headless Chromium opens notebooks/06_token_browser.ipynb, checks that opening it does
+not mark it modified, runs every cell (Run > Run All Cells), waits for the app, makes a search and an
+intervention (``steps.search_and_intervene``: the page's numbers must equal cortex_nb's for the same edit),
+and finally checks that arrow keys in the token list move the token selection, not JupyterLab's active cell.
+Skipped unless CORTEX_BROWSER_TEST=1 (``make browser-test``). Screenshots under results/browser/.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from steps import search_and_intervene
+from test_token_browser_browser import (CHROMIUM, CHROMIUM_ARGS, RENDER_TIMEOUT, CHANGE_TIMEOUT, ROOT, _free_port,
+                                        _stop, _wait_port)
+
+NOTEBOOK = "notebooks/06_token_browser.ipynb"
+SHOTS = ROOT / "results" / "browser"
+APP = ".jp-OutputArea .widget-vbox:has(> .widget-hbox .cortex-class-select)"
+GALLERY = f"{APP} > img.widget-image"
+TOKEN_SELECT = f"{APP} .cortex-token-select select"
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def lab_url(tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("lab") / "lab.log"
+    home = tmp_path_factory.mktemp("lab-home")          # Lab's workspace / settings: not the user's
+    env = dict(os.environ, CORTEX_PROFILE="smoke", PYTHONHASHSEED="0", OMP_WAIT_POLICY="PASSIVE",
+               JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"), JUPYTERLAB_SETTINGS_DIR=str(home / "settings"))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # never autosave: the test runs a tracked notebook, whose outputs must not be written back
+    docmanager = home / "settings" / "@jupyterlab" / "docmanager-extension"
+    docmanager.mkdir(parents=True)
+    (docmanager / "plugin.jupyterlab-settings").write_text('{"autosave": false}')
+    apputils = home / "settings" / "@jupyterlab" / "apputils-extension"     # no "Jupyter news?" pop-up
+    apputils.mkdir(parents=True)
+    (apputils / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--port={port}",
+           "--ServerApp.port_retries=0", "--IdentityProvider.token=", "--ServerApp.password=",
+           f"--ServerApp.root_dir={ROOT}", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
+           "jupyterlab.NeverCheckForUpdate"] + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0
+                                                else [])
+    fh = open(log, "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_port(port, proc, 120, log)
+        yield f"http://127.0.0.1:{port}", log
+    finally:
+        _stop(proc)
+        fh.close()
+
+
+def test_token_browser_in_jupyterlab(lab_url):
+    url, log = lab_url
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            t0 = time.monotonic()
+            page.goto(f"{url}/lab/tree/{NOTEBOOK}", timeout=120_000)
+            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator, .jp-KernelStatus", timeout=120_000)
+            page.wait_for_timeout(3000)
+            # opening must not mark the notebook modified (a save would rewrite a tracked file)
+            assert page.locator(".lm-TabBar-tab.jp-mod-dirty").count() == 0, "opening marked the notebook modified"
+            page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+            page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
+            page.wait_for_function(
+                "sel => { const el = document.querySelector(sel); return !!(el && el.src && el.naturalWidth > 0); }",
+                arg=GALLERY, timeout=RENDER_TIMEOUT * 1000, polling=500)
+            print(f"\napp usable in JupyterLab after {time.monotonic() - t0:.1f} s")
+            page.screenshot(path=str(SHOTS / "jupyterlab_browser.png"), full_page=False)
+            search_and_intervene(page, APP, TOKEN_SELECT, SHOTS, CHANGE_TIMEOUT)
+            page.locator(APP).first.screenshot(path=str(SHOTS / "jupyterlab_app.png"))
+            assert not [e for e in errors if "widget" in e.lower()], f"page errors: {errors}"
+        except Exception:
+            page.screenshot(path=str(SHOTS / "jupyterlab_failed.png"), full_page=True)
+            print(log.read_text()[-3000:])
+            raise
+        finally:
+            browser.close()
