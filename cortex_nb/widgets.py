@@ -335,10 +335,17 @@ class TokenBrowser:
         if not self._busy:
             self._guarded(self._refresh_search)
 
+    def best_class_for(self, t: int) -> int:
+        """The class whose gallery images hold token t most often (ties: the larger training usage, then
+        the smaller index): where opening t shows the most."""
+        counts = [len(self.gallery_matches(c, int(t))) for c in range(self.C)]
+        return int(max(range(self.C), key=lambda c: (counts[c], self.usage[c, int(t)], -c)))
+
     def _on_search_pick(self, change: dict) -> None:
         if not self._busy and change["new"] is not None:
+            t = int(change["new"])
             c = self.search_class.value
-            self._guarded(lambda: self.open_token(int(change["new"]), c))
+            self._guarded(lambda: self.open_token(t, self.best_class_for(t) if c is None else c))
 
     # ------------------------------------------------------------------ callbacks
     def _report_error(self, where: str, exc: BaseException) -> None:

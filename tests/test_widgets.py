@@ -384,9 +384,13 @@ def test_search_lists_the_library_ranking_and_a_click_opens_the_token(data):
     b.search_class.value = None
     b.search_rank.value = "precision"
     assert b.state()["search"]["results"][0] == 3
-    b.search_results.value = 3                                          # not a concept token of class 1
+    b.search_results.value = 3                     # any class: opened where the gallery holds it most
     st = b.state()
-    assert st["token"] == 3 and b.token_select.options[0] == ("search: token 3", 3) and st["error"] is None
+    assert st["class_index"] == b.best_class_for(3) and st["token"] == 3 and st["error"] is None
+    counts = [len(oracle_gallery(d, c, 3)) for c in range(C)]
+    assert counts[st["class_index"]] == max(counts)
+    if 3 not in st["ranked"]:
+        assert b.token_select.options[0] == ("search: token 3", 3)
     assert st["usage"] == [int((d.train_tokens[d.train_labels == c] == 3).sum()) for c in range(C)]
 
 

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 
-def search_and_intervene(page, app: str, token_select: str, shots: Path, timeout: float) -> None:
+def search_and_intervene(page, app: str, token_select: str, shots: Path, timeout: float,
+                         profile: str = "smoke") -> None:
     """In the rendered app: search the head and open the first result; then black out cells (1, 2) and (3, 0)
     of the panel's image and apply; the table's numbers must be the library's. Screenshots to ``shots``."""
     # 3. search: the head -> tokens listed; a click opens the first one in the token list
@@ -41,12 +42,18 @@ def search_and_intervene(page, app: str, token_select: str, shots: Path, timeout
     image_label = page.eval_on_selector(panel_select, "s => s.options[s.selectedIndex].textContent")
     target_label = page.eval_on_selector(".cortex-intervene-target select",
                                          "s => s.options[s.selectedIndex].textContent")
-    _check_intervention(shown_text, int(re.match(r"#(\d+)", image_label).group(1)), target_label)
-    page.locator(".cortex-intervene-table").screenshot(path=str(shots / "intervention_table.png"))
-    page.locator(".cortex-intervene-view").screenshot(path=str(shots / "intervention.png"))
+    _check_intervention(shown_text, int(re.match(r"#(\d+)", image_label).group(1)), target_label, profile)
+    page.locator(".cortex-intervene-table").screenshot(path=str(shots / f"{_prefix(profile)}intervention_table.png"))
+    page.locator(".cortex-intervene-view").screenshot(path=str(shots / f"{_prefix(profile)}intervention.png"))
 
 
-def _check_intervention(shown: str, i: int, target_name: str) -> None:
+def _prefix(profile: str) -> str:
+    """Screenshot names: the smoke run's plain (make browser-test), another profile's prefixed ('toy_...'),
+    so the README's toy screenshots survive the routine smoke run."""
+    return "" if profile == "smoke" else f"{profile}_"
+
+
+def _check_intervention(shown: str, i: int, target_name: str, profile: str = "smoke") -> None:
     """The table's numbers for gallery image i, cells (1, 2) and (3, 0) blacked out, equal judge(edit_image())."""
     import numpy as np
     import torch
@@ -55,7 +62,7 @@ def _check_intervention(shown: str, i: int, target_name: str) -> None:
     from cortex_nb.intervene import edit_image, judge
     from cortex_nb.pipeline.run import display_name
 
-    cfg = load_profile("smoke")
+    cfg = load_profile(profile)
     run = compose(cfg)
     data = browser_data(cfg, run.vqgm, run.fits)
     m = run.vqgm.m

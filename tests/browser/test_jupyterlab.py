@@ -5,7 +5,7 @@ JupyterLab is served on 127.0.0.1 (no token, rooted at the checkout as ``make la
 CORTEX_PROFILE=smoke; headless Chromium opens notebooks/06_token_browser.ipynb, checks that opening it does
 not mark it modified, runs every cell (Run > Run All Cells), waits for the app, makes a search and an
 intervention (``steps.search_and_intervene``: the page's numbers must equal cortex_nb's for the same edit),
-and finally checks that arrow keys in the token list move the token selection, not JupyterLab's active cell.
+and, separately, clicks through the token atlas from file:// (index -> class -> token, every image loaded).
 Skipped unless CORTEX_BROWSER_TEST=1 (``make browser-test``). Screenshots under results/browser/.
 """
 from __future__ import annotations
@@ -18,12 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from steps import search_and_intervene
+from steps import _prefix, search_and_intervene
 from test_token_browser_browser import (CHROMIUM, CHROMIUM_ARGS, RENDER_TIMEOUT, CHANGE_TIMEOUT, ROOT, _free_port,
                                         _stop, _wait_port)
 
 NOTEBOOK = "notebooks/06_token_browser.ipynb"
 SHOTS = ROOT / "results" / "browser"
+#: the profile the Lab test runs notebook 06 on (smoke; CORTEX_BROWSER_PROFILE=toy after `make all` makes the
+#: README's screenshots)
+PROFILE = os.environ.get("CORTEX_BROWSER_PROFILE", "smoke")
 APP = ".jp-OutputArea .widget-vbox:has(> .widget-hbox .cortex-class-select)"
 GALLERY = f"{APP} > img.widget-image"
 TOKEN_SELECT = f"{APP} .cortex-token-select select"
@@ -36,7 +39,7 @@ def lab_url(tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("lab") / "lab.log"
     home = tmp_path_factory.mktemp("lab-home")          # Lab's workspace / settings: not the user's
-    env = dict(os.environ, CORTEX_PROFILE="smoke", PYTHONHASHSEED="0", OMP_WAIT_POLICY="PASSIVE",
+    env = dict(os.environ, CORTEX_PROFILE=PROFILE, PYTHONHASHSEED="0", OMP_WAIT_POLICY="PASSIVE",
                JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"), JUPYTERLAB_SETTINGS_DIR=str(home / "settings"))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     # never autosave: the test runs a tracked notebook, whose outputs must not be written back
@@ -82,13 +85,38 @@ def test_token_browser_in_jupyterlab(lab_url):
                 "sel => { const el = document.querySelector(sel); return !!(el && el.src && el.naturalWidth > 0); }",
                 arg=GALLERY, timeout=RENDER_TIMEOUT * 1000, polling=500)
             print(f"\napp usable in JupyterLab after {time.monotonic() - t0:.1f} s")
-            page.screenshot(path=str(SHOTS / "jupyterlab_browser.png"), full_page=False)
-            search_and_intervene(page, APP, TOKEN_SELECT, SHOTS, CHANGE_TIMEOUT)
-            page.locator(APP).first.screenshot(path=str(SHOTS / "jupyterlab_app.png"))
+            page.screenshot(path=str(SHOTS / f"{_prefix(PROFILE)}jupyterlab_browser.png"), full_page=False)
+            search_and_intervene(page, APP, TOKEN_SELECT, SHOTS, CHANGE_TIMEOUT, PROFILE)
+            page.locator(f"{APP} .cortex-search-results").first.screenshot(path=str(SHOTS / f"{_prefix(PROFILE)}search.png"))
+            page.locator(APP).first.screenshot(path=str(SHOTS / f"{_prefix(PROFILE)}jupyterlab_app.png"))
             assert not [e for e in errors if "widget" in e.lower()], f"page errors: {errors}"
         except Exception:
-            page.screenshot(path=str(SHOTS / "jupyterlab_failed.png"), full_page=True)
+            page.screenshot(path=str(SHOTS / f"{_prefix(PROFILE)}jupyterlab_failed.png"), full_page=True)
             print(log.read_text()[-3000:])
             raise
+        finally:
+            browser.close()
+
+
+def test_the_atlas_clicks_through_from_file_urls(tmp_path):
+    """The token atlas opened from file:// (no server): index -> a class page -> a token page, every image
+    on the way loaded."""
+    from cortex_nb import load_profile
+    from cortex_nb.pipeline.atlas import build_atlas
+
+    index = build_atlas(load_profile("smoke"), out=tmp_path / "atlas")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 1000})
+        try:
+            page.goto(index.as_uri())
+            for link in ('a[href^="class_"]', 'a[href^="token_"]'):
+                page.locator(link).first.click()
+                page.wait_for_load_state("load")
+                broken = page.eval_on_selector_all("img", "imgs => imgs.filter(i => !(i.complete && "
+                                                              "i.naturalWidth > 0)).map(i => i.src)")
+                assert not broken, f"{page.url}: images not loaded: {broken}"
+            assert page.url.startswith("file://") and "/token_" in page.url
+            page.screenshot(path=str(SHOTS / "atlas_smoke_token.png"))
         finally:
             browser.close()
