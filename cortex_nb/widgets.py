@@ -144,12 +144,12 @@ class TokenBrowser:
         self.output = W.Output(layout=W.Layout(max_height="240px", overflow="auto"))
 
         # search by ground truth (toy world: data.search holds real images' tokens and part masks)
-        self.search_part = W.Dropdown(options=[("—", None)] + [(p, p) for p in PARTS], value=None,
-                                      description="search")
-        self.search_class = W.Dropdown(options=[("any class", None)] + list(zip(labels, range(C))), value=None,
+        # "no choice" is a value of its own ("" / -1): a Dropdown whose value is None shows an empty box
+        self.search_part = W.Dropdown(options=[("—", "")] + [(p, p) for p in PARTS], value="", description="search")
+        self.search_class = W.Dropdown(options=[("any class", -1)] + list(zip(labels, range(C))), value=-1,
                                        description="in")
-        self.search_scene = W.Dropdown(options=[("any scene", None)] + [(sc, i) for i, sc in enumerate(SCENES)],
-                                       value=None, description="scene")
+        self.search_scene = W.Dropdown(options=[("any scene", -1)] + [(sc, i) for i, sc in enumerate(SCENES)],
+                                       value=-1, description="scene")
         self.search_rank = W.ToggleButtons(options=list(RANK_BY), value="precision", description="rank by")
         self.search_results = W.Select(options=[], rows=8, description="found", layout=W.Layout(width="420px"))
         self.search_min_count = 5       # a token seen a handful of times on the head has precision 1
@@ -286,8 +286,8 @@ class TokenBrowser:
             "gallery_message": self._gallery_message,
             "usage": self.usage[:, t].tolist() if t is not None else None,
             "redraw_s": self._last_redraw, "error": self.last_error,
-            "search": {"part": self.search_part.value, "class_index": self.search_class.value,
-                       "scene": self.search_scene.value, "rank_by": self.search_rank.value,
+            "search": {"part": self.search_part.value or None, "class_index": self._search_class(),
+                       "scene": self._search_scene(), "rank_by": self.search_rank.value,
                        "results": [int(v) for _, v in self.search_results.options]},
         }
 
@@ -297,10 +297,10 @@ class TokenBrowser:
         ``search_min_count`` times, the best ``search_top``), or None when no part is chosen or the data
         has no ground truth."""
         sd, part = self.data.search, self.search_part.value
-        if sd is None or part is None:
+        if sd is None or not part:
             return None
         return search_tokens(sd["tokens"], sd["parts"], self.K, part, labels=sd["labels"], scenes=sd["scenes"],
-                             cls=self.search_class.value, scene=self.search_scene.value,
+                             cls=self._search_class(), scene=self._search_scene(),
                              rank_by=self.search_rank.value, min_count=self.search_min_count, top=self.search_top)
 
     def open_token(self, t: int, class_index: int | None = None) -> None:
@@ -335,6 +335,14 @@ class TokenBrowser:
         if not self._busy:
             self._guarded(self._refresh_search)
 
+    def _search_class(self) -> int | None:
+        v = self.search_class.value
+        return None if v is None or int(v) < 0 else int(v)
+
+    def _search_scene(self) -> int | None:
+        v = self.search_scene.value
+        return None if v is None or int(v) < 0 else int(v)
+
     def best_class_for(self, t: int) -> int:
         """The class whose gallery images hold token t most often (ties: the larger training usage, then
         the smaller index): where opening t shows the most."""
@@ -344,7 +352,7 @@ class TokenBrowser:
     def _on_search_pick(self, change: dict) -> None:
         if not self._busy and change["new"] is not None:
             t = int(change["new"])
-            c = self.search_class.value
+            c = self._search_class()
             self._guarded(lambda: self.open_token(t, self.best_class_for(t) if c is None else c))
 
     # ------------------------------------------------------------------ callbacks

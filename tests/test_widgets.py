@@ -367,6 +367,8 @@ def test_search_lists_the_library_ranking_and_a_click_opens_the_token(data):
     d = _with_search(data)
     b = TokenBrowser(d, source="CE")
     assert b.search_box.layout.display is None and b.state()["search"]["results"] == []
+    assert b.search_part.label == "—" and b.search_class.label == "any class" and b.search_scene.label == "any scene"
+    assert b.state()["search"]["part"] is None and b.state()["search"]["class_index"] is None
     b.search_part.value = "head"
     expect = search_tokens(d.search["tokens"], d.search["parts"], K, "head", labels=d.search["labels"],
                            scenes=d.search["scenes"], min_count=b.search_min_count, top=b.search_top)
@@ -381,7 +383,7 @@ def test_search_lists_the_library_ranking_and_a_click_opens_the_token(data):
     assert st["class_index"] == 1 and st["token"] == 7 and st["error"] is None
     assert st["gallery"] == sorted(oracle_gallery(d, 1, 7))
     b.search_part.value = "body"
-    b.search_class.value = None
+    b.search_class.value = -1                                           # "any class"
     b.search_rank.value = "precision"
     assert b.state()["search"]["results"][0] == 3
     b.search_results.value = 3                     # any class: opened where the gallery holds it most
