@@ -53,8 +53,7 @@ from .figures import PANEL_DPI, message_png, panel_figure, png_bytes, stack_pngs
 from .masking import scaled_n
 from .pipeline.s06_browser import BASELINES, BrowserData, Ranking, rank_concepts
 from .saliency import token_class_usage
-from .token_search import PARTS, RANK_BY, search_tokens
-from .toyworld import SCENES
+from .widgets_search import SearchRow
 
 __all__ = ["TokenBrowser"]
 
@@ -63,7 +62,7 @@ log = logging.getLogger("cortex_nb")
 _SELECTED, _OTHER = "#d62728", "#9aa5b1"
 
 
-class TokenBrowser:
+class TokenBrowser(SearchRow):
     """Browse each class's concept tokens (T*_concept, CORTEX §3.3 eq. 6) and where they occur.
 
     Args:
@@ -143,33 +142,15 @@ class TokenBrowser:
         self.status = W.HTML()
         self.output = W.Output(layout=W.Layout(max_height="240px", overflow="auto"))
 
-        # search by ground truth (toy world: data.search holds real images' tokens and part masks)
-        # "no choice" is a value of its own ("" / -1): a Dropdown whose value is None shows an empty box
-        self.search_part = W.Dropdown(options=[("—", "")] + [(p, p) for p in PARTS], value="", description="search")
-        self.search_class = W.Dropdown(options=[("any class", -1)] + list(zip(labels, range(C))), value=-1,
-                                       description="in")
-        self.search_scene = W.Dropdown(options=[("any scene", -1)] + [(sc, i) for i, sc in enumerate(SCENES)],
-                                       value=-1, description="scene")
-        self.search_rank = W.ToggleButtons(options=list(RANK_BY), value="precision", description="rank by")
-        self.search_results = W.Select(options=[], rows=8, description="found", layout=W.Layout(width="420px"))
-        self.search_min_count = 5       # a token seen a handful of times on the head has precision 1
-        self.search_top = 50
-        self.search_box = W.VBox([W.HBox([self.search_part, self.search_class, self.search_scene]),
-                                  self.search_rank, self.search_results],
-                                 layout=W.Layout(display=None if data.search is not None else "none"))
+        self._build_search(labels, data)     # the search row (cortex_nb.widgets_search)
 
         for w in (self.class_dropdown, self.source_toggle, self.n_slider, self.k_slider):
             w.observe(self._on_concept, names="value")
         self.token_select.observe(self._on_token, names="value")
         self.page_slider.observe(self._on_page, names="value")
-        for w in (self.search_part, self.search_class, self.search_scene, self.search_rank):
-            w.observe(self._on_search, names="value")
-        self.search_results.observe(self._on_search_pick, names="value")
         # stable hooks for browser tests and page styles (the search row adds another <select>)
         self.class_dropdown.add_class("cortex-class-select")
         self.token_select.add_class("cortex-token-select")
-        self.search_results.add_class("cortex-search-results")
-        self.search_part.add_class("cortex-search-part")
 
         self.widget = W.VBox([
             W.HBox([self.class_dropdown, self.source_toggle]),
@@ -290,70 +271,6 @@ class TokenBrowser:
                        "scene": self._search_scene(), "rank_by": self.search_rank.value,
                        "results": [int(v) for _, v in self.search_results.options]},
         }
-
-    # ------------------------------------------------------------------ search
-    def search(self) -> Any:
-        """The current query's ranked table (:func:`cortex_nb.token_search.search_tokens`, ids seen at least
-        ``search_min_count`` times, the best ``search_top``), or None when no part is chosen or the data
-        has no ground truth."""
-        sd, part = self.data.search, self.search_part.value
-        if sd is None or not part:
-            return None
-        return search_tokens(sd["tokens"], sd["parts"], self.K, part, labels=sd["labels"], scenes=sd["scenes"],
-                             cls=self._search_class(), scene=self._search_scene(),
-                             rank_by=self.search_rank.value, min_count=self.search_min_count, top=self.search_top)
-
-    def open_token(self, t: int, class_index: int | None = None) -> None:
-        """Show token t (in ``class_index``, default the current class): selected in the token list (added on
-        top, marked 'search', when it is not one of the class's concept tokens), every view redrawn."""
-        self._busy = True
-        try:
-            if class_index is not None and class_index != self.class_index:
-                self.class_dropdown.value = int(class_index)
-                self._busy = False
-                self._refresh_concept()
-                self._busy = True
-            if int(t) not in [v for _, v in self.token_select.options]:
-                self.token_select.options = [(f"search: token {int(t)}", int(t)), *self.token_select.options]
-            self.token_select.value = int(t)
-        finally:
-            self._busy = False
-        self._refresh_token()
-
-    def _refresh_search(self) -> None:
-        df = self.search()
-        self._busy = True
-        try:
-            self.search_results.options = [] if df is None else [
-                (f"token {int(r.token)}  precision {r.precision:.0%}  recall {r.recall:.1%}  n {int(r.count)}",
-                 int(r.token)) for r in df.itertuples()]
-            self.search_results.value = None
-        finally:
-            self._busy = False
-
-    def _on_search(self, change: dict) -> None:
-        if not self._busy:
-            self._guarded(self._refresh_search)
-
-    def _search_class(self) -> int | None:
-        v = self.search_class.value
-        return None if v is None or int(v) < 0 else int(v)
-
-    def _search_scene(self) -> int | None:
-        v = self.search_scene.value
-        return None if v is None or int(v) < 0 else int(v)
-
-    def best_class_for(self, t: int) -> int:
-        """The class whose gallery images hold token t most often (ties: the larger training usage, then
-        the smaller index): where opening t shows the most."""
-        counts = [len(self.gallery_matches(c, int(t))) for c in range(self.C)]
-        return int(max(range(self.C), key=lambda c: (counts[c], self.usage[c, int(t)], -c)))
-
-    def _on_search_pick(self, change: dict) -> None:
-        if not self._busy and change["new"] is not None:
-            t = int(change["new"])
-            c = self._search_class()
-            self._guarded(lambda: self.open_token(t, self.best_class_for(t) if c is None else c))
 
     # ------------------------------------------------------------------ callbacks
     def _report_error(self, where: str, exc: BaseException) -> None:
