@@ -11,7 +11,6 @@ Skipped unless CORTEX_BROWSER_TEST=1 (``make browser-test``). Screenshots under 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from steps import _prefix, search_and_intervene
-from test_token_browser_browser import (CHROMIUM, CHROMIUM_ARGS, RENDER_TIMEOUT, CHANGE_TIMEOUT, ROOT, _free_port,
-                                        _stop, _wait_port)
+from test_token_browser_browser import CHANGE_TIMEOUT, CHROMIUM, CHROMIUM_ARGS, RENDER_TIMEOUT, ROOT, _free_port, serve
 
 NOTEBOOK = "notebooks/06_token_browser.ipynb"
 SHOTS = ROOT / "results" / "browser"
@@ -54,14 +52,8 @@ def lab_url(tmp_path_factory):
            f"--ServerApp.root_dir={ROOT}", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
            "jupyterlab.NeverCheckForUpdate"] + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0
                                                 else [])
-    fh = open(log, "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_port(port, proc, 120, log)
+    with serve(cmd, env, port, log):
         yield f"http://127.0.0.1:{port}", log
-    finally:
-        _stop(proc)
-        fh.close()
 
 
 def test_token_browser_in_jupyterlab(lab_url):

@@ -20,6 +20,7 @@ notebook may take to render the app; default 900 — with no smoke caches the no
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -114,12 +115,19 @@ def voila_url(tmp_path_factory):
            f"--port={port}", "--Voila.port_retries=0", "--Voila.token=",
            "--VoilaConfiguration.show_tracebacks=True",
            f"--VoilaExecutor.timeout={int(RENDER_TIMEOUT)}", "--VoilaExecutor.startup_timeout=180"]
+    with serve(cmd, env, port, log):
+        yield f"http://127.0.0.1:{port}/", log
+
+
+@contextlib.contextmanager
+def serve(cmd: list[str], env: dict, port: int, log: Path):
+    """Run a server (Voilà, JupyterLab) from the checkout, output to ``log``, in its own process group (so
+    stopping it stops its kernels too); yields once it listens on ``port``; stopped on exit."""
     fh = open(log, "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                            start_new_session=True)   # own process group: the finaliser kills kernel too
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_port(port, proc, 120, log)
-        yield f"http://127.0.0.1:{port}/", log
+        yield proc
     finally:
         _stop(proc)
         fh.close()
