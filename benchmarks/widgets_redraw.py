@@ -85,6 +85,11 @@ def intervention_sequence(data: BrowserData, ctx) -> dict[str, float]:
         p.apply_button.click()
         times[f"apply {mode}"] = time.perf_counter() - t0
         assert b.state()["error"] is None, b.state()["error"]
+    p.token_id.value = 7
+    t0 = time.perf_counter()
+    p.swap_button.click()
+    times["apply swap (token -> 7 in the class's gallery images)"] = time.perf_counter() - t0
+    assert b.state()["error"] is None, b.state()["error"]
     t0 = time.perf_counter()
     p.toward_button.click()
     times[f"edit toward ({ctx.steps} Gumbel steps, on demand)"] = time.perf_counter() - t0

@@ -16,9 +16,11 @@ import numpy as np
 from .files import atomic_path
 
 __all__ = ["set_style", "save_figure", "image_grid", "to_uint8", "PANEL_DPI", "PANEL_RC", "panel_figure",
-           "png_bytes", "message_png", "stack_pngs"]
+           "png_bytes", "message_png", "stack_pngs", "pixel_panel"]
 
-PANEL_DPI = 80
+#: widget panels are drawn at this dpi and shown at their own pixel size (cortex_nb.widgets_list.show_png):
+#: 100 dpi makes the panels' 7-9 pt text 10-12 px tall, legible on a laptop screen
+PANEL_DPI = 100
 #: the style of widget panels, fixed whatever style the notebook set
 PANEL_RC = {"savefig.bbox": "standard", "savefig.dpi": "figure", "savefig.facecolor": "white",
             "figure.facecolor": "white", "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8,
@@ -94,12 +96,47 @@ def image_grid(images, nrow: int, *, row_labels: Sequence[str] | None = None, ti
 
 
 # ---------------------------------------------------------------------- widget panels (no pyplot)
-def panel_figure(w: float, h: float):
-    """A ``matplotlib.figure.Figure`` of ``w`` x ``h`` inches in the panel style (no pyplot state)."""
+def panel_figure(w: float, h: float, *, constrained: bool = False):
+    """A ``matplotlib.figure.Figure`` of ``w`` x ``h`` inches in the panel style (no pyplot state);
+    ``constrained``: matplotlib's constrained layout fits the titles and tick labels inside it."""
     from matplotlib.figure import Figure
 
     with matplotlib.rc_context(PANEL_RC):
-        return Figure(figsize=(w, h), dpi=PANEL_DPI)
+        fig = Figure(figsize=(w, h), dpi=PANEL_DPI, layout="constrained" if constrained else None)
+        if constrained:
+            fig.get_layout_engine().set(w_pad=0.03, h_pad=0.03)
+        return fig
+
+
+def pixel_panel(image: np.ndarray, title: str = "", scale: int = 1, boxes=(), labels=()):
+    """A panel showing uint8 ``image`` (h, w, 3) upscaled ``scale`` times by repeating pixels, drawn 1:1
+    (one image pixel = ``scale`` x ``scale`` screen pixels: square and sharp, no resampling), under a
+    one-line ``title``. ``boxes``: red rectangles (x0, y0, w, h) and ``labels``: (x, y, text), both in
+    image pixels. Returns the PNG bytes."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    s = max(1, int(scale))
+    big = np.repeat(np.repeat(np.asarray(image, np.uint8), s, 0), s, 1)
+    band = 16 if title else 0                                         # screen pixels for the title
+    need = 6 * len(title) + 8                                         # ~6 px per character at 8 pt, 100 dpi
+    if big.shape[1] < need:                                           # white on the right: the title is never cut
+        big = np.concatenate([big, np.full((big.shape[0], need - big.shape[1], 3), 255, np.uint8)], axis=1)
+    H, W = big.shape[:2]
+    fig = panel_figure(W / PANEL_DPI, (H + band) / PANEL_DPI)
+    ax = fig.add_axes((0, 0, 1, H / (H + band)))
+    ax.imshow(big, interpolation="nearest", extent=(-0.5, W - 0.5, H - 0.5, -0.5))
+    ax.set_xlim(-0.5, W - 0.5), ax.set_ylim(H - 0.5, -0.5)
+    if len(boxes):
+        ax.add_collection(PatchCollection([Rectangle((x0 * s - 0.5, y0 * s - 0.5), w * s, h * s)
+                                           for (x0, y0, w, h) in boxes],
+                                          facecolor="none", edgecolor="red", linewidth=1.5))
+    for x, y, text in labels:
+        ax.text(x * s - 0.5, y * s - 1.5, text, fontsize=7, color="#333333", va="bottom", ha="left")
+    ax.set_axis_off()
+    if title:
+        fig.text(3 / W, 1 - (band / 2) / (H + band), title, va="center", ha="left", fontsize=8)
+    return png_bytes(fig)
 
 
 def png_bytes(fig) -> bytes:

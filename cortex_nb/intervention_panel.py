@@ -20,8 +20,9 @@ import ipywidgets as W
 import numpy as np
 import torch
 
-from .figures import panel_figure, png_bytes
-from .intervene import MODES, edit_image, edit_toward, judge
+from .figures import message_png, pixel_panel
+from .intervene import MODES, edit_image, edit_toward, judge, swap_tokens
+from .widgets_list import show_png
 
 __all__ = ["Intervention", "InterventionPanel", "intervention_for"]
 
@@ -66,6 +67,9 @@ class InterventionPanel:
         self.apply_button = W.Button(description="apply", button_style="primary")
         self.toward_button = W.Button(description="edit toward target")
         self.clear_button = W.Button(description="clear cells")
+        self.swap_button = W.Button(description="swap token → id in the class's gallery", layout=W.Layout(width="auto"),
+                                    tooltip="every position of the browser's token set to the token id, in every "
+                                            "gallery image of the class that holds it")
         self.progress = W.IntProgress(value=0, min=0, max=max(1, ctx.steps), description="Gumbel",
                                       layout=W.Layout(visibility="hidden"))
         self.view = W.Image(format="png")
@@ -77,13 +81,14 @@ class InterventionPanel:
         self.apply_button.on_click(lambda _: browser._guarded(self.apply))
         self.toward_button.on_click(lambda _: browser._guarded(self.toward))
         self.clear_button.on_click(lambda _: browser._guarded(self.clear))
+        self.swap_button.on_click(lambda _: browser._guarded(self.swap))
         grid = W.VBox([W.HBox(row, layout=W.Layout(margin="0")) for row in self.cells],
                       layout=W.Layout(margin="0 1em 0 0"))
         self.widget = W.VBox([
             W.HTML("<b>Intervene</b> on one gallery image: click cells, choose what replaces them, apply."),
             W.HBox([self.image_select, self.target]),
             W.HBox([grid, W.VBox([self.mode, self.token_id, W.HBox([self.apply_button, self.clear_button]),
-                                  W.HBox([self.toward_button, self.progress])])]),
+                                  W.HBox([self.toward_button, self.progress]), self.swap_button])]),
             W.HBox([self.view, self.table]),
         ])
 
@@ -100,6 +105,11 @@ class InterventionPanel:
             self.target.value = (int(self.target.value) + 1) % self.browser.C    # a target other than its class
         if self.browser.token is not None:
             self.token_id.value = int(self.browser.token)
+        if self.image_select.value != keep or not self.view.value:    # an old edit would show another image
+            show_png(self.view, message_png("no gallery image to edit: pick a token the class's images hold"
+                                            if self.image_select.value is None else
+                                            "click cells, then apply (or edit toward the target)", w=4.2))
+            self.table.value = ""
 
     def selected_cells(self) -> np.ndarray:
         return np.array([[b.value for b in row] for row in self.cells], dtype=bool)
@@ -153,6 +163,47 @@ class InterventionPanel:
         return self._show(i, tokens, image, new_t, new_img, true, t0, what=f"toward class {int(self.target.value)}: "
                           f"tokens {chosen}")
 
+    def swap(self) -> dict:
+        """Swap the browser's selected token for the token id in every gallery image of the class that holds it
+        (:func:`cortex_nb.intervene.swap_tokens`, then decoded); shows the selected image before and after and,
+        in the table, each judge's mean over those images (prediction: the most common). ``self.last`` also
+        holds the per-image values (``"per_image"``)."""
+        t0 = time.perf_counter()
+        old, new = self.browser.token, int(self.token_id.value)
+        if old is None:
+            raise ValueError("no token selected in the browser")
+        hits, _ = self.browser._shown()
+        if len(hits) == 0:
+            raise ValueError(f"no gallery image of the class holds token {old}")
+        d, K = self.browser.data, int(self.ctx.vqgm.K)
+        tokens = torch.as_tensor(np.asarray(d.gallery_tokens)[hits].astype(np.int64))   # (n, m, m)
+        images = np.asarray(d.gallery_images)[hits]
+        labels = np.asarray(d.gallery_labels)[hits].astype(np.int64)
+        new_t = swap_tokens(tokens, old, new, K)
+        from .figures import to_uint8
+
+        new_imgs = to_uint8(self.ctx.vqgm.decode(new_t))
+        target, n = int(self.target.value), len(hits)
+        both = judge(self.ctx.evaluators, self.ctx.extractor, self.ctx.vqgm.codebook,
+                     np.concatenate([images, new_imgs]), torch.cat([tokens, new_t]),
+                     true=np.concatenate([labels, labels]), target=target)
+
+        def summary(part: slice) -> dict:
+            return {k: {f: float(np.mean(v[f][part])) for f in ("p_true", "p_target")}
+                    | {"pred": int(np.bincount(v["pred"][part]).argmax())} for k, v in both.items()}
+
+        before, after = summary(slice(0, n)), summary(slice(n, 2 * n))
+        j = int(np.flatnonzero(hits == self.image_select.value)[0]) if self.image_select.value in hits else 0
+        what = f"token {old} → {new} in {n} images; table: means"
+        self._render(images[j], new_imgs[j], what)
+        self._table(before, after, int(labels[j]), target)
+        self.last = {"index": int(hits[j]), "tokens": new_t[j], "image": new_imgs[j], "before": before,
+                     "after": after, "what": what, "images": hits.tolist(),
+                     "per_image": {k: {f: np.asarray(v[f]) for f in ("p_true", "p_target", "pred")}
+                                   for k, v in both.items()},
+                     "seconds": time.perf_counter() - t0}
+        return self.last
+
     def _show(self, i, tokens, image, new_t, new_img, true, t0, what: str) -> dict:
         target = int(self.target.value)
         both = judge(self.ctx.evaluators, self.ctx.extractor, self.ctx.vqgm.codebook, np.stack([image, new_img]),
@@ -170,16 +221,9 @@ class InterventionPanel:
     # ------------------------------------------------------------------ views
     def _render(self, image: np.ndarray, new_img: np.ndarray, what: str) -> None:
         H, W_ = image.shape[:2]
-        s = max(1, 128 // max(H, W_))                               # integer upscaling: square pixels
-        gap = np.full((H * s, 6, 3), 255, np.uint8)
-        pair = np.concatenate([np.repeat(np.repeat(image, s, 0), s, 1), gap,
-                               np.repeat(np.repeat(new_img, s, 0), s, 1)], axis=1)
-        fig = panel_figure(pair.shape[1] / 100 + 0.1, pair.shape[0] / 100 + 0.35)
-        ax = fig.add_axes((0.02, 0.02, 0.96, pair.shape[0] / 100 / fig.get_figheight()))
-        ax.imshow(pair, interpolation="nearest")
-        ax.set_axis_off()
-        fig.text(0.02, 0.97, f"original | edited ({what})"[:80], va="top", fontsize=7)
-        self.view.value = png_bytes(fig)
+        gap = np.full((H, max(1, H // 16), 3), 255, np.uint8)
+        pair = np.concatenate([image, gap, new_img], axis=1)
+        show_png(self.view, pixel_panel(pair, f"original | edited ({what})"[:80], max(1, 128 // max(H, W_))))
 
     def _table(self, before: dict, after: dict, true: int, target: int) -> None:
         names = self.browser.data.class_names

@@ -46,13 +46,12 @@ from typing import Any, Callable
 import ipywidgets as W
 import numpy as np
 import torch
-from matplotlib.collections import PatchCollection
-from matplotlib.patches import Rectangle
 
-from .figures import PANEL_DPI, message_png, panel_figure, png_bytes, stack_pngs
+from .figures import message_png, panel_figure, pixel_panel, png_bytes, stack_pngs
 from .masking import scaled_n
 from .pipeline.s06_browser import BASELINES, BrowserData, Ranking, rank_concepts
 from .saliency import token_class_usage
+from .widgets_list import ListBox, show_png
 from .widgets_search import SearchRow
 
 __all__ = ["TokenBrowser"]
@@ -84,7 +83,7 @@ class TokenBrowser(SearchRow):
         >>> b = TokenBrowser(browser_data(cfg, vqgm, extractors), source="CE")
         >>> b                                  # the app (a cell's last value)
         >>> b.class_dropdown.value = 3; b.state()["ranked"][:5]
-        >>> display(Image(b.snapshot()))       # static copy: widget state is not saved
+        >>> b.show_snapshot()      # static copy (widget state is not saved), following the app
     """
 
     def __init__(self, data: BrowserData, *, n: int | None = None, k: int | None = None, source: str = "CE",
@@ -120,6 +119,7 @@ class TokenBrowser(SearchRow):
         self._last_redraw = 0.0
         self.last_error: str | None = None
         self._gallery_message: str | None = None
+        self._snapshot_handle = None                                    # set by show_snapshot
 
         # controls
         names = list(data.class_names)
@@ -130,8 +130,7 @@ class TokenBrowser(SearchRow):
                                     continuous_update=False)
         self.k_slider = W.IntSlider(value=k, min=1, max=self.k_max, description="k (tokens)",
                                     continuous_update=False)
-        self.token_select = W.Select(options=[], rows=12, description="token",
-                                     layout=W.Layout(width="300px"))
+        self.token_select = ListBox(options=[], rows=12, description="token", layout=W.Layout(width="320px"))
         self.page_slider = W.IntSlider(value=1, min=1, max=1, description="page", continuous_update=False,
                                        disabled=True)   # 1-based gallery page
         # views
@@ -156,7 +155,10 @@ class TokenBrowser(SearchRow):
             W.HBox([self.class_dropdown, self.source_toggle]),
             W.HBox([self.n_slider, self.k_slider]),
             self.search_box,
-            W.HBox([W.VBox([self.token_select, self.token_view]), self.ranking_view, self.usage_view]),
+            # a wrapping row, children at the top: a wide ranking (k = 64) moves the usage chart to the next
+            # line instead of squeezing the token list; no chart is stretched to the tallest one
+            W.HBox([W.VBox([self.token_select, self.token_view]), self.ranking_view, self.usage_view],
+                   layout=W.Layout(flex_flow="row wrap", align_items="flex-start", grid_gap="8px")),
             self.page_slider, self.gallery_view, self.status, self.output,
         ])
         # the intervention panel (cortex_nb.intervention_panel), when the models are given
@@ -295,6 +297,7 @@ class TokenBrowser(SearchRow):
         self._last_redraw = time.perf_counter() - t0
         try:
             self.status.value = self._status_html()
+            self._update_snapshot()
         except Exception as exc:   # noqa: BLE001
             self._report_error("status", exc)
 
@@ -318,7 +321,7 @@ class TokenBrowser(SearchRow):
             render()
         except Exception as exc:   # noqa: BLE001
             self._report_error(name, exc)
-            getattr(self, name).value = message_png(f"{name}: {type(exc).__name__} (see the error log below)")
+            show_png(getattr(self, name), message_png(f"{name}: {type(exc).__name__} (see the error log below)"))
 
     def _refresh_concept(self) -> None:
         """Class / source / n / k changed: re-rank, refill the token list (top token selected)."""
@@ -358,21 +361,22 @@ class TokenBrowser(SearchRow):
         ids, value, _ = self._ranked()
         t, name = self.token, self.data.class_names[self.class_index]
         if len(ids) == 0:
-            self.ranking_view.value = message_png(f"no concept tokens for class {name}")
+            show_png(self.ranking_view, message_png(f"no concept tokens for class {name}"))
             return
-        fig = panel_figure(max(3.2, 0.9 + 0.13 * len(ids)), 2.3)
-        ax = fig.add_axes((0.13, 0.24, 0.85, 0.64))
+        fig = panel_figure(max(3.4, 1.0 + 0.12 * len(ids)), 2.6, constrained=True)
+        ax = fig.add_subplot()
         x = np.arange(len(ids))
         ax.bar(x, value, color=[_SELECTED if i == t else _OTHER for i in ids], width=0.8)
-        step = max(1, len(ids) // 30)
+        step = max(1, len(ids) // 32)
         ax.set_xticks(x[::step], [str(i) for i in ids[::step]], rotation=90)
         ax.set_xlim(-0.6, len(ids) - 0.4)
         what = {"class-vs-rest": "log-ratio score", "frequency": "count, all positions"}.get(
             self.source, f"count at top-{self.n_used} TSV")
         ax.set_ylabel(what)
+        ax.set_xlabel("token id (best first)")
         n_txt = f" n={self.n_used}" if self.n_used is not None else ""
         ax.set_title(f"{name}: {self.source}{n_txt} k={int(self.k_slider.value)}", loc="left")
-        self.ranking_view.value = png_bytes(fig)
+        show_png(self.ranking_view, png_bytes(fig))
 
     def _render_gallery(self) -> None:
         t, name = self.token, self.data.class_names[self.class_index]
@@ -383,74 +387,91 @@ class TokenBrowser(SearchRow):
                                      else f"class {name} has no concept tokens")
             if n_cls == 0:
                 self._gallery_message = f"the gallery holds no image of class {name}"
-            self.gallery_view.value = message_png(self._gallery_message, w=6.0)
+            show_png(self.gallery_view, message_png(self._gallery_message, w=6.0))
             return
         self._gallery_message = None
         imgs = np.asarray(self.data.gallery_images)[shown]             # (b, H, W, 3)
         b, H, Wd = imgs.shape[:3]
         cols = min(b, 6, self.per_page)
         rows = -(-b // cols)
-        scale = 1.15 / max(H, Wd) * PANEL_DPI                          # screen pixels per image pixel
-        scale = max(1, round(scale)) if scale >= 1 else scale          # integer upscaling keeps pixels square
-        gap, band = max(1, H // 16), int(np.ceil(11 / scale))          # image pixels; band holds "#index"
+        scale = max(1, 112 // max(H, Wd))                              # integer upscaling: square, sharp pixels
+        gap, band = max(1, H // 16), int(np.ceil(12 / scale))          # image pixels; band holds "#index"
         mosaic = np.full((rows * (H + band + gap) + gap, cols * (Wd + gap) + gap, 3), 255, np.uint8)
-        rects, labels = [], []
+        boxes, labels = [], []
         for j, i in enumerate(shown):
             y, x = (j // cols) * (H + band + gap) + band, (j % cols) * (Wd + gap) + gap
             mosaic[y:y + H, x:x + Wd] = imgs[j]
-            rects += [Rectangle((x + x0 - 0.5, y + y0 - 0.5), w, h) for (x0, y0, w, h) in self.boxes(int(i), t)]
+            boxes += [(x + x0, y + y0, w, h) for (x0, y0, w, h) in self.boxes(int(i), t)]
             labels.append((x, y, f"#{int(i)}"))
-        fig = panel_figure(mosaic.shape[1] * scale / PANEL_DPI, mosaic.shape[0] * scale / PANEL_DPI + 0.3)
-        ax = fig.add_axes((0, 0, 1, 1 - 0.3 / fig.get_figheight()))
-        ax.imshow(mosaic, interpolation="nearest" if scale >= 1 else "antialiased")
-        ax.add_collection(PatchCollection(rects, facecolor="none", edgecolor="red", linewidth=1.5))
-        for x, y, s in labels:
-            ax.text(x - 0.5, y - 1, s, fontsize=6, color="#333333", va="bottom", ha="left")
-        ax.set_axis_off()
         pages = int(self.page_slider.max)
         page = f", page {int(self.page_slider.value)}/{pages}" if pages > 1 else ""
-        fig.text(0.005, 1 - 0.15 / fig.get_figheight(), f"{name}: token {t} in {len(hits)}/"
-                 f"{len(self._gal_by_class[self.class_index])} gallery images{page}", va="center", fontsize=8)
-        self.gallery_view.value = png_bytes(fig)
+        title = f"{name}: token {t} in {len(hits)}/{len(self._gal_by_class[self.class_index])} gallery images{page}"
+        show_png(self.gallery_view, pixel_panel(mosaic, title, scale, boxes, labels))
+
+    def token_examples(self, t: int, n: int = 4) -> tuple[list[np.ndarray], list[int]]:
+        """Up to ``n`` crops of 3 x 3 patches centred on an occurrence of id t in the gallery (one per image,
+        the current class's images first), with the gallery indices they come from."""
+        p, m = self.p, self.m
+        first = self.gallery_matches(self.class_index, t)
+        others = np.flatnonzero((self._gal_tokens == t).any(1))
+        order = list(dict.fromkeys([*first.tolist(), *others.tolist()]))[:n]
+        imgs = np.asarray(self.data.gallery_images)
+        crops = []
+        for i in order:
+            f = int(np.flatnonzero(self._gal_tokens[i] == t)[0])
+            r, c = f // m, f % m
+            pad = np.pad(imgs[i], ((p, p), (p, p), (0, 0)), constant_values=255)
+            crops.append(pad[r * p:r * p + 3 * p, c * p:c * p + 3 * p])   # (3p, 3p, 3), the token in the middle
+        return crops, order
 
     def _render_token(self) -> None:
+        """The token decoded alone (a grid filled with it, 3 x 3 patches of it) and where it occurs: crops of
+        gallery images around an occurrence, the token's patch boxed."""
         t = self.token
         if t is None:
-            self.token_view.value = message_png("no token selected", w=2.0)
+            show_png(self.token_view, message_png("no token selected", w=2.0))
             return
         img = np.asarray(self.data.token_image(t))
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"token_image({t}) must be uint8 (h, w, 3), got {img.dtype} {img.shape}")
-        fig = panel_figure(1.9, 2.1)
-        ax = fig.add_axes((0.04, 0.02, 0.92, 0.82))
-        ax.imshow(img, interpolation="nearest")
-        ax.set_axis_off()
-        ax.set_title(f"token {t} alone")
-        self.token_view.value = png_bytes(fig)
+        p = self.p
+        h, w = img.shape[:2]
+        r0, c0 = max(0, (h - 3 * p) // 2), max(0, (w - 3 * p) // 2)
+        alone = img[r0:r0 + 3 * p, c0:c0 + 3 * p]                       # the middle 3 x 3 patches
+        crops, where = self.token_examples(t)
+        gap = np.full((3 * p, max(1, p // 2), 3), 255, np.uint8)
+        parts, boxes, x = [alone], [], 3 * p
+        for crop in crops:
+            parts += [gap, crop]
+            x += gap.shape[1]
+            boxes.append((x + p, p, p, p))
+            x += 3 * p
+        row = np.concatenate(parts, axis=1)
+        scale = max(1, 84 // (3 * p))
+        where_txt = f" | in gallery #{', #'.join(map(str, where))}" if where else " | not in the gallery"
+        show_png(self.token_view, pixel_panel(row, f"token {t}: alone{where_txt}", scale, boxes))
 
     def _render_usage(self) -> None:
         t, c = self.token, self.class_index
         if t is None:
-            self.usage_view.value = message_png("no token selected", w=3.0)
+            show_png(self.usage_view, message_png("no token selected", w=3.0))
             return
         row = self.usage[:, t]                                          # (C,)
         cls = np.arange(self.C)
-        if self.C > 40:                                                 # the 39 heaviest users + the class
-            keep = np.argsort(-row, kind="stable")[:39]
+        if self.C > 30:                                                 # the 29 heaviest users + the class
+            keep = np.argsort(-row, kind="stable")[:29]
             cls = np.sort(np.union1d(keep, [c]))
-        fig = panel_figure(max(3.0, 0.9 + 0.14 * len(cls)), 2.5)
-        ax = fig.add_axes((0.15, 0.32, 0.82, 0.5))
-        x = np.arange(len(cls))
-        ax.bar(x, row[cls], color=[_SELECTED if i == c else _OTHER for i in cls], width=0.8)
-        names = [self.data.class_names[i][:12] for i in cls]
-        ax.set_xticks(x, names, rotation=90)
-        ax.set_xlim(-0.6, len(cls) - 0.4)
-        ax.set_ylabel("positions (train)")
+        fig = panel_figure(3.6, 0.9 + 0.16 * len(cls), constrained=True)
+        ax = fig.add_subplot()
+        y = np.arange(len(cls))
+        ax.barh(y, row[cls], color=[_SELECTED if i == c else _OTHER for i in cls], height=0.75)
+        ax.set_yticks(y, [self.data.class_names[i] for i in cls])
+        ax.set_ylim(len(cls) - 0.4, -0.6)                               # first class on top
+        ax.set_xlabel("positions in training images")
         total = int(row.sum())
         share = f"{row[c] / total:.0%}" if total else "0%"
-        ax.set_title(f"token {t} by class (train)\n{share} of its {total} uses: {self.data.class_names[c]}",
-                     loc="left")
-        self.usage_view.value = png_bytes(fig)
+        ax.set_title(f"token {t} by class: {share} of {total}\nuses are {self.data.class_names[c]}", loc="left")
+        show_png(self.usage_view, png_bytes(fig))
 
     # ------------------------------------------------------------------ status / static copy
     def _status_text(self) -> str:
@@ -470,6 +491,20 @@ class TokenBrowser(SearchRow):
         if self.last_error:
             s += f' · <span style="color:{_SELECTED}">error: {html.escape(self.last_error)} (log below)</span>'
         return s
+
+    def show_snapshot(self) -> None:
+        """Display :meth:`snapshot` as a static image that follows the app: every redraw replaces it (IPython's
+        ``display_id``), so the copy a saved notebook keeps, and nbviewer shows, is the view last seen, not
+        the first one."""
+        from IPython.display import Image, display
+
+        self._snapshot_handle = display(Image(self.snapshot()), display_id=True)
+
+    def _update_snapshot(self) -> None:
+        if self._snapshot_handle is not None:
+            from IPython.display import Image
+
+            self._snapshot_handle.update(Image(self.snapshot()))
 
     def snapshot(self) -> bytes:
         """One static PNG of the current views (ranking, token, usage above; gallery below), for a

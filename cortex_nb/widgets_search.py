@@ -14,6 +14,7 @@ import ipywidgets as W
 import numpy as np
 
 from .token_search import PARTS, RANK_BY, search_tokens
+from .widgets_list import ListBox
 from .toyworld import SCENES
 
 __all__ = ["SearchRow"]
@@ -32,7 +33,7 @@ class SearchRow:
         self.search_scene = W.Dropdown(options=[("any scene", -1)] + [(sc, i) for i, sc in enumerate(SCENES)],
                                        value=-1, description="scene")
         self.search_rank = W.ToggleButtons(options=list(RANK_BY), value="precision", description="rank by")
-        self.search_results = W.Select(options=[], rows=8, description="found", layout=W.Layout(width="420px"))
+        self.search_results = ListBox(options=[], rows=8, description="found", layout=W.Layout(width="460px"))
         self.search_min_count = 5       # a token seen a handful of times on the head has precision 1
         self.search_top = 50
         self.search_box = W.VBox([W.HBox([self.search_part, self.search_class, self.search_scene]),

@@ -155,3 +155,20 @@ def test_the_browser_panel_shows_what_the_library_computes(world):
     assert not changed[~cells].any()
     panel.clear_button.click()
     assert not panel.selected_cells().any()
+    # swap: the browser's token -> id 7 in every class-a gallery image holding it; the table shows the means
+    old = int(g_tokens[0, 0, 0])
+    panel.token_id.value = 7
+    panel.swap_button.click()
+    assert b.state()["error"] is None
+    hits = [i for i in range(len(g_tokens)) if (g_tokens[i] == old).any()]            # both images are class a
+    swapped = np.where(g_tokens[hits] == old, 7, g_tokens[hits])                      # numpy, not swap_tokens
+    dec = ((vqgm.decode(torch.as_tensor(swapped, dtype=torch.long)).clamp(-1, 1) + 1) * 127.5)
+    dec = dec.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    expect = judge(evs, f, vqgm.codebook, np.concatenate([images[hits], dec]),
+                   torch.cat([tokens[hits], torch.as_tensor(swapped, dtype=torch.long)]), true=0, target=2)
+    n = len(hits)
+    assert panel.last["images"] == hits
+    for key in ("vit_p8", "extractor"):
+        assert panel.last["before"][key]["p_true"] == pytest.approx(float(expect[key]["p_true"][:n].mean()), abs=1e-9)
+        assert panel.last["after"][key]["p_target"] == pytest.approx(float(expect[key]["p_target"][n:].mean()),
+                                                                     abs=1e-9)

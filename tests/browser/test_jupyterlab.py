@@ -78,8 +78,13 @@ def test_token_browser_in_jupyterlab(lab_url):
                 arg=GALLERY, timeout=RENDER_TIMEOUT * 1000, polling=500)
             print(f"\napp usable in JupyterLab after {time.monotonic() - t0:.1f} s")
             page.screenshot(path=str(SHOTS / f"{_prefix(PROFILE)}jupyterlab_browser.png"), full_page=False)
+            check_readable(page)
             search_and_intervene(page, APP, TOKEN_SELECT, SHOTS, CHANGE_TIMEOUT, PROFILE)
             page.locator(f"{APP} .cortex-search-results").first.screenshot(path=str(SHOTS / f"{_prefix(PROFILE)}search.png"))
+            page.set_viewport_size({"width": 1500, "height": 2700})   # the whole app inside Lab's scrolling panel
+            page.locator(APP).first.scroll_into_view_if_needed()
+            page.evaluate(f"document.querySelector({APP!r}).scrollIntoView({{block: 'start'}})")
+            page.wait_for_timeout(500)
             page.locator(APP).first.screenshot(path=str(SHOTS / f"{_prefix(PROFILE)}jupyterlab_app.png"))
             assert not [e for e in errors if "widget" in e.lower()], f"page errors: {errors}"
         except Exception:
@@ -88,6 +93,32 @@ def test_token_browser_in_jupyterlab(lab_url):
             raise
         finally:
             browser.close()
+
+
+SNAPSHOT = ".jp-Notebook .jp-Cell:last-child .jp-RenderedImage img"
+
+
+def check_readable(page) -> None:
+    """Every chart of the app shown at its own pixel size (none stretched or blurred); the arrow keys move the
+    focused token list's selection, not the notebook's cell cursor; the static snapshot follows the app."""
+    sizes = page.eval_on_selector_all(f"{APP} img.widget-image", "imgs => imgs.filter(i => i.naturalWidth > 0)"
+                                      ".map(i => [i.naturalWidth, i.naturalHeight, i.clientWidth, i.clientHeight])")
+    assert len(sizes) >= 4, sizes
+    stretched = [s for s in sizes if abs(s[0] - s[2]) > 1 or abs(s[1] - s[3]) > 1]
+    assert not stretched, f"images shown at another size than drawn (natural w, h, shown w, h): {stretched}"
+
+    active = ("() => [...document.querySelectorAll('.jp-Notebook .jp-Cell')]"
+              ".findIndex(c => c.classList.contains('jp-mod-active'))")
+    page.wait_for_function(f"() => document.querySelector({SNAPSHOT!r}) !== null", timeout=CHANGE_TIMEOUT * 1000)
+    snap0 = page.eval_on_selector(SNAPSHOT, "i => i.src")
+    page.locator(TOKEN_SELECT).focus()                 # focusing makes the app's cell the active one
+    i0, cell0 = page.eval_on_selector(TOKEN_SELECT, "s => s.selectedIndex"), page.evaluate(active)
+    page.keyboard.press("ArrowDown")
+    page.wait_for_function(f"sel => document.querySelector(sel).selectedIndex === {i0 + 1}", arg=TOKEN_SELECT,
+                           timeout=10_000)
+    assert page.evaluate(active) == cell0, "ArrowDown in the token list moved the notebook's cell cursor"
+    page.wait_for_function(f"src => document.querySelector({SNAPSHOT!r}).src !== src", arg=snap0,
+                           timeout=CHANGE_TIMEOUT * 1000)   # the kernel redrew the views and the snapshot
 
 
 def test_the_atlas_clicks_through_from_file_urls(tmp_path):
