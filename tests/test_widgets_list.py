@@ -12,7 +12,7 @@ from cortex_nb.figures import pixel_panel
 from cortex_nb.widgets import TokenBrowser
 from cortex_nb.widgets_list import ListBox, png_size, show_png
 
-from test_widgets import M, P, make_data
+from test_widgets import P, make_data
 
 
 def decode(b) -> np.ndarray:
