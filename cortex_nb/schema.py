@@ -193,6 +193,12 @@ SCHEMA: dict[str, Check] = {
     "faithfulness.fills": Check("list", choices=FILLS, optional=True),
     "faithfulness.n_localisation": _int(0),
     "faithfulness.permuted": Check("list", choices=("CE", "RE")),
+    "bias.n_train": _int(1),
+    "bias.n_val": _int(1),
+    "bias.epochs": _int(1),
+    "bias.n_per_class": _int(2),
+    "bias.n_boot": _int(10),
+    "bias.statistic": _choice("detected", "counts"),
     "verdicts.equivalence_margin": _pos(),
 }
 
