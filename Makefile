@@ -18,10 +18,10 @@ export OMP_WAIT_POLICY := PASSIVE
 FROM_SCRATCH ?=
 export CORTEX_FROM_SCRATCH := $(FROM_SCRATCH)
 
-.PHONY: setup all seeds test unit nbval lab bench atlas clean help
+.PHONY: setup all seeds test unit nbval lab bench atlas bias-control clean help
 
 help:
-	@echo "make setup | all [PROFILE=toy|smoke|imagenet] [CELL_TIMEOUT=seconds] [FROM_SCRATCH=1] | seeds | test | lab | atlas | bench | clean"
+	@echo "make setup | all [PROFILE=toy|smoke|imagenet] [CELL_TIMEOUT=seconds] [FROM_SCRATCH=1] | seeds | test | lab | atlas | bias-control | bench | clean"
 
 setup: $(STAMP)
 
@@ -107,6 +107,12 @@ bench: $(STAMP)
 # from file://, offline). Needs `make all` first (its caches); takes about a minute on the toy profile.
 atlas: $(STAMP)
 	$(PY) -m cortex_nb atlas --profile $(PROFILE)
+
+# Notebook 08's opt-in control: the prior retrained on an unbiased world (scene_bias 0.25) and its samples
+# tested like the generator's (minutes of prior training, cached and resumable); writes bias_summary_generator_control
+# and bias_generator_control beside `make all`'s tables. Toy world only.
+bias-control: $(STAMP)
+	$(PY) -m cortex_nb bias --profile $(PROFILE) --set bias.generator_control=true
 
 # Real-browser test of the token browser (notebook 06 in headless Chromium via Voilà + Playwright,
 # tests/browser). Installs Chromium from apt only when /usr/bin/chromium is missing (Playwright's

@@ -49,6 +49,8 @@ if TYPE_CHECKING:  # the lazy names below, for linters and editors
                                             faith_batch, faithfulness_fills_table, fig_auc, fig_curves, fig_sanity,
                                             other_fills, permuted_extractors, rival_localisation,
                                             rival_localisation_table, sanity_checks, sanity_table)
+    from .pipeline.s08_bias import (bias_summary, bias_table, bias_worlds, examine, fig_bias, scene_models,
+                                    token_check)
     from .widgets import TokenBrowser
     from .intervention_panel import Intervention, intervention_for
 
@@ -73,6 +75,8 @@ _LAZY = {
                                   "cost_table", "fig_curves", "fig_auc", "other_fills", "faithfulness_fills_table",
                                   "rival_localisation", "rival_localisation_table", "permuted_extractors",
                                   "sanity_checks", "sanity_table", "fig_sanity"),
+    "pipeline.s08_bias": ("scene_models", "bias_worlds", "examine", "token_check", "bias_summary", "bias_table",
+                          "fig_bias"),
     "widgets": ("TokenBrowser",),
     "intervention_panel": ("Intervention", "intervention_for"),
 }
@@ -106,6 +110,8 @@ __all__ = [
     "faith_batch", "attribution_maps", "curves", "auc_table", "auc_display", "cost_table", "fig_curves", "fig_auc",
     "other_fills", "faithfulness_fills_table", "rival_localisation", "rival_localisation_table",
     "permuted_extractors", "sanity_checks", "sanity_table", "fig_sanity",
+    # 08 bias detection (toy world)
+    "scene_models", "bias_worlds", "examine", "token_check", "bias_summary", "bias_table", "fig_bias",
 ]
 __version__ = "0.1.0"
 

@@ -18,7 +18,10 @@ GPU run needs no Jupyter. Commands:
   table3            notebook 05: token selection vs embedding optimisation, Table 3, Fig. 4, 6
   faithfulness      notebook 07 (beyond the paper): deletion and insertion curves of the TSV, the
                     captum rivals and two controls, their areas, localisation and sanity checks
-  all               every section above in notebook order (00 to 05, 07), then the verdicts
+  bias              notebook 08 (toy world): does the generator inherit each species' preferred scene, and do
+                    scene concept tokens detect it? Cliff's delta with intervals, pixel-measured ground truth,
+                    an unbiased control (--set bias.generator_control=true: also a prior retrained unbiased)
+  all               every section above in notebook order (00 to 05, 07, 08 on the toy world), then the verdicts
   seeds             the seed replicates r = 1 .. replicates - 1 (retrained extractors, redrawn
                     noise; results/P/seeds/r<r>/tables), then the verdicts (`make seeds`)
   verdicts          judge each of the paper's claims over the replicates found (holds / fails /
@@ -60,13 +63,13 @@ import yaml
 #: section commands -> their module under cortex_nb.pipeline, in notebook order
 SECTIONS = {"vqgm-report": "s00_vqgm", "generate": "s01_dataset", "train-extractors": "s02_extractors",
             "fig3": "s03_image_level", "table2": "s04_concept_level", "table3": "s05_editing",
-            "faithfulness": "s07_faithfulness"}
+            "faithfulness": "s07_faithfulness", "bias": "s08_bias"}
 #: sections that `all` leaves out
 NOT_IN_ALL: tuple[str, ...] = ()
 #: the splits whose TSVs a section reads (computed on every rank before rank 0 runs the section)
 TSV_SPLITS = {"fig3": ("test", "train"), "table2": ("train",), "table3": ("test",)}
 STAGES = ("vqgm", "evaluators", "vqgm-report", "generate", "train-extractors", "tsv", "fig3", "table2", "table3",
-          "faithfulness", "all", "seeds", "verdicts", "gates", "atlas")
+          "faithfulness", "bias", "all", "seeds", "verdicts", "gates", "atlas")
 SPLITS = ("train", "val", "test")
 
 
@@ -195,8 +198,8 @@ def _run(args, cfg) -> str:
         return "TSV " + ", ".join(done)
 
     # sections: every rank builds what splits between the ranks, then rank 0 runs the section(s)
-    sections = [s for s in SECTIONS if s != "vqgm-report" and s not in NOT_IN_ALL] if args.stage == "all" \
-        else [args.stage]
+    sections = [s for s in SECTIONS if s != "vqgm-report" and s not in NOT_IN_ALL
+                and (s != "bias" or cfg.vqgm.source == "toy")] if args.stage == "all" else [args.stage]
     composed = run.compose(cfg, extractors=sections != ["generate"], evaluators=False)
     for split in dict.fromkeys(s for name in sections for s in TSV_SPLITS.get(name, ())):
         for arch, f in composed.extractors.items():

@@ -199,6 +199,10 @@ SCHEMA: dict[str, Check] = {
     "bias.n_per_class": _int(2),
     "bias.n_boot": _int(10),
     "bias.statistic": _choice("detected", "counts"),
+    "bias.alpha": _pos(),
+    "bias.generator_control": Check("bool"),
+    "bias.control_prior_n": _int(1),
+    "bias.control_prior_steps": _int(1),
     "verdicts.equivalence_margin": _pos(),
 }
 

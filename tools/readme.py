@@ -30,6 +30,9 @@ TABLES = [
     ("faithfulness_auc", "Faithfulness: deletion / insertion areas of every attribution (notebook 07, beyond the paper)"),
     ("faithfulness_localisation", "Which attribution finds the head (notebook 07)"),
     ("faithfulness_sanity", "Sanity checks: Spearman ρ / Jaccard against the trained extractor (notebook 07)"),
+    ("bias_summary", "Bias detection: does the generator inherit each species' scene? (notebook 08, the published "
+                     "version's application)"),
+    ("bias_scene_tokens", "The scene concept tokens against the part masks (notebook 08)"),
 ]
 FIGURES = [
     ("toyworld", "The toy world"),
@@ -41,6 +44,7 @@ FIGURES = [
     ("fig4_editing", "Fig. 4: editing sequences"),
     ("faithfulness_curves", "Deletion and insertion curves (notebook 07)"),
     ("faithfulness_sanity", "Sanity checks: degradation under randomisation (notebook 07)"),
+    ("fig_bias", "Scene bias per species: token-detected vs measured rates, Cliff's delta (notebook 08)"),
 ]
 
 

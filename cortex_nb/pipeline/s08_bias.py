@@ -14,7 +14,8 @@ generated images hold them, compared with Cliff's delta. Here the truth is known
    per image, the positions holding each scene's concept tokens, and the image's *token-detected scene* (the
    scene whose tokens it holds most). Per (species, scene), Cliff's delta of a per-image statistic between the
    species' images and the other species', with bootstrap intervals; the detected preferred scene of a species
-   is the scene of its largest delta whose interval lies above 0. Two statistics (``bias.statistic`` picks the
+   is the scene of its largest delta whose interval lies above 0 (the S intervals of a species Bonferroni-adjusted:
+   family-wise error ``bias.alpha`` per species). Two statistics (``bias.statistic`` picks the
    headline): ``detected`` — 1 when the image's token-detected scene is s (Cliff's delta of 0/1 values is the
    difference of the two shares); ``counts`` — the number of positions holding scene s's tokens, the published
    version's reading. Counts are confounded by the bird itself: a scene's concept tokens also occur on birds
@@ -27,7 +28,8 @@ generated images hold them, compared with Cliff's delta. Here the truth is known
    tokens are scene s) against measured rates: Pearson r over the 10 x 4 cells, bootstrap interval.
 4. **Controls.** The same test on real toy images rendered with ``scene_bias`` 0.25 (no bias: the deltas must be
    near 0 and no preferred scene detected) and at the world's own 0.65 (known bias, no generator in between).
-   The generator itself retrained on an unbiased world is not in `make all` (its prior alone trains for minutes).
+   The generator itself retrained on an unbiased world (``bias.generator_control``, `make bias-control`) is not in
+   `make all`: its prior alone trains for minutes.
 """
 from __future__ import annotations
 
@@ -49,13 +51,14 @@ from ..tables import bootstrap_ci, write_table
 from .keys import cache_path, profile_section, replicate_seed, vqgm_key
 from .run import SectionResult, class_names, embed_fn, load_split, saliency_of, setup
 
-__all__ = ["scene_data", "scene_extractor", "scene_classifier", "scene_concepts", "generated_images", "examine",
+__all__ = ["scene_data", "scene_extractor", "scene_classifier", "scene_concepts", "generated_images", "control_generator",
+           "sampled_images", "scene_models", "bias_worlds", "examine",
            "token_check", "bias_table", "bias_summary", "fig_bias", "run", "STATISTICS"]
 
 S = len(toyworld.SCENES)
 UNIFORM = 1.0 / S
 #: real-image streams of this section (seed offsets no other purpose uses, cf. run.real_toy_images)
-_OFFSETS = {"train": 11, "val": 12, "control-uniform": 13, "control-world": 14}
+_OFFSETS = {"train": 11, "val": 12, "control-uniform": 13, "control-world": 14, "prior-uniform": 15}
 
 
 def _check_toy(cfg: DictConfig) -> None:
@@ -82,8 +85,8 @@ def _fit_config(cfg: DictConfig):
                      seed=replicate_seed(cfg), device=cfg.device, progress=bool(cfg.progress))
 
 
-def _key(cfg: DictConfig, what: str, vqgm=None) -> str:
-    return digest({"what": what, "bias": profile_section(cfg, "bias", drop=("n_boot", "n_per_class")),
+def _key(cfg: DictConfig, what: str, vqgm=None, keys=("n_train", "n_val", "epochs")) -> str:
+    return digest({"what": what, "bias": {k: cfg.bias[k] for k in keys},
                    "extractors": profile_section(cfg, "extractors", drop=("archs",)), "seed": replicate_seed(cfg),
                    "world": profile_section(cfg, "world", drop=("scene_bias",)),
                    "vqgm": vqgm_key(vqgm) if vqgm is not None else None})
@@ -166,6 +169,44 @@ def generated_images(cfg: DictConfig, vqgm) -> dict:
     return {"tokens": tokens.numpy(), "labels": labels[idx].astype(np.int64), "images": images}
 
 
+def control_generator(cfg: DictConfig, vqgm):
+    """The VQGM with its prior retrained on an unbiased world (opt-in control, ``bias.generator_control``): the
+    profile's prior recipe (``vqgm.prior``) with ``bias.control_prior_steps`` steps on
+    ``bias.control_prior_n`` real toy images rendered at scene_bias 0.25 and encoded by the same tokenizer.
+    Resumable and cached under cache/bias/ (the GPT's checkpoint)."""
+    import copy
+
+    from ..toy_prior import PriorConfig, train_prior
+
+    b = cfg.bias
+    prior = PriorConfig(**{**profile_section(cfg.vqgm, "prior"), "n_train": int(b.control_prior_n),
+                           "steps": int(b.control_prior_steps)})
+    data = scene_data(cfg, vqgm, "prior-uniform", int(b.control_prior_n), UNIFORM)
+    key = _key(cfg, "prior-uniform", vqgm, keys=("control_prior_n", "control_prior_steps"))
+    gpt, stats = train_prior(prior, torch.from_numpy(data["tokens"]), torch.from_numpy(data["labels"]),
+                             K=int(vqgm.K), n_classes=int(cfg.world.n_classes), seed=int(cfg.seed),
+                             device=cfg.device, ckpt_dir=cache_path(cfg, "bias", f"prior-uniform-{key}"),
+                             progress=bool(cfg.progress))
+    control = copy.copy(vqgm)                       # the same tokenizer and Labelator, another GPT
+    control.model = copy.copy(vqgm.model)
+    control.model._modules = dict(vqgm.model._modules)   # a shallow copy shares the dict: the original keeps its GPT
+    control.model.transformer = gpt.to(vqgm.device).eval()
+    return control, stats
+
+
+def sampled_images(cfg: DictConfig, vqgm) -> dict:
+    """``bias.n_per_class`` images per species sampled from ``vqgm`` (the profile's sampler settings, seeded),
+    decoded: {"tokens", "labels", "images"}."""
+    n, C = int(cfg.bias.n_per_class), int(cfg.world.n_classes)
+    labels = np.repeat(np.arange(C), n)
+    s = cfg.data
+    tokens = vqgm.sample(torch.from_numpy(labels), temperature=float(s.temperature), top_k=s.top_k, top_p=s.top_p,
+                         seed=int(cfg.seed) + 8080).cpu()
+    with torch.no_grad():
+        images = to_uint8(vqgm.decode(tokens.to(vqgm.device)))
+    return {"tokens": tokens.numpy(), "labels": labels.astype(np.int64), "images": images}
+
+
 STATISTICS = ("detected", "counts")
 
 
@@ -179,8 +220,13 @@ def examine(cfg: DictConfig, data: dict, scene_sets: np.ndarray, classifier: tor
     detected = detected_scenes(counts)
     measured = classify_scenes(classifier, data["images"], cfg.device)
     labels = data["labels"]
-    per_image = {"detected": (detected[:, None] == np.arange(S)[None]).astype(np.int64), "counts": counts}
-    deltas = {st: group_deltas(v, labels, C, n_boot=nb, seed=seed) for st, v in per_image.items()}
+    onehot = lambda sc: (sc[:, None] == np.arange(S)[None]).astype(np.int64)         # noqa: E731
+    per_image = {"detected": onehot(detected), "counts": counts, "measured": onehot(measured)}
+    # a species' preferred scene is chosen among S scenes: its S intervals are Bonferroni-adjusted (family-wise
+    # error bias.alpha per species), so a species with no bias is flagged with probability <= alpha / 2.
+    # "measured" is the ground truth of every (species, scene) cell: the same test on the pixel classifier's scenes
+    deltas = {st: group_deltas(v, labels, C, n_boot=nb, alpha=float(cfg.bias.alpha) / S, seed=seed)
+              for st, v in per_image.items()}
     shows = {}
     for c in range(C):
         hit = measured[labels == c] == toyworld.PREFERRED_SCENE[c]
@@ -257,20 +303,24 @@ def bias_table(cfg: DictConfig, results: dict, name: str = "bias") -> pd.DataFra
 
 def bias_summary(cfg: DictConfig, results: dict, accuracy: dict, name: str = "bias_summary") -> pd.DataFrame:
     """One row per (set of images, statistic): species whose images show the bias (measured), for how many of
-    those the detected preferred scene is right, detections without a measured bias, the largest |delta| and the
-    share of delta intervals containing 0; the correlation of token-detected with measured rates (the same for
-    both statistics); the models' accuracy."""
+    those the detected preferred scene is right, detections the measurement does not support (the same test on
+    the pixel-measured scenes has no interval above 0 for the detected scene), the largest |delta|, the share of
+    delta intervals containing 0, the correlation of the 40 deltas with the measured ones, and the correlation
+    of token-detected with measured rates (the same for both statistics); the models' accuracy."""
     rows = []
     for world, r in results.items():
         C = len(r["shows"])
         biased = [c for c in range(C) if r["shows"][c]["biased"]]
+        truth = r["deltas"]["measured"].set_index(["group", "scene"])
         for st in STATISTICS:
             pref, d = r["preferred"][st], r["deltas"][st]
+            unsupported = [c for c in range(C) if pref[c] >= 0 and not truth.loc[(c, pref[c]), "lo"] > 0]
             rows.append({"images": world, "statistic": st, "species_biased": len(biased),
                          "detected_right": sum(pref[c] == int(toyworld.PREFERRED_SCENE[c]) for c in biased),
-                         "detected_without_bias": sum(pref[c] >= 0 for c in range(C) if c not in biased),
+                         "detected_unsupported": len(unsupported),
                          "max_abs_delta": float(d.delta.abs().max()),
                          "deltas_spanning_0": float(((d.lo <= 0) & (d.hi >= 0)).mean()),
+                         "delta_r_vs_measured": float(np.corrcoef(d.delta, r["deltas"]["measured"].delta)[0, 1]),
                          "r": r["r"][0], "r_lo": r["r"][1], "r_hi": r["r"][2]})
     df = pd.DataFrame(rows)
     for k, v in accuracy.items():
@@ -280,8 +330,9 @@ def bias_summary(cfg: DictConfig, results: dict, accuracy: dict, name: str = "bi
     write_table(df, cfg.paths.tables, name, display=disp,
                 caption="The bias test per set of images and per-image statistic: species whose images show their "
                         "preferred scene above uniform (measured), how many of those the tokens detect right, "
-                        "detections without a measured bias, the largest |Cliff's delta|, the share of delta "
-                        "intervals containing 0, and Pearson r of token-detected vs measured (species x scene) rates")
+                        "detections the pixel-measured scenes do not support, the largest |Cliff's delta|, the share "
+                        "of delta intervals containing 0, Pearson r of the (species x scene) deltas with the measured "
+                        "ones, and of token-detected vs measured rates")
     return disp
 
 
@@ -326,33 +377,59 @@ def fig_bias(cfg: DictConfig, results: dict, worlds: tuple[str, ...] | None = No
     return fig
 
 
-def run(cfg: DictConfig, composed=None) -> SectionResult:
-    """Everything notebook 08 shows: the scene models and their accuracy, the scene concept tokens, the bias
-    test on the generated images and on the two real-image controls, the tables and the figure."""
-    from .run import get_vqgm
-
-    setup(cfg)
+def scene_models(cfg: DictConfig, vqgm) -> dict:
+    """Step 1 of the section: the scene extractor and the pixel scene classifier, trained (or loaded) on real
+    toy images with scene independent of species, and the scene concept tokens from the extractor's TSVs:
+    {"train", "val", "extractor", "classifier" (FitResults), "sets" (S, k), "accuracy"}."""
     _check_toy(cfg)
-    vqgm = composed.vqgm if composed is not None else get_vqgm(cfg)
     b = cfg.bias
     train = scene_data(cfg, vqgm, "train", int(b.n_train), UNIFORM)
     val = scene_data(cfg, vqgm, "val", int(b.n_val), UNIFORM)
     ext, pix = scene_extractor(cfg, vqgm, train, val), scene_classifier(cfg, train, val)
     sets, _ = scene_concepts(cfg, vqgm, ext.model, train)
-    n_ctrl = int(b.n_per_class) * int(cfg.world.n_classes)
+    return {"train": train, "val": val, "extractor": ext, "classifier": pix, "sets": sets,
+            "accuracy": {"scene_extractor_val_acc": float(ext.best_val_acc),
+                         "pixel_classifier_val_acc": float(pix.best_val_acc)}}
+
+
+CONTROL = "real, scene_bias 0.25 (control)"
+GENERATOR_CONTROL = "generated, prior trained at scene_bias 0.25 (control)"
+
+
+def bias_worlds(cfg: DictConfig, vqgm) -> dict:
+    """Step 2: the sets of images tested, {name: {"tokens", "labels", "images"[, "scenes", "masks"]}}: the
+    generator's ("generated"), the unbiased real control, real images at the world's own bias, and with
+    ``bias.generator_control`` the samples of a prior retrained on an unbiased world."""
+    n = int(cfg.bias.n_per_class) * int(cfg.world.n_classes)
     worlds = {"generated": generated_images(cfg, vqgm),
-              "real, scene_bias 0.25 (control)": scene_data(cfg, vqgm, "control-uniform", n_ctrl, UNIFORM),
-              f"real, scene_bias {float(cfg.world.scene_bias):g}": scene_data(cfg, vqgm, "control-world", n_ctrl,
+              CONTROL: scene_data(cfg, vqgm, "control-uniform", n, UNIFORM),
+              f"real, scene_bias {float(cfg.world.scene_bias):g}": scene_data(cfg, vqgm, "control-world", n,
                                                                               float(cfg.world.scene_bias))}
-    results = {w: examine(cfg, d, sets, pix.model, int(vqgm.K)) for w, d in worlds.items()}
-    ctrl = worlds["real, scene_bias 0.25 (control)"]
-    accuracy = {"scene_extractor_val_acc": float(ext.best_val_acc), "pixel_classifier_val_acc": float(pix.best_val_acc),
-                "pixel_classifier_control_acc": float((results["real, scene_bias 0.25 (control)"]["measured"]
-                                                       == ctrl["scenes"]).mean())}
+    if bool(cfg.bias.generator_control):
+        worlds[GENERATOR_CONTROL] = sampled_images(cfg, control_generator(cfg, vqgm)[0])
+    return worlds
+
+
+def run(cfg: DictConfig, composed=None) -> SectionResult:
+    """Everything notebook 08 shows: the scene models and their accuracy, the scene concept tokens checked
+    against the part masks, the bias test on the generated images and on the controls, the tables and the
+    figure."""
+    from .run import get_vqgm
+
+    setup(cfg)
+    _check_toy(cfg)
+    vqgm = composed.vqgm if composed is not None else get_vqgm(cfg)
+    models = scene_models(cfg, vqgm)
+    worlds = bias_worlds(cfg, vqgm)
+    results = {w: examine(cfg, d, models["sets"], models["classifier"].model, int(vqgm.K)) for w, d in worlds.items()}
+    accuracy = {**models["accuracy"], "pixel_classifier_control_acc":
+                float((results[CONTROL]["measured"] == worlds[CONTROL]["scenes"]).mean())}
     out = SectionResult("bias")
-    out.tables["bias_scene_tokens"] = token_check(cfg, ctrl, sets, int(vqgm.K))
-    out.tables["bias_summary"] = bias_summary(cfg, results, accuracy)
-    out.tables["bias"] = bias_table(cfg, results)
-    out.figures["fig_bias"] = fig_bias(cfg, results)
-    out.values.update(results=results, scene_sets=sets, accuracy=accuracy, worlds=worlds)
+    # with the opt-in generator control the tables get their own names: `make all`'s stay as they are
+    sfx = "_generator_control" if bool(cfg.bias.generator_control) else ""
+    out.tables["bias_scene_tokens"] = token_check(cfg, worlds[CONTROL], models["sets"], int(vqgm.K))
+    out.tables["bias_summary"] = bias_summary(cfg, results, accuracy, name=f"bias_summary{sfx}")
+    out.tables["bias"] = bias_table(cfg, results, name=f"bias{sfx}")
+    out.figures["fig_bias"] = fig_bias(cfg, results, name=f"fig_bias{sfx}")
+    out.values.update(results=results, models=models, accuracy=accuracy, worlds=worlds)
     return out
