@@ -126,6 +126,7 @@ SCHEMA: dict[str, Check] = {
     "device": Check("str"),  # resolved and checked by config.resolve_device
     "threads": _int(1),
     "progress": Check("bool"),
+    "dry_run": Check("bool"),
     "world.n_classes": _int(2),
     "world.image_size": _int(8),
     "world.scene_bias": Check("float", lo=0, hi=1),

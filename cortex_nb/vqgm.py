@@ -122,7 +122,12 @@ def load_vqgm(
     check_supported(model_cfg)
     for msg in changed:
         logger.info("taming config: %s", msg)
-    sd = extract_state_dict(read_checkpoint(path, trust_checkpoint), path)
+    raw = read_checkpoint(path, trust_checkpoint)
+    from .paper_dry import DRY_BANNER, DRY_MARKER
+
+    dry_run = isinstance(raw, dict) and DRY_MARKER in raw          # random weights (cortex_nb.paper_dry)
+    sd = extract_state_dict(raw, path)
+    del raw
     loss_keys = [k for k in sd if k.startswith(LOSS_PREFIXES)]
     for k in loss_keys:
         del sd[k]
@@ -148,7 +153,10 @@ def load_vqgm(
     vq = VQGM(model, config=model_cfg, ckpt_path=path, changes=changed + (
         [f"dropped {len(loss_keys)} loss tensors"] if loss_keys else []))
     _check_grid(vq, int(model.transformer.get_block_size()))
+    vq.dry_run = dry_run
     logger.info("loaded %r from %s", vq, path)
+    if dry_run:
+        logger.warning("%s: %s", path, DRY_BANNER)
     return vq
 
 
@@ -189,6 +197,7 @@ class VQGM:
         self.model = model
         self.config = config
         self.ckpt_path = ckpt_path
+        self.dry_run = False      # True: random weights from cortex_nb.paper_dry (load_vqgm sets it)
         self.changes = list(changes)
         fs = model.first_stage_model
         emb = getattr(fs.quantize, "embedding", None)

@@ -135,8 +135,14 @@ def get_vqgm(cfg: DictConfig):
             f"profile {cfg.name!r} needs taming's class-conditional ImageNet model: set CORTEX_VQGM_CONFIG to its "
             "config YAML and CORTEX_VQGM_CKPT to its last.ckpt (or vqgm.config / vqgm.ckpt in the profile); "
             "README 'ImageNet profile' says where to get them")
-    return check_n_classes(cfg, load_vqgm(cfg.vqgm.config, cfg.vqgm.ckpt, device=cfg.device,
-                                          trust_checkpoint=bool(cfg.vqgm.trust_checkpoint)))
+    vqgm = load_vqgm(cfg.vqgm.config, cfg.vqgm.ckpt, device=cfg.device,
+                     trust_checkpoint=bool(cfg.vqgm.trust_checkpoint))
+    if vqgm.dry_run and not bool(cfg.dry_run):
+        raise CheckpointError(
+            f"{cfg.vqgm.ckpt} holds random weights written for the paper-dry profile (cortex_nb.paper_dry), not "
+            f"a trained model: profile {cfg.name!r} runs only on the real files",
+            fix="point CORTEX_VQGM_CKPT / CORTEX_VQGM_CONFIG at taming's released cin transformer")
+    return check_n_classes(cfg, vqgm)
 
 
 def _install_shipped_vqgm(cfg: DictConfig, tok, prior) -> None:
