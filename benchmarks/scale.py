@@ -55,15 +55,17 @@ __all__ = [
 
 # ---------------------------------------------------------------------------------- model shapes
 #: taming's class-conditional ImageNet transformer ("cin transformer", 2020-11-20T21-45-44 project
-#: config), as we assume it: ~1.41 B parameters. Not checked against the released YAML here (no
-#: network); block_size only changes the positional table (256 vs 257 rows).
-CIN_GPT: dict[str, int] = dict(vocab_size=16384, block_size=256, n_layer=48, n_head=24, n_embd=1536)
+#: config), as we assume it: ~1.41 B parameters; one definition, shared with the paper-dry profile's models
+#: (cortex_nb.paper_dry). Not checked against the released YAML here (no network); block_size only changes the
+#: positional table (256 vs 257 rows).
+from cortex_nb.paper_dry import CIN_GPT, VQGAN_F16 as _F16  # noqa: E402
 
 #: its first stage: VQGAN f16 with a 16384 x 256 codebook (16 x 16 tokens for 256 x 256 images)
 VQGAN_F16: dict[str, Any] = dict(
-    n_embed=16384, embed_dim=256,
-    ddconfig=dict(double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3, ch=128,
-                  ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], dropout=0.0),
+    n_embed=_F16["n_embed"], embed_dim=_F16["embed_dim"],
+    ddconfig=dict(double_z=False, z_channels=_F16["z_channels"], resolution=_F16["resolution"], in_channels=3,
+                  out_ch=3, ch=_F16["ch"], ch_mult=list(_F16["ch_mult"]), num_res_blocks=_F16["num_res_blocks"],
+                  attn_resolutions=list(_F16["attn_resolutions"]), dropout=0.0),
 )
 
 

@@ -81,3 +81,25 @@ def test_dry_evaluators_have_random_weights_and_the_real_preprocessing():
     assert torch.equal(w1, w2)                                                  # seeded
     p = ev(torch.zeros(2, 3, 256, 256).uniform_(-1, 1))
     assert p.shape == (2, 1000)
+
+
+def test_the_paper_dry_benchmark_runs_end_to_end_at_small_shapes(tmp_path):
+    """benchmarks/paper_dry.py --quick: write -> load -> sample -> decode -> evaluators -> CE / RE step, TSV and
+    Gumbel selection, through the same functions as at the real shapes; its JSON names every stage."""
+    import importlib
+    import json
+    import sys
+    from pathlib import Path
+
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(bench_dir) not in sys.path:
+        sys.path.insert(0, str(bench_dir))
+    bench = importlib.import_module("paper_dry")
+    out = bench.main(["--quick", "--threads", "1", "--out", str(tmp_path), "--cache", str(tmp_path / "vqgm"),
+                      "--samples", "2"])
+    written = json.loads((tmp_path / "paper_dry.json").read_text())
+    assert written["quick"] and written["extra"]["checkpoint_gb"] > 0
+    names = " | ".join(r["benchmark"] for r in written["rows"])
+    for part in ("write checkpoint", "load through load_vqgm", "sample 2 grids", "vit_b_16", "CE: TSV", "RE: Gumbel"):
+        assert part in names
+    assert out["per_sample"] > 0 and "PAPER-DRY" in written["extra"]["note"]
