@@ -11,9 +11,19 @@ import numpy as np
 from .figures import message_png, panel_figure, pixel_panel, png_bytes
 from .widgets_list import show_png
 
-__all__ = ["Views", "SELECTED", "OTHER"]
+__all__ = ["Views", "SELECTED", "OTHER", "shrink_images"]
 
 SELECTED, OTHER = "#d62728", "#9aa5b1"      # the selected bar, the others
+
+
+def shrink_images(images: np.ndarray, f: int) -> np.ndarray:
+    """uint8 images (b, H, W, 3) area-averaged by the integer factor ``f`` (edges that do not fill a block are
+    dropped); f <= 1: unchanged."""
+    if f <= 1:
+        return images
+    b, H, W = images.shape[:3]
+    x = images[:, :H - H % f, :W - W % f].reshape(b, H // f, f, W // f, f, 3).astype(np.float32)
+    return x.mean((2, 4)).round().astype(np.uint8)
 
 
 class Views:
@@ -53,6 +63,8 @@ class Views:
             return
         self._gallery_message = None
         imgs = np.asarray(self.data.gallery_images)[shown]             # (b, H, W, 3)
+        shrink = -(-max(imgs.shape[1:3]) // 128)                       # 256 px (imagenet): 2, area-averaged
+        imgs = shrink_images(imgs, shrink)
         b, H, Wd = imgs.shape[:3]
         cols = min(b, 6, self.per_page)
         rows = -(-b // cols)
@@ -63,7 +75,8 @@ class Views:
         for j, i in enumerate(shown):
             y, x = (j // cols) * (H + band + gap) + band, (j % cols) * (Wd + gap) + gap
             mosaic[y:y + H, x:x + Wd] = imgs[j]
-            boxes += [(x + x0, y + y0, w, h) for (x0, y0, w, h) in self.boxes(int(i), t)]
+            boxes += [(x + x0 / shrink, y + y0 / shrink, w / shrink, h / shrink)
+                      for (x0, y0, w, h) in self.boxes(int(i), t)]
             labels.append((x, y, f"#{int(i)}"))
         pages = int(self.page_slider.max)
         page = f", page {int(self.page_slider.value)}/{pages}" if pages > 1 else ""
@@ -99,7 +112,9 @@ class Views:
         p = self.p
         h, w = img.shape[:2]
         r0, c0 = max(0, (h - 3 * p) // 2), max(0, (w - 3 * p) // 2)
-        alone = img[r0:r0 + 3 * p, c0:c0 + 3 * p]                       # the middle 3 x 3 patches
+        alone = np.full((3 * p, 3 * p, 3), 255, np.uint8)                # the middle 3 x 3 patches (white
+        mid = img[r0:r0 + 3 * p, c0:c0 + 3 * p]                         # where the decoded image is smaller)
+        alone[:mid.shape[0], :mid.shape[1]] = mid
         crops, where = self.token_examples(t)
         gap = np.full((3 * p, max(1, p // 2), 3), 255, np.uint8)
         parts, boxes, x = [alone], [], 3 * p

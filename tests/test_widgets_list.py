@@ -109,3 +109,34 @@ def test_the_snapshot_follows_the_app(monkeypatch):
     first = shown[-1]
     b.class_dropdown.value = 2                                            # another class: every view redrawn
     assert len(shown) >= 2 and shown[-1] == b.snapshot() and shown[-1] != first
+
+
+def test_shrink_images_is_an_area_average():
+    from cortex_nb.widgets_views import shrink_images
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (2, 6, 4, 3), dtype=np.uint8)
+    out = shrink_images(imgs, 2)
+    assert out.shape == (2, 3, 2, 3)
+    assert out[1, 2, 1, 0] == round(imgs[1, 4:6, 2:4, 0].astype(float).mean())
+    assert shrink_images(imgs, 1) is imgs
+
+
+def test_a_256_px_gallery_is_shrunk_to_fit_and_its_boxes_follow():
+    """ImageNet-sized gallery images (256 px, m = 16): shown area-averaged by 2, the boxes at half scale."""
+    from cortex_nb.pipeline.s06_browser import BrowserData
+
+    rng = np.random.default_rng(1)
+    m, K, G = 16, 50, 4
+    g_tokens = rng.integers(0, K, (G, m, m))
+    g_tokens[:, 3, 5] = 7
+    d = BrowserData(class_names=["a", "b"], K=K, m=m, train_tokens=rng.integers(0, K, (6, m, m)).astype(np.uint16),
+                    train_labels=np.array([0, 0, 0, 1, 1, 1]), train_tsv={"CE": rng.random((6, m, m)).astype(np.float32)},
+                    gallery_tokens=g_tokens.astype(np.uint16), gallery_labels=np.array([0, 0, 1, 1]),
+                    gallery_images=rng.integers(0, 256, (G, 256, 256, 3), dtype=np.uint8),
+                    token_image=lambda t: np.zeros((256, 256, 3), np.uint8))
+    b = TokenBrowser(d, class_name="a", source="frequency", k=10)
+    b.open_token(7)
+    img = decode(b.gallery_view.value)
+    assert img.shape[1] < 2 * 256 + 40                                   # two 128 px images, not two 256 px ones
+    assert b.state()["error"] is None
