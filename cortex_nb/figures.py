@@ -35,8 +35,17 @@ def set_style() -> None:
     matplotlib.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight"})
 
 
+#: set by cortex_nb.pipeline.run.setup under the paper-dry profile: every saved figure carries DRY_TITLE
+DRY_RUN = False
+DRY_TITLE = "PAPER-DRY: random weights at the paper's shapes — these numbers are meaningless"
+
+
 def save_figure(fig, directory: str | Path, name: str, *, pdf: bool = True) -> Path:
-    """Save ``fig`` as ``directory/name.png`` (+ ``.pdf``) atomically; returns the PNG path."""
+    """Save ``fig`` as ``directory/name.png`` (+ ``.pdf``) atomically; returns the PNG path. Under the
+    paper-dry profile (``DRY_RUN``) a red banner at the top says the numbers are meaningless."""
+    if DRY_RUN and not getattr(fig, "_cortex_dry", False):
+        fig.text(0.5, 0.999, DRY_TITLE, ha="center", va="top", color="red", fontsize=9, weight="bold")
+        fig._cortex_dry = True
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     out = directory / f"{name}.png"

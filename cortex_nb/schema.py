@@ -33,6 +33,7 @@ class Check:
     lo_open: bool = False
     optional: bool = False
     choices: tuple = ()
+    empty: bool = False     # list: [] is allowed too
 
     def allowed(self) -> str:
         """What the rule admits, in words (for the error message)."""
@@ -51,7 +52,7 @@ class Check:
         elif self.kind == "choice":
             what = "one of " + ", ".join(map(str, self.choices))
         elif self.kind == "list":
-            what = "a non-empty list of " + ", ".join(map(str, self.choices))
+            what = ("a list" if self.empty else "a non-empty list") + " of " + ", ".join(map(str, self.choices))
         elif self.kind == "ints":
             what = f"a non-empty list of distinct integers >= {self.lo:g}"
         elif self.kind == "pairs":
@@ -75,7 +76,8 @@ class Check:
         if self.kind == "choice":
             return v in self.choices
         if self.kind == "list":
-            return isinstance(v, list) and len(v) > 0 and all(x in self.choices for x in v) and len(set(v)) == len(v)
+            return (isinstance(v, list) and (len(v) > 0 or self.empty) and all(x in self.choices for x in v)
+                    and len(set(v)) == len(v))
         if self.kind == "ints":
             return (isinstance(v, list) and len(v) > 0 and len(set(v)) == len(v)
                     and all(isinstance(x, int) and not isinstance(x, bool) and self._in_range(x) for x in v))
@@ -130,6 +132,7 @@ SCHEMA: dict[str, Check] = {
     "world.n_classes": _int(2),
     "world.image_size": _int(8),
     "world.scene_bias": Check("float", lo=0, hi=1),
+    "world.classes": Check("ints", lo=0, optional=True),
     "vqgm.source": _choice("toy", "taming"),
     "vqgm.config": Check("str", optional=True),
     "vqgm.ckpt": Check("str", optional=True),
@@ -137,6 +140,7 @@ SCHEMA: dict[str, Check] = {
     "vqgm.tokenizer": Check("section"),
     "vqgm.prior": Check("section"),
     "vqgm.n_report": _int(0),
+    "vqgm.n_samples": _int(1),
     "evaluators.source": _choice("toy", "torchvision"),
     "evaluators.names": Check("list", choices=()),  # choices filled lazily (evaluators module)
     "evaluators.weights_dir": Check("str", optional=True),
@@ -193,7 +197,7 @@ SCHEMA: dict[str, Check] = {
     "faithfulness.archs": Check("list", choices=("CE", "RE")),
     "faithfulness.fills": Check("list", choices=FILLS, optional=True),
     "faithfulness.n_localisation": _int(0),
-    "faithfulness.permuted": Check("list", choices=("CE", "RE")),
+    "faithfulness.permuted": Check("list", choices=("CE", "RE"), empty=True),
     "bias.n_train": _int(1),
     "bias.n_val": _int(1),
     "bias.epochs": _int(1),

@@ -98,6 +98,11 @@ def fmt_ci(mean: float, lo: float, hi: float, *, pct: bool = False, digits: int 
     return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+#: set by cortex_nb.pipeline.run.setup under the paper-dry profile: every table's caption says so
+DRY_RUN = False
+DRY_CAPTION = "PAPER-DRY (random weights at the paper's shapes): these numbers are meaningless."
+
+
 def write_table(df: pd.DataFrame, directory: str | Path, name: str, *, caption: str = "",
                 display: pd.DataFrame | None = None, index: bool = False) -> dict[str, Path]:
     """Write ``df`` as CSV (full precision, machine-readable) and ``display`` (default ``df``,
@@ -105,6 +110,8 @@ def write_table(df: pd.DataFrame, directory: str | Path, name: str, *, caption: 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     display = df if display is None else display
+    if DRY_RUN:
+        caption = f"**{DRY_CAPTION}** " + caption
     paths = {ext: directory / f"{name}.{ext}" for ext in ("csv", "md", "tex")}
     with atomic_path(paths["csv"]) as tmp:
         df.to_csv(tmp, index=index)

@@ -112,7 +112,9 @@ def store_meta(cfg: DictConfig, vqgm, split: str) -> dict:
             "vqgm": vqgm_key(vqgm), "device": vqgm.device.type,
             "sampler": {"temperature": float(d.temperature), "top_k": d.top_k, "top_p": d.top_p},
             "sample_batch": min(int(d.batch_size), int(d.shard_size)),
-            "n_per_class": int(d[f"n_{split}"]), "n_classes": int(cfg.world.n_classes)}
+            "n_per_class": int(d[f"n_{split}"]), "n_classes": int(cfg.world.n_classes),
+            # only when a profile restricts them (paper-dry): the other profiles' keys stay as they were
+            **({"classes": [int(c) for c in cfg.world.classes]} if cfg.world.get("classes") is not None else {})}
 
 
 def store_key(store: TokenStore) -> str:

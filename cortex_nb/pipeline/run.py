@@ -52,12 +52,14 @@ def setup(cfg: DictConfig) -> None:
     ``results/<profile>/profile.yaml`` and, under `make all`, registers the record of the modules
     this process used (:mod:`cortex_nb.deps`). With N processes on the machine (torchrun) each uses
     ``max(1, cfg.threads // N)`` threads and log lines name their rank."""
-    from .. import config, deps
+    from .. import config, deps, figures, tables
     from ..figures import set_style
 
     config.ensure_writable(cfg)
     deps.record_on_exit()
     set_style()
+    # paper-dry: every figure and table this process writes says its numbers are meaningless
+    figures.DRY_RUN = tables.DRY_RUN = bool(cfg.get("dry_run", False))
     torch.set_num_threads(distributed.threads_per_process(int(cfg.threads)))
     torch.manual_seed(int(cfg.seed))
     np.random.seed(int(cfg.seed) % 2**32)
@@ -118,6 +120,12 @@ def get_vqgm(cfg: DictConfig):
     if cfg.vqgm.source == "toy" and distributed.active():  # torchrun: rank 0 trains, the others load
         return distributed.main_first(lambda: get_vqgm(cfg))
     setup(cfg)
+    if bool(cfg.dry_run):                      # paper-dry: the released shapes, random weights, the same loader
+        from ..paper_dry import released_cin_config, write_dry_vqgm
+
+        paths = write_dry_vqgm(cache_path(cfg, "vqgm-dry"), released_cin_config(int(cfg.world.n_classes)),
+                               seed=int(cfg.seed))
+        return check_n_classes(cfg, load_vqgm(paths["config"], paths["ckpt"], device=cfg.device))
     if cfg.vqgm.source == "toy":
         from ..toy_prior import PriorConfig
         from ..toy_tokenizer import TokenizerConfig
@@ -178,6 +186,19 @@ def check_n_classes(cfg: DictConfig, vqgm):
     return vqgm
 
 
+def class_ids(cfg: DictConfig) -> np.ndarray:
+    """The class ids a run generates and studies: ``world.classes`` (the paper-dry profile's few of ImageNet's
+    1000), or every id in [0, world.n_classes) when it is null."""
+    C = int(cfg.world.n_classes)
+    ids = cfg.world.get("classes")
+    if ids is None:
+        return np.arange(C, dtype=np.int64)
+    ids = np.asarray(list(ids), dtype=np.int64)
+    if len(ids) == 0 or ids.min() < 0 or ids.max() >= C or len(np.unique(ids)) != len(ids):
+        raise ValueError(f"world.classes must be distinct ids in [0, world.n_classes = {C}), got {list(ids)}")
+    return ids
+
+
 def real_toy_images(cfg: DictConfig, n: int, purpose: str):
     """``n`` real toy images for ``purpose`` ('evaluators-train', 'evaluators-val', 'report'),
     from seeds that no other purpose uses (so held-out sets are really held out)."""
@@ -198,6 +219,11 @@ def get_evaluators(cfg: DictConfig) -> dict:
         return distributed.main_first(lambda: get_evaluators(cfg))
     setup(cfg)
     names = list(cfg.evaluators.names)
+    if bool(cfg.dry_run):                      # paper-dry: torchvision's architectures, weights=None
+        from ..paper_dry import dry_imagenet_evaluators
+
+        return dry_imagenet_evaluators(names, device=cfg.device, preprocess=cfg.evaluators.preprocess,
+                                       seed=int(cfg.seed))
     if cfg.evaluators.source != "toy":
         return ev.load_imagenet_evaluators(names, weights_dir=cfg.evaluators.weights_dir, device=cfg.device,
                                            preprocess=cfg.evaluators.preprocess)
@@ -250,7 +276,7 @@ def generate_dataset(cfg: DictConfig, vqgm=None, splits=("train", "val", "test")
     d = cfg.data
     stores = {}
     for split in splits:
-        labels = np.repeat(np.arange(int(cfg.world.n_classes), dtype=np.int64), int(d[f"n_{split}"]))
+        labels = np.repeat(class_ids(cfg), int(d[f"n_{split}"]))
         meta = store_meta(cfg, vqgm, split)  # what the shards depend on, exactly as make_shard uses it
 
         def make_shard(chunk: np.ndarray, seed: int, split=split, meta=meta) -> dict:

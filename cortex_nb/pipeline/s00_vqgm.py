@@ -128,12 +128,14 @@ def evaluator_training_table(cfg: DictConfig) -> pd.DataFrame:
 
 
 def prior_samples(cfg: DictConfig, vqgm, per_class: int | None = None, seed_offset: int = 7):
-    """``per_class`` prior samples per class (default 20, 8 on the smoke profile): tokens
+    """``per_class`` prior samples per class (default ``vqgm.n_samples``) of every class of the run: tokens
     (B, m, m), labels (B,) and decoded float images (B, 3, H, W), with the profile's sampler
     settings; a fresh seed so it never overlaps the dataset's shards."""
-    per_class = per_class if per_class is not None else (8 if cfg.name == "smoke" else 20)
+    from .run import class_ids
+
+    per_class = per_class if per_class is not None else int(cfg.vqgm.n_samples)
     d = cfg.data
-    labels = torch.arange(int(cfg.world.n_classes)).repeat_interleave(per_class)
+    labels = torch.from_numpy(class_ids(cfg)).repeat_interleave(per_class)
     toks = vqgm.sample(labels, temperature=float(d.temperature), top_k=d.top_k, top_p=d.top_p,
                        seed=int(cfg.seed) + seed_offset, batch_size=int(d.batch_size))
     images = torch.cat([vqgm.decode(toks[i:i + 64]).cpu() for i in range(0, len(toks), 64)])
