@@ -18,10 +18,10 @@ export OMP_WAIT_POLICY := PASSIVE
 FROM_SCRATCH ?=
 export CORTEX_FROM_SCRATCH := $(FROM_SCRATCH)
 
-.PHONY: setup all seeds test unit nbval lab bench atlas bias-control clean help
+.PHONY: setup all seeds test unit nbval lab bench atlas bias-control gpu-check clean help
 
 help:
-	@echo "make setup | all [PROFILE=toy|smoke|imagenet] [CELL_TIMEOUT=seconds] [FROM_SCRATCH=1] | seeds | test | lab | atlas | bias-control | bench | clean"
+	@echo "make setup | all [PROFILE=toy|smoke|imagenet] [CELL_TIMEOUT=seconds] [FROM_SCRATCH=1] | seeds | test | lab | atlas | bias-control | gpu-check | bench | clean"
 
 setup: $(STAMP)
 
@@ -107,6 +107,12 @@ bench: $(STAMP)
 # from file://, offline). Needs `make all` first (its caches); takes about a minute on the toy profile.
 atlas: $(STAMP)
 	$(PY) -m cortex_nb atlas --profile $(PROFILE)
+
+# The GPU check (issue #17): on a CUDA machine with nothing downloaded, the paper's models at their real shapes with
+# random weights (cortex_nb.paper_dry) -- sampling with the KV cache, masked evaluation at 224 px, CE / RE training,
+# TSV and Gumbel selection at larger counts -> results/benchmarks/gpu.{json,md}. Made to take <= 8 min on one GPU.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/paper_dry.py --gpu
 
 # Notebook 08's opt-in control: the prior retrained on an unbiased world (scene_bias 0.25) and its samples
 # tested like the generator's (minutes of prior training, cached and resumable); writes bias_summary_generator_control

@@ -100,6 +100,9 @@ def test_the_paper_dry_benchmark_runs_end_to_end_at_small_shapes(tmp_path):
     written = json.loads((tmp_path / "paper_dry.json").read_text())
     assert written["quick"] and written["extra"]["checkpoint_gb"] > 0
     names = " | ".join(r["benchmark"] for r in written["rows"])
-    for part in ("write checkpoint", "load through load_vqgm", "sample 2 grids", "vit_b_16", "CE: TSV", "RE: Gumbel"):
+    for part in ("write the checkpoint", "through load_vqgm", "sample 2 grids", "vit_b_16 on 4 masked", "CE: TSV",
+                 "RE: Gumbel"):
         assert part in names
     assert out["per_sample"] > 0 and "PAPER-DRY" in written["extra"]["note"]
+    md = (tmp_path / "paper_dry.md").read_text()
+    assert "PAPER-DRY" in md and "| sampling, s per sample |" in md
