@@ -103,7 +103,9 @@ class TokenBrowser(SearchRow, Views):
             raise ValueError(f"n must be in [1, m·m = {m * m}], got {n}")
         if not 1 <= k <= self.k_max:
             raise ValueError(f"k must be in [1, {self.k_max}], got {k}")
-        c0 = 0 if class_name is None else list(data.class_names).index(class_name)
+        # default: the first class the gallery shows (ImageNet runs study a few of 1000 classes)
+        c0 = (int(np.min(data.gallery_labels)) if len(data.gallery_labels) else 0) if class_name is None \
+            else list(data.class_names).index(class_name)
 
         # data as the saliency functions want it, converted once
         self._train_tokens = torch.from_numpy(np.asarray(data.train_tokens).astype(np.int64))   # (N, m, m)

@@ -30,8 +30,8 @@ from ..files import save_npy
 from ..saliency import top_n_positions
 from ..tables import fmt_ci, mean_ci, paired_ci, write_table
 from .keys import cache_path, random_baseline_key, replicate_seed
-from .run import (Run, SectionResult, class_names, compose, display_name, get_tsv, load_split, saliency_of, setup,
-                  store_tokens)
+from .run import (Run, SectionResult, class_ids, class_names, compose, display_name, get_tsv, load_split, saliency_of,
+                  setup, store_tokens)
 from .s04_concept_level import METHOD_LABEL, concept_sets, fill_of, score_masked
 
 __all__ = ["COLUMNS", "modal_share", "fill_levels", "random_baseline", "image_level", "fig3", "fills_frame", "fig3_fills",
@@ -310,16 +310,16 @@ def token_figure(cfg: DictConfig, examples: list[dict], vqgm, name: str = "fig2_
 
 
 def fig2(cfg: DictConfig, tsv_test: np.ndarray, concept: torch.Tensor, vqgm):
-    """Fig. 2: :func:`token_examples` and :func:`token_figure` for the first six classes."""
-    examples = token_examples(cfg, tsv_test, concept, vqgm, classes=range(min(6, cfg.world.n_classes)))
+    """Fig. 2: :func:`token_examples` and :func:`token_figure` for the first six classes of the run."""
+    examples = token_examples(cfg, tsv_test, concept, vqgm, classes=class_ids(cfg)[:6].tolist())
     return token_figure(cfg, examples, vqgm)
 
 
 def fig5(cfg: DictConfig, tsv_test: np.ndarray, concept: torch.Tensor, vqgm):
-    """Fig. 5 (appendix A.3): the same for the classes after the first six (all of them when
-    there are no more than six)."""
-    n = cfg.world.n_classes
-    examples = token_examples(cfg, tsv_test, concept, vqgm, classes=range(min(6, n), n) if n > 6 else range(n))
+    """Fig. 5 (appendix A.3): the same for the next classes of the run, up to six more (all of them when there
+    are no more than six; ImageNet's 1000 would not fit a figure)."""
+    ids = class_ids(cfg).tolist()
+    examples = token_examples(cfg, tsv_test, concept, vqgm, classes=ids[6:12] if len(ids) > 6 else ids)
     return token_figure(cfg, examples, vqgm, name="fig5_token_visualisation")
 
 

@@ -41,7 +41,8 @@ from ..figures import save_figure
 from ..saliency import class_vs_rest_scores
 from ..tables import fmt_ci, mean_ci, paired_ci, write_table
 from .keys import replicate_seed
-from .run import Run, SectionResult, compose, display_name, embed_fn, load_split, saliency_of, setup, store_tokens
+from .run import (Run, SectionResult, class_ids, compose, display_name, embed_fn, load_split, saliency_of, setup,
+                  store_tokens)
 from .s04_concept_level import fill_of, head_share_rows, localisation_batch, score_masked
 from .s07_sanity import fig_sanity, permuted_extractors, sanity_checks, sanity_table
 
@@ -59,7 +60,7 @@ def faith_batch(cfg: DictConfig, vqgm) -> dict:
     split, tokens (B, m, m) int64, labels (B,), images (B, H, W, 3) uint8."""
     test = load_split(cfg, "test", vqgm)
     n = int(cfg.faithfulness.n_per_class)
-    idx = np.concatenate([np.flatnonzero(test.labels == c)[:n] for c in range(int(cfg.world.n_classes))])
+    idx = np.concatenate([np.flatnonzero(test.labels == c)[:n] for c in class_ids(cfg)])
     return {"index": idx, "tokens": store_tokens(test)[idx], "labels": torch.from_numpy(test.labels[idx]).long(),
             "images": np.asarray(test.images)[idx]}
 
