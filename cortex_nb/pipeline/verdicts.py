@@ -281,13 +281,30 @@ def settings_diff(tables: Path, head: Path) -> str:
     return ", ".join(f"{k}: {fa.get(k, '(absent)')} (headline: {fb.get(k, '(absent)')})" for k in keys)
 
 
+def _with_defaults(recorded: dict, base: dict) -> dict:
+    """``recorded`` with every key it lacks taken from ``base`` (nested): a key added to the profiles after a run
+    was recorded is read at its default, and a new key's default is, by the project's rule, the behaviour before
+    it existed (world.classes null = every class, dry_run false, ...)."""
+    out = dict(recorded)
+    for k, v in base.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _with_defaults(out[k], v)
+    return out
+
+
 def _settings(tables: Path) -> dict | None:
-    """The profile a tables directory was written with (its profile.yaml beside it), less the keys a
-    replicate may change; None when it is not recorded."""
+    """The profile a tables directory was written with (its profile.yaml beside it, keys added since taken at
+    their defaults), less the keys a replicate may change; None when it is not recorded."""
+    from ..config import PROFILE_DIR
+
     rec = _recorded(tables)
     if rec is None:
         return None
-    return {k: v for k, v in rec.get("profile", {}).items() if k not in _FREE}
+    base = yaml.safe_load((PROFILE_DIR / "_base.yaml").read_text()) or {}
+    prof = _with_defaults(rec.get("profile", {}), {k: v for k, v in base.items() if k != "name"})
+    return {k: v for k, v in prof.items() if k not in _FREE}
 
 
 def _recorded(tables: Path) -> dict | None:
