@@ -146,11 +146,12 @@ def samples_figure(cfg: DictConfig, images, labels, per_class: int = 8, name: st
                    title: str = "Samples of the class-conditional prior, a row per class"):
     """A grid of generated images, a row per class (first ``per_class`` of each)."""
     labels = np.asarray(labels)
-    n = int(cfg.world.n_classes)
-    rows = min(n, 10)
-    idx = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(rows)])
+    classes = np.unique(labels)[:10]                                   # the first ten classes the images hold
+    per = int(min(per_class, max(np.sum(labels == c) for c in classes)))
+    idx = np.concatenate([np.flatnonzero(labels == c)[:per] for c in classes])
+    names = class_names(cfg)
     fig = image_grid(to_uint8(images)[idx] if not isinstance(images, np.ndarray) else np.asarray(images)[idx],
-                     per_class, row_labels=class_names(cfg)[:rows], title=title)
+                     per, row_labels=[names[int(c)] for c in classes], title=title)
     save_figure(fig, cfg.paths.figures, name)
     return fig
 
