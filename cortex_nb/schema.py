@@ -276,9 +276,15 @@ def validate(tree: Mapping, refuse: Callable[[str, Any, str], Exception]) -> Non
         if not rule.ok(node):
             raise refuse(dotted, node, rule.allowed())
     n_classes = tree["world"]["n_classes"]
+    classes = tree["world"].get("classes")
+    for c in classes or ():
+        if not 0 <= c < n_classes:
+            raise refuse("world.classes", classes, f"class ids in [0, world.n_classes) = [0, {n_classes})")
     for pair in tree["optimization"]["pairs"]:
         if not all(0 <= c < n_classes for c in pair):
             raise refuse("optimization.pairs", pair, f"classes in [0, world.n_classes) = [0, {n_classes})")
+        if classes is not None and not all(c in classes for c in pair):   # Table 3 edits images of both classes
+            raise refuse("optimization.pairs", pair, f"classes the run generates (world.classes = {list(classes)})")
     if tree["vqgm"]["source"] == "toy":
         _validate_sections(tree, refuse, ("vqgm.tokenizer", "vqgm.prior"))
     if tree["evaluators"]["source"] == "toy":

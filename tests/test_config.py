@@ -207,3 +207,15 @@ def test_ensure_writable_creates_the_directories(tmp_path, monkeypatch):
     cfg = load_profile("smoke")
     ensure_writable(cfg)
     assert all(__import__("pathlib").Path(cfg.paths[k]).is_dir() for k in ("results", "cache", "tables", "figures"))
+
+
+def test_world_classes_and_the_pairs_they_must_hold():
+    cfg = load_profile("paper-dry")
+    assert list(cfg.world.classes) == [10, 20] and cfg.dry_run
+    with pytest.raises(ProfileError, match="classes the run generates"):
+        load_profile("paper-dry", **{"world.classes": [10]})             # Table 3's pair [10, 20] needs class 20
+    with pytest.raises(ProfileError, match="world.classes"):
+        load_profile("paper-dry", **{"world.classes": [10, 20, 1000]})
+    with pytest.raises(ProfileError, match="world.classes"):
+        load_profile("paper-dry", **{"world.classes": [10, 10]})
+    assert load_profile("toy").world.classes is None
