@@ -95,13 +95,16 @@ def _build_and_load(model_cfg, sd, path):
     """(model, load result): the config's model built on the meta device (no memory, no random init: 1.4 B
     parameters of the cin GPT would take ~15 s and 5.6 GB to initialise only to be overwritten) and given the
     checkpoint's tensors (``assign=True``). A module whose state the checkpoint does not hold (a non-persistent
-    buffer) would stay on meta: then the model is built the ordinary way, on the CPU, and loaded into."""
+    buffer) would stay on meta, and a tensor stored in another dtype would keep it: then the model is built the
+    ordinary way, on the CPU, and loaded into (cast to its dtypes)."""
     with torch.device("meta"):
         model = instantiate(model_cfg).eval()
     check_against_checkpoint(model, sd, model_cfg, path)
-    result = model.load_state_dict(sd, strict=False, assign=True)
-    if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-        return model, result
+    want = {k: v.dtype for k, v in model.state_dict().items()}
+    if all(v.dtype == want.get(k, v.dtype) for k, v in sd.items()):    # assign keeps the file's dtype: only if equal
+        result = model.load_state_dict(sd, strict=False, assign=True)
+        if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            return model, result
     logger.debug("meta-device load left tensors unset; building %s on the CPU", path)
     model = instantiate(model_cfg).eval()
     return model, model.load_state_dict(sd, strict=False)

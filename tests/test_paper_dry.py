@@ -106,3 +106,19 @@ def test_the_paper_dry_benchmark_runs_end_to_end_at_small_shapes(tmp_path):
     assert out["per_sample"] > 0 and "PAPER-DRY" in written["extra"]["note"]
     md = (tmp_path / "paper_dry.md").read_text()
     assert "PAPER-DRY" in md and "| sampling, s per sample |" in md
+
+
+def test_the_loader_casts_a_checkpoint_stored_in_another_dtype(tmp_path):
+    """A checkpoint whose tensors are float16 loads into the float32 model as before (the meta-device fast path
+    would keep float16: the loader falls back to the CPU build and casts)."""
+    cfg = released_cin_config(n_classes=7, **SMALL)
+    paths = write_dry_vqgm(tmp_path / "dry", cfg, seed=3)
+    raw = torch.load(paths["ckpt"], weights_only=False)
+    raw["state_dict"] = {k: (v.half() if v.is_floating_point() else v) for k, v in raw["state_dict"].items()}
+    half = tmp_path / "half.ckpt"
+    torch.save(raw, half)
+    vq = load_vqgm(paths["config"], half)
+    assert all(p.dtype == torch.float32 for p in vq.model.parameters())
+    ref = load_vqgm(paths["config"], paths["ckpt"])
+    w, w_ref = vq.model.transformer.head.weight, ref.model.transformer.head.weight
+    assert torch.equal(w, w_ref.half().float()) and not torch.equal(w, w_ref)

@@ -68,7 +68,7 @@ def _check_toy(cfg: DictConfig) -> None:
 
 def scene_data(cfg: DictConfig, vqgm, part: str, n: int, scene_bias: float) -> dict:
     """``n`` real toy images of stream ``part`` rendered with ``scene_bias``, encoded by the VQGM:
-    {"images" (n, H, W, 3) uint8, "tokens" (n, m, m) int64, "labels" (species), "scenes"}."""
+    {"images" (n, H, W, 3) uint8, "tokens" (n, m, m) int64, "labels" (species), "scenes", "masks" (parts)}."""
     b = toyworld.sample(int(n), seed=int(cfg.seed) * 1000 + _OFFSETS[part], n_classes=int(cfg.world.n_classes),
                         image_size=int(cfg.world.image_size), scene_bias=float(scene_bias))
     tokens = vqgm.encode(toyworld.to_tensor(b.images).to(vqgm.device)).cpu().long()
