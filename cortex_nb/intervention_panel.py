@@ -99,8 +99,11 @@ class InterventionPanel:
         labels = self.browser.data.class_names
         gl = np.asarray(self.browser.data.gallery_labels)
         keep = self.image_select.value
-        self.image_select.options = [(f"#{int(i)} ({labels[int(gl[i])]})", int(i)) for i in shown]
-        self.image_select.value = keep if keep in shown else (int(shown[0]) if len(shown) else None)
+        # options and value in ONE message: sent apart, the front end could show the new options' first label
+        # while the kernel keeps an image still in the list (the Lab test caught "#50" shown, #52 edited)
+        with self.image_select.hold_sync():
+            self.image_select.options = [(f"#{int(i)} ({labels[int(gl[i])]})", int(i)) for i in shown]
+            self.image_select.value = keep if keep in shown else (int(shown[0]) if len(shown) else None)
         if self.image_select.value is not None and int(self.target.value) == int(gl[self.image_select.value]):
             self.target.value = (int(self.target.value) + 1) % self.browser.C    # a target other than its class
         if self.browser.token is not None:
