@@ -135,10 +135,15 @@ def evaluator_key(cfg: DictConfig, name: str) -> str:
     return digest({**_evaluator_settings(cfg, drop=("names",)), "name": str(name)})
 
 
+#: world keys that real toy images (the toy evaluators' data, the quality report) do not depend on: which classes a
+#: run generates (world.classes) changes neither, and keeping it out keeps the shipped evaluators' keys
+WORLD_IGNORES = ("classes",)
+
+
 def _evaluator_settings(cfg: DictConfig, drop: tuple[str, ...] = ()) -> dict:
     """What toy evaluators are trained from: the seed, the world and the evaluators section (less the
     pretrained ones' weights_dir and preprocess, and ``drop``)."""
-    return {"seed": int(cfg.seed), "world": profile_section(cfg, "world"),
+    return {"seed": int(cfg.seed), "world": profile_section(cfg, "world", drop=WORLD_IGNORES),
             "evaluators": profile_section(cfg, "evaluators", drop=("weights_dir", "preprocess", *drop))}
 
 
@@ -146,7 +151,7 @@ def quality_key(cfg: DictConfig, vqgm, evaluators: dict) -> str:
     """Key of the tokenizer's quality report (:func:`cortex_nb.pipeline.s00_vqgm.vqgm_report`):
     held-out real images (seed, world, vqgm.n_report), the VQGM that reconstructs them and the
     evaluators that judge them."""
-    return digest({"seed": int(cfg.seed), "world": profile_section(cfg, "world"),
+    return digest({"seed": int(cfg.seed), "world": profile_section(cfg, "world", drop=WORLD_IGNORES),
                    "n_report": int(cfg.vqgm.n_report), "vqgm": vqgm_key(vqgm),
                    "evaluators": evaluators_key(evaluators)})
 
