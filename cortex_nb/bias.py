@@ -24,15 +24,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["cliffs_delta", "cliffs_delta_ci", "scene_token_counts", "detected_scenes", "scene_rates",
+__all__ = ["cliffs_delta", "cliffs_delta_ci", "scene_token_counts", "scene_onehot", "detected_scenes", "scene_rates",
            "group_deltas", "preferred_from_deltas", "rates_correlation_ci"]
 
 
 def cliffs_delta(x: Any, y: Any) -> torch.Tensor:
     """Cliff's delta of samples x (..., n) and y (..., m): (#(x_i > y_j) − #(x_i < y_j)) / (n m), over all
     pairs, batched over the leading dimensions (float64). +1: every x above every y; 0: no dominance."""
-    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y, dtype=torch.float64)
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
     if x.shape[-1] == 0 or y.shape[-1] == 0:
         raise ValueError(f"both samples need at least one value, got n = {x.shape[-1]}, m = {y.shape[-1]}")
     lead = torch.broadcast_shapes(x.shape[:-1], y.shape[:-1])
@@ -86,6 +86,12 @@ def scene_token_counts(tokens: Any, scene_sets: Any, K: int) -> np.ndarray:
     s_idx, j_idx = torch.nonzero(sets >= 0, as_tuple=True)
     member[s_idx, sets[s_idx, j_idx]] = True
     return member.T.long()[t].sum(1).numpy()                                           # (N, S)
+
+
+def scene_onehot(scenes: np.ndarray, n_scenes: int) -> np.ndarray:
+    """(N, S) int64 indicators of per-image scenes (N,); a scene of -1 (none) is a row of zeros."""
+    scenes = np.asarray(scenes)
+    return (scenes[:, None] == np.arange(n_scenes)[None]).astype(np.int64)
 
 
 def detected_scenes(counts: np.ndarray) -> np.ndarray:
@@ -142,14 +148,7 @@ def rates_correlation_ci(a_scenes: np.ndarray, b_scenes: np.ndarray, groups: np.
     r = float(np.corrcoef(scene_rates(a, groups, n_groups, n_scenes).ravel(),
                           scene_rates(b, groups, n_groups, n_scenes).ravel())[0, 1])
     rng = np.random.default_rng(seed)
-
-    def onehot(s):
-        out = np.zeros((len(s), n_scenes))
-        ok = s >= 0
-        out[np.flatnonzero(ok), s[ok]] = 1.0
-        return out
-
-    oa, ob = onehot(a), onehot(b)
+    oa, ob = scene_onehot(a, n_scenes).astype(float), scene_onehot(b, n_scenes).astype(float)
     ta, tb = np.zeros((n_boot, n_groups, n_scenes)), np.zeros((n_boot, n_groups, n_scenes))
     for g in range(n_groups):
         idx = np.flatnonzero(groups == g)

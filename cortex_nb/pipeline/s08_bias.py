@@ -41,8 +41,8 @@ import torch
 from omegaconf import DictConfig
 
 from .. import toyworld
-from ..bias import (detected_scenes, group_deltas, preferred_from_deltas, rates_correlation_ci, scene_rates,
-                    scene_token_counts)
+from ..bias import (detected_scenes, group_deltas, preferred_from_deltas, rates_correlation_ci, scene_onehot,
+                    scene_rates, scene_token_counts)
 from ..figures import to_uint8
 from ..files import digest
 from ..masking import scaled_n
@@ -220,8 +220,7 @@ def examine(cfg: DictConfig, data: dict, scene_sets: np.ndarray, classifier: tor
     detected = detected_scenes(counts)
     measured = classify_scenes(classifier, data["images"], cfg.device)
     labels = data["labels"]
-    onehot = lambda sc: (sc[:, None] == np.arange(S)[None]).astype(np.int64)         # noqa: E731
-    per_image = {"detected": onehot(detected), "counts": counts, "measured": onehot(measured)}
+    per_image = {"detected": scene_onehot(detected, S), "counts": counts, "measured": scene_onehot(measured, S)}
     # a species' preferred scene is chosen among S scenes: its S intervals are Bonferroni-adjusted (family-wise
     # error bias.alpha per species), so a species with no bias is flagged with probability <= alpha / 2.
     # "measured" is the ground truth of every (species, scene) cell: the same test on the pixel classifier's scenes
