@@ -221,4 +221,7 @@ def write_resolved(cfg: DictConfig, path: str | os.PathLike | None = None) -> Pa
     tree.pop("paths", None)  # machine-specific locations, not settings
     text = OmegaConf.to_yaml(OmegaConf.create({"profile": tree, "run": run_info()}))
     save_text(path, text)
+    from . import provenance
+
+    provenance.record(path)
     return path

@@ -13,6 +13,7 @@ import matplotlib
 
 import numpy as np
 
+from . import provenance
 from .files import atomic_path
 
 __all__ = ["set_style", "save_figure", "image_grid", "to_uint8", "PANEL_DPI", "PANEL_RC", "panel_figure",
@@ -52,6 +53,7 @@ def save_figure(fig, directory: str | Path, name: str, *, pdf: bool = True) -> P
     for ext in (("png", "pdf") if pdf else ("png",)):
         with atomic_path(directory / f"{name}.{ext}") as tmp:
             fig.savefig(tmp, format=ext)
+        provenance.record(directory / f"{name}.{ext}")
     return out
 
 

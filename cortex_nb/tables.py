@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from . import provenance
 from .files import atomic_path, save_text
 
 __all__ = ["bootstrap_ci", "mean_ci", "cluster_bootstrap_ci", "cluster_and_unit_ci", "paired_ci", "seed_average", "fmt_ci", "write_table", "read_table"]
@@ -119,6 +120,8 @@ def write_table(df: pd.DataFrame, directory: str | Path, name: str, *, caption: 
     save_text(paths["md"], (f"{caption}\n\n" if caption else "") + md + "\n")
     tex = display.to_latex(index=index, escape=True, caption=caption or None, label=f"tab:{name}")
     save_text(paths["tex"], tex)
+    for path in paths.values():   # MANIFEST.json's record: hash, notebook cell, session
+        provenance.record(path)
     return paths
 
 

@@ -52,11 +52,12 @@ def setup(cfg: DictConfig) -> None:
     ``results/<profile>/profile.yaml`` and, under `make all`, registers the record of the modules
     this process used (:mod:`cortex_nb.deps`). With N processes on the machine (torchrun) each uses
     ``max(1, cfg.threads // N)`` threads and log lines name their rank."""
-    from .. import config, deps, figures, tables
+    from .. import config, deps, figures, provenance, tables
     from ..figures import set_style
 
     config.ensure_writable(cfg)
     deps.record_on_exit()
+    provenance.set_profile(cfg)
     set_style()
     # paper-dry: every figure and table this process writes says its numbers are meaningless
     figures.DRY_RUN = tables.DRY_RUN = bool(cfg.get("dry_run", False))
