@@ -18,10 +18,10 @@ export OMP_WAIT_POLICY := PASSIVE
 FROM_SCRATCH ?=
 export CORTEX_FROM_SCRATCH := $(FROM_SCRATCH)
 
-.PHONY: setup all seeds test unit nbval lab bench atlas bias-control gpu-check clean help
+.PHONY: setup all verify seeds test unit nbval lab bench atlas bias-control gpu-check clean help
 
 help:
-	@echo "make setup | all [PROFILE=toy|smoke|imagenet] [CELL_TIMEOUT=seconds] [FROM_SCRATCH=1] | seeds | test | lab | atlas | bias-control | gpu-check | bench | clean"
+	@echo "make setup | all [PROFILE=toy|smoke|imagenet] [CELL_TIMEOUT=seconds] [FROM_SCRATCH=1] | verify | seeds | test | lab | atlas | bias-control | gpu-check | bench | clean"
 
 setup: $(STAMP)
 
@@ -50,9 +50,22 @@ CELL_TIMEOUT ?= $(if $(filter imagenet,$(PROFILE)),,7200)
 stage_src = $(if $(wildcard $(DEPS)/$(1).mk),,$(SRC))
 -include $(wildcard $(DEPS)/*.mk)
 .SECONDEXPANSION:
+# After the notebooks: the toy world's science gates, the claims ledger (tables/ledger), README's results block
+# (toy) and, last, results/<profile>/MANIFEST.json over every table and figure (`make verify` checks it). A failed
+# gate still gets its ledger and manifest written; `make all` then exits with the gates' status.
 all: $(OUTS)
-	@if [ "$(PROFILE)" = toy ]; then $(PY) -m cortex_nb gates --profile toy; rc=$$?; $(PY) tools/readme.py toy && exit $$rc; fi
-	@echo "done: tables in results/$(PROFILE)/tables, figures in figures/$(PROFILE)"
+	@rc=0; \
+	if [ "$(PROFILE)" = toy ]; then $(PY) -m cortex_nb gates --profile toy || rc=$$?; fi; \
+	$(PY) -m cortex_nb ledger --profile $(PROFILE) || exit $$?; \
+	if [ "$(PROFILE)" = toy ]; then $(PY) tools/readme.py toy || exit $$?; fi; \
+	$(PY) -m cortex_nb manifest --profile $(PROFILE) || exit $$?; \
+	exit $$rc
+	@echo "done: tables in results/$(PROFILE)/tables, figures in figures/$(PROFILE), results/$(PROFILE)/MANIFEST.json"
+
+# Recompute every hash of results/<profile>/MANIFEST.json and evaluate the claims ledger again: exit status 1
+# naming each table or figure that does not match and each claim recorded as holding that no longer holds.
+verify: $(STAMP)
+	$(PY) -m cortex_nb verify --profile $(PROFILE)
 
 # The notebook is executed into a temporary file named by the recipe shell's PID ($$$$), moved into
 # place on success and removed on failure or interruption (Ctrl-C), so two `make all` on one
@@ -78,7 +91,9 @@ $(foreach i,$(shell seq 2 $(words $(OUTS))),$(eval $(word $(i),$(OUTS)): $(word 
 # Needs `make all` first (replicate 0 is its run); cached and resumable like it.
 seeds: $(OUTS)
 	$(PY) -m cortex_nb seeds --profile $(PROFILE)
+	$(PY) -m cortex_nb ledger --profile $(PROFILE)
 	@if [ "$(PROFILE)" = toy ]; then $(PY) tools/readme.py toy; fi
+	$(PY) -m cortex_nb manifest --profile $(PROFILE)
 
 test: unit nbval
 
@@ -119,6 +134,7 @@ gpu-check: $(STAMP)
 # and bias_generator_control beside `make all`'s tables. Toy world only.
 bias-control: $(STAMP)
 	$(PY) -m cortex_nb bias --profile $(PROFILE) --set bias.generator_control=true
+	$(PY) -m cortex_nb manifest --profile $(PROFILE)
 
 # Real-browser test of the token browser (notebook 06 in headless Chromium via Voilà + Playwright,
 # tests/browser). Installs Chromium from apt only when /usr/bin/chromium is missing (Playwright's

@@ -21,7 +21,8 @@ GPU run needs no Jupyter. Commands:
   bias              notebook 08 (toy world): does the generator inherit each species' preferred scene, and do
                     scene concept tokens detect it? Cliff's delta with intervals, pixel-measured ground truth,
                     an unbiased control (--set bias.generator_control=true: also a prior retrained unbiased)
-  all               every section above in notebook order (00 to 05, 07, 08 on the toy world), then the verdicts
+  all               every section above in notebook order (00 to 05, 07, 08 on the toy world), then the verdicts,
+                    the claims ledger and the manifest
   seeds             the seed replicates r = 1 .. replicates - 1 (retrained extractors, redrawn
                     noise; results/P/seeds/r<r>/tables), then the verdicts (`make seeds`)
   verdicts          judge each of the paper's claims over the replicates found (holds / fails /
@@ -29,6 +30,14 @@ GPU run needs no Jupyter. Commands:
   gates             check the run's tables against the toy world's science gates (tokenizer, prior
                     samples, Fig. 3, Table 2, localisation): results/P/tables/gates; exit status 1
                     when one fails (`make all` runs it last on the toy profile)
+  ledger            the claims ledger: each claim of the paper and of notebooks 07-08 as a named check
+                    over the run's tables and its replicates (holds / fails / inconclusive, with the
+                    numbers): results/P/tables/ledger.{csv,md,tex} (`make all` writes it)
+  manifest          results/P/MANIFEST.json: each table's and figure's SHA-256, the notebook cell or
+                    command that wrote it, commit, profile hash, versions, CPU (`make all` ends with it)
+  verify            recompute the manifest's hashes and evaluate the ledger again; exit status 1 naming
+                    each file that does not match and each claim recorded as holding that no longer
+                    holds (`make verify`)
   atlas             the token atlas (`make atlas`): a static HTML site of CE's concept tokens, a
                     page per class and per token, in results/P/atlas (opens from file://, offline)
 
@@ -69,12 +78,16 @@ NOT_IN_ALL: tuple[str, ...] = ()
 #: the splits whose TSVs a section reads (computed on every rank before rank 0 runs the section)
 TSV_SPLITS = {"fig3": ("test", "train"), "table2": ("train",), "table3": ("test",)}
 STAGES = ("vqgm", "evaluators", "vqgm-report", "generate", "train-extractors", "tsv", "fig3", "table2", "table3",
-          "faithfulness", "bias", "all", "seeds", "verdicts", "gates", "atlas")
+          "faithfulness", "bias", "all", "seeds", "verdicts", "gates", "ledger", "manifest", "verify", "atlas")
 SPLITS = ("train", "val", "test")
 
 
 class GateFailure(Exception):
     """A science gate failed (``gates``): exit status 1, the failed gates named."""
+
+
+class VerifyFailure(Exception):
+    """``verify`` found a file that does not match the manifest or a claim that no longer holds: exit 1."""
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -119,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except GateFailure as e:
         print(f"gates FAILED: {', '.join(e.args[0])}", file=sys.stderr)
         return 1
+    except VerifyFailure as e:
+        print("verify FAILED:\n" + "\n".join(f"  {p}" for p in e.args[0]), file=sys.stderr)
+        return 1
     except UserError as e:
         if args.debug:
             raise
@@ -130,8 +146,11 @@ def _main(args) -> int:
     from . import distributed
     from .config import ensure_writable, load_profile
 
+    from . import provenance
+
     cfg = load_profile(args.profile, **_parse_sets(args.set))
     ensure_writable(cfg)
+    provenance.set_profile(cfg)   # the records of what this command writes name its profile
     with distributed.session(cfg.device):
         t0 = time.perf_counter()
         summary = _run(args, cfg)
@@ -172,6 +191,8 @@ def _run(args, cfg) -> str:
         if failed:
             raise GateFailure(failed)
         return f"gates: {len(df)} passed"
+    if args.stage in ("ledger", "manifest", "verify"):
+        return _provenance(args.stage, cfg) if main else ""
     if args.stage == "atlas":
         if not main:
             return ""
@@ -214,6 +235,7 @@ def _run(args, cfg) -> str:
     if args.stage == "all" and main:
         with distributed.local():
             summaries.append(_verdicts(cfg))
+            summaries += [_provenance("ledger", cfg), _provenance("manifest", cfg)]   # as `make all` ends
     if args.stage == "generate":
         return "token stores " + ", ".join(f"{k} {len(v)}" for k, v in composed.stores.items())
     if args.stage == "train-extractors":
@@ -240,6 +262,33 @@ def _build(stage: str, cfg) -> str:
     evs = run.get_evaluators(cfg)
     print("evaluators:", ", ".join(evs))
     return f"{len(evs)} evaluators"
+
+
+def _provenance(stage: str, cfg) -> str:
+    """ledger, manifest, verify (rank 0 only)."""
+    from pathlib import Path
+
+    from . import provenance
+    from .pipeline import ledger
+
+    root = Path(cfg.paths.root)
+    if stage == "ledger":
+        df = ledger.write_ledger(cfg)
+        print(df[["check", "verdict", "seeds"]].to_string(index=False), flush=True)
+        return "ledger: " + ", ".join(f"{v} {n}" for v, n in df.verdict.value_counts().items())
+    if stage == "manifest":
+        path = provenance.write_manifest(cfg.name, root)
+        files = provenance.load_manifest(cfg.name, root)["files"]
+        unknown = sum("writer" in e for e in files.values())
+        return f"manifest: {path} ({len(files)} files, {unknown} without a record of their writer)"
+    problems, notes = provenance.check_manifest(cfg.name, root)
+    for note in notes:
+        print(f"note: {note}", flush=True)
+    n_files = len((provenance.load_manifest(cfg.name, root) or {}).get("files", {}))
+    problems += ledger.verify_ledger(cfg)
+    if problems:
+        raise VerifyFailure(problems)
+    return f"verify: {n_files} files match the manifest; every claim recorded as holding still holds"
 
 
 def _verdicts(cfg) -> str:

@@ -59,6 +59,8 @@ class AtlasData:
     evaluators: list[str]                  # display names, in the ΔP columns' order
     notes: list[str] = field(default_factory=list)   # lines for the index page (settings, provenance)
     scale: int = 4                         # upscaling factor of the images
+    # the claims ledger (tables/ledger.csv rows: check, claim, notebook, verdict, numbers, seeds): its own page
+    ledger: list[dict] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------- images
@@ -179,6 +181,26 @@ def _histogram_svg(values: np.ndarray, reference: np.ndarray, bins: int = 20, w:
             f'<text x="{w}" y="{h + 13}" font-size="10" text-anchor="end">{hi:.3g}</text></svg>')
 
 
+#: a verdict's colour on the ledger page
+VERDICT_COLOUR = {"holds": "#1a7f37", "fails": "#cf222e"}
+
+
+def _ledger_body(rows: list[dict]) -> str:
+    """The ledger page: a row per check, its verdict coloured, the numbers it used, what the seeds say."""
+    out = []
+    for r in rows:
+        colour = VERDICT_COLOUR.get(str(r["verdict"]), "#9a6700")
+        out.append(f"<tr><td><code>{_e(r['check'])}</code></td><td>{_e(r['claim'])}</td><td class=num>{_e(r['notebook'])}"
+                   f"</td><td style=\"color:{colour};font-weight:bold\">{_e(r['verdict'])}</td>"
+                   f"<td class=muted>{_e(r['numbers'])}</td><td class=muted>{_e(r['seeds'])}</td></tr>")
+    return ("<p>Each claim as a check over this run's tables and its seed and machine replicates: a case holds when "
+            "its 95 % interval lies wholly on the claimed side, fails when wholly on the other, is inconclusive when "
+            "it overlaps; a check holds when every case holds. A verdict that differs between replicates is "
+            "inconclusive (seed-sensitive). <code>make verify</code> fails when a check recorded as holding no longer "
+            "holds.</p><table><tr><th>check</th><th>claim</th><th>notebook</th><th>verdict</th><th>this run: estimate "
+            "[95 % interval] per case</th><th>seeds and machines</th></tr>" + "".join(out) + "</table>")
+
+
 def _usage_table(usage: np.ndarray, names: list[str], ranks: dict[int, int]) -> str:
     total = max(1, int(np.sum(usage)))
     rows = []
@@ -227,6 +249,10 @@ def write_atlas(data: AtlasData, out: str | os.PathLike) -> Path:
     body = (f"<p>Concept tokens T*_concept of every class ({_e(data.source)}; eq. 6), best first. Click a class for "
             f"its ranked list, a token for its page.</p><ul class=muted>{notes}</ul>"
             "<table><tr><th>class</th><th>its best concept tokens</th></tr>" + "".join(rows) + "</table>")
+    if data.ledger:
+        body += '<p><a href="ledger.html">The claims ledger</a>: which of the paper\'s claims hold in this run.</p>'
+        (out / "ledger.html").write_text(_page(f"Claims ledger · {data.title}", _ledger_body(data.ledger), back),
+                                         encoding="utf-8")
     (out / "index.html").write_text(_page(data.title, body), encoding="utf-8")
 
     # class pages

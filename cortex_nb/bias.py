@@ -25,7 +25,10 @@ import pandas as pd
 import torch
 
 __all__ = ["cliffs_delta", "cliffs_delta_ci", "scene_token_counts", "scene_onehot", "detected_scenes", "scene_rates",
-           "group_deltas", "preferred_from_deltas", "rates_correlation_ci"]
+           "group_deltas", "preferred_from_deltas", "rates_correlation_ci", "NEGLIGIBLE_DELTA"]
+
+#: |Cliff's delta| below this is "negligible" (Romano et al. 2006's thresholds: 0.147 / 0.33 / 0.474)
+NEGLIGIBLE_DELTA = 0.147
 
 
 def cliffs_delta(x: Any, y: Any) -> torch.Tensor:

@@ -73,6 +73,22 @@ def test_pages_show_the_datas_numbers(tmp_path):
                     tmp_path / "again")
 
 
+def test_the_ledger_page_shows_every_check_and_is_linked_from_the_index(tmp_path):
+    rows = [{"check": "fig3_CE", "claim": "Fig. 3 <CE>", "notebook": "03", "verdict": "holds",
+             "numbers": "ResNet18: -0.236 [-0.267, -0.206]", "seeds": "same in all 4"},
+            {"check": "ce_re", "claim": "CE ≈ RE", "notebook": "04", "verdict": "inconclusive (seed-sensitive)",
+             "numbers": "ResNet18: -0.045", "seeds": "differ: holds in r0; inconclusive in r1"}]
+    write_atlas(AtlasData(**{**_data().__dict__, "ledger": rows}), tmp_path)
+    assert 'href="ledger.html"' in (tmp_path / "index.html").read_text()
+    page = (tmp_path / "ledger.html").read_text()
+    assert re.findall(r"<code>(\w+)</code>", page) == ["fig3_CE", "ce_re"]
+    assert "Fig. 3 &lt;CE&gt;" in page and "-0.236 [-0.267, -0.206]" in page
+    assert 'color:#1a7f37;font-weight:bold">holds<' in page and "differ: holds in r0; inconclusive in r1" in page
+    assert not (tmp_path / "again").exists()
+    write_atlas(_data(), tmp_path / "again")                                          # no ledger: no page
+    assert not (tmp_path / "again" / "ledger.html").exists()
+
+
 def _ring(n, y, x, size):
     r = np.zeros((n, n), bool)
     r[y, x:x + size] = r[y + size - 1, x:x + size] = r[y:y + size, x] = r[y:y + size, x + size - 1] = True

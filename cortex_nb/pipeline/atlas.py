@@ -121,7 +121,15 @@ def atlas_data(cfg: DictConfig, composed: Run, source: str = "CE", per_token: in
              f"{len(pages)} concept tokens over {C} classes; gallery: the generated test split"]
     return AtlasData(title=f"Token atlas · {cfg.name} · {source}", source=source,
                      class_names=list(class_names(cfg))[:C], concepts=ids, counts=ranking.freq, tokens=pages,
-                     evaluators=[display_name(e) for e in names], notes=notes)
+                     evaluators=[display_name(e) for e in names], notes=notes, ledger=_ledger_rows(cfg))
+
+
+def _ledger_rows(cfg: DictConfig) -> list[dict]:
+    """The recorded claims ledger (``tables/ledger.csv``, written by `make all`) as rows; [] before it exists."""
+    from ..tables import read_table
+
+    df = read_table(cfg.paths.tables, "ledger")
+    return [] if df is None else df.fillna("").to_dict("records")
 
 
 def build_atlas(cfg: DictConfig, composed: Run | None = None, out: str | Path | None = None,

@@ -1,0 +1,338 @@
+"""The claims ledger (issue #18): each quantitative claim of the paper, and of the sections this companion
+adds, as a named check over a run's tables, with the numbers it used.
+
+A check reads one run's tables and gives, for each of its cases (an evaluator, an extractor, a rival), an
+estimate and its 95 % interval (:class:`~cortex_nb.pipeline.verdicts.Evidence`: paired where the tables
+pair, conservative where they cannot). A case
+
+- **holds** when its interval lies wholly on the claimed side (of zero, of chance, inside a margin),
+- **fails** when it lies wholly on the other side,
+- is **inconclusive** when it overlaps the boundary;
+
+a check holds when every case holds, fails when any case fails, and is inconclusive otherwise.
+
+The same check runs on every seed and machine replicate that has its tables
+(:func:`~cortex_nb.pipeline.verdicts.replicate_dirs`). The ledger's verdict is the headline run's when every
+replicate gives the same, and **inconclusive (seed-sensitive)** when they differ: a verdict that depends
+on the seed or the machine is not a result. A check whose tables only the headline run has says so
+("seeds: untested").
+
+``python -m cortex_nb ledger`` writes ``tables/ledger`` (README's first table; a page of the token
+atlas); `make all` runs it before the manifest. `make verify` evaluates the ledger again
+(:func:`verify_ledger`) and fails naming every check recorded as holding that no longer holds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from ..tables import read_table, write_table
+from .verdicts import CLAIMS, Evidence, _above, _below, replicate_dirs
+
+__all__ = ["Check", "CHECKS", "case_verdict", "check_verdict", "ledger_frame", "write_ledger", "verify_ledger",
+           "seed_sensitivity"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """A named claim: the notebook whose tables it reads, the claim in words, those tables, and how to read
+    its cases off a tables directory (``evidence``: (tables dir, cfg) -> {case: Evidence}, {} without data)."""
+    key: str
+    notebook: str
+    text: str
+    tables: tuple[str, ...]
+    evidence: Callable[[Path, DictConfig], dict[str, Evidence]]
+
+
+def case_verdict(e: Evidence) -> str:
+    return "holds" if e.supports else "fails" if e.against else "inconclusive"
+
+
+def check_verdict(cases: dict[str, Evidence]) -> str:
+    """holds (every case), fails (any case), inconclusive (otherwise); 'no data' without cases."""
+    if not cases:
+        return "no data"
+    v = [case_verdict(e) for e in cases.values()]
+    return "holds" if all(x == "holds" for x in v) else "fails" if "fails" in v else "inconclusive"
+
+
+# ------------------------------------------------------------------------------------------------
+# the checks the verdict table does not have
+
+
+def _extractor_rows(df: pd.DataFrame) -> dict[str, pd.Series]:
+    """{'CE': row, 'RE': row} of Table 1 (rows named 'CNN-based Extractor (CE)' ...)."""
+    out = {}
+    for _, r in df.iterrows():
+        name = str(r.extractor)
+        out[name[name.rfind("(") + 1:-1] if name.endswith(")") else name] = r
+    return out
+
+
+def _chance(cfg: DictConfig) -> float:
+    classes = cfg.world.get("classes")
+    return 1.0 / (len(classes) if classes else int(cfg.world.n_classes))
+
+
+def _table1_chance(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
+    df = read_table(tables, "table1_extractor_accuracy")
+    if df is None:
+        return {}
+    c = _chance(cfg)
+    return {k: Evidence(float(r.top1), float(r.top1_lo), float(r.top1_hi), bool(r.top1_lo > c), bool(r.top1_hi < c),
+                        f"top-1, chance {c:.3f}") for k, r in _extractor_rows(df).items()}
+
+
+def _table1_ce_re(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
+    """CE's top-1 minus RE's; the tables hold no per-image pairing, so the interval is the conservative
+    difference of the two intervals (CE's low end minus RE's high end, and vice versa)."""
+    df = read_table(tables, "table1_extractor_accuracy")
+    rows = _extractor_rows(df) if df is not None else {}
+    if not {"CE", "RE"} <= set(rows):
+        return {}
+    ce, re = rows["CE"], rows["RE"]
+    return {"CE − RE": _above(ce.top1 - re.top1, ce.top1_lo - re.top1_hi, ce.top1_hi - re.top1_lo,
+                              f"top-1 {ce.top1:.3f} vs {re.top1:.3f}, unpaired")}
+
+
+def _localisation(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
+    """CE's and RE's head share minus each rival's (random, frequency, class-vs-rest); conservative interval."""
+    df = read_table(tables, "localisation")
+    if df is None:
+        return {}
+    rows = {r.method: r for r in df.itertuples()}
+    out = {}
+    for m in ("CE", "RE"):
+        for rival in ("random", "frequency", "class-vs-rest"):
+            if m in rows and rival in rows:
+                a, b = rows[m], rows[rival]
+                out[f"{m} vs {rival}"] = _above(a.head_share - b.head_share, a.lo - b.hi, a.hi - b.lo,
+                                                f"{a.head_share:.3f} vs {b.head_share:.3f} on the head")
+    return out
+
+
+def _faithfulness(direction: str) -> Callable:
+    """Random's deletion (insertion) area minus the TSV's, paired on the same images, above (below) 0."""
+    def ev(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
+        df = read_table(tables, "faithfulness_auc")
+        if df is None:
+            return {}
+        d = df[(df.method == "random") & (df.direction == direction) & df.d_tsv.notna()]
+        f = _above if direction == "deletion" else _below
+        return {f"{r.evaluator} vs {r.vs_tsv_of}": f(r.d_tsv, r.d_tsv_lo, r.d_tsv_hi, f"random {r.auc:.3f}")
+                for r in d.itertuples()}
+    return ev
+
+
+def _sanity(measure: str, scale_check: str) -> Callable:
+    """After cascading randomisation of every block, the TSV's ``measure`` (spearman: the whole map;
+    jaccard: T*_concept) against the trained extractor's, minus the same measure on ``scale_check`` (the
+    scale row: 'two trained extractors' = CE vs RE, 'two random initialisations' per extractor), below 0:
+    the randomised model's explanation is further from the trained one's than that scale. Conservative
+    interval (different image sets or pairings)."""
+    def ev(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
+        df = read_table(tables, "faithfulness_sanity")
+        if df is None:
+            return {}
+        tsv = df[df.method == "TSV"]
+        out = {}
+        for ex, g in tsv[tsv.check == "cascading"].groupby("extractor", sort=False):
+            last = g.loc[g.step.idxmax()]
+            scale = tsv[(tsv.check == scale_check) & ((tsv.extractor == ex) | (scale_check == "two trained extractors"))]
+            if scale.empty:
+                continue
+            s = scale.iloc[0]
+            a, lo, hi = (last[measure], last[f"{measure}_lo"], last[f"{measure}_hi"])
+            out[str(ex)] = _below(a - s[measure], lo - s[f"{measure}_hi"], hi - s[f"{measure}_lo"],
+                                  f"{a:.3f} fully randomised vs {s[measure]:.3f} for {scale_check}")
+        return out
+    return ev
+
+
+def _sanity_control(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
+    """The frequency baseline reads no model: every randomisation must leave it exactly as it was (ρ = J = 1)."""
+    df = read_table(tables, "faithfulness_sanity")
+    if df is None:
+        return {}
+    d = df[df.method.str.startswith("frequency")]
+    out = {}
+    for ex, g in d.groupby("extractor", sort=False):
+        low = float(min(g.spearman.min(), g.jaccard.min()))
+        out[str(ex)] = Evidence(low, low, low, low > 1 - 1e-9, low < 1 - 1e-9, f"lowest ρ or Jaccard {low:g} over {len(g)} randomisations")
+    return out
+
+
+def _bias_row(tables: Path, images: str, statistic: str):
+    df = read_table(tables, "bias_summary")
+    if df is None:
+        return None
+    d = df[(df.images.str.startswith(images)) & (df.statistic == statistic)]
+    return None if d.empty else d.iloc[0]
+
+
+def _bias_detected(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
+    r = _bias_row(tables, "generated", "detected")
+    if r is None:
+        return {}
+    right, biased = int(r.detected_right), int(r.species_biased)
+    return {"generated": Evidence(right, right, right, biased > 0 and right == biased, right < biased,
+                                  f"{right} of {biased} biased species; token-detected vs measured rates "
+                                  f"r {r.r:.2f} [{r.r_lo:.2f}, {r.r_hi:.2f}]")}
+
+
+def _bias_control(statistic: str) -> Callable:
+    """The unbiased real world: no flag the measured scenes do not support, every |δ| negligible."""
+    def ev(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
+        from ..bias import NEGLIGIBLE_DELTA
+
+        r = _bias_row(tables, "real, scene_bias 0.25", statistic)
+        if r is None:
+            return {}
+        bad, big = int(r.detected_unsupported), float(r.max_abs_delta)
+        ok = bad == 0 and big < NEGLIGIBLE_DELTA
+        return {"control": Evidence(big, big, big, ok, not ok,
+                                    f"{bad} unsupported flag(s), max |δ| {big:.3f} (negligible < {NEGLIGIBLE_DELTA})")}
+    return ev
+
+
+_VERDICT = {c.key: c for c in CLAIMS}
+
+
+def _from_verdicts(key: str, notebook: str, tables: tuple[str, ...]) -> Check:
+    c = _VERDICT[key]
+    return Check(key, notebook, c.text, tables, c.evidence)
+
+
+#: the checks, in the paper's order, then the sections beyond it
+CHECKS: tuple[Check, ...] = (
+    Check("table1_above_chance", "02", "Table 1: the information extractors (CE, RE) classify the generated images' "
+          "token embeddings above chance (top-1)", ("table1_extractor_accuracy",), _table1_chance),
+    Check("table1_ce_vs_re", "02", "Table 1: CE is more accurate than RE (paper: 53.07 vs 51.43 % top-1)",
+          ("table1_extractor_accuracy",), _table1_ce_re),
+    _from_verdicts("fig3_CE", "03", ("fig3_image_level",)),
+    _from_verdicts("fig3_RE", "03", ("fig3_image_level",)),
+    _from_verdicts("fig3_n1", "03", ("fig3_image_level",)),
+    _from_verdicts("table2_fewer", "04", ("table2_concept_level",)),
+    _from_verdicts("table2_frequency", "04", ("table2_paired",)),
+    _from_verdicts("table2_frequency_area", "04", ("table2_paired",)),
+    _from_verdicts("table2_class_vs_rest", "04", ("table2_paired",)),
+    _from_verdicts("robust_vit", "04", ("table2_paired",)),
+    _from_verdicts("ce_re", "04", ("table2_paired",)),
+    _from_verdicts("table3_orig", "05", ("table3_paired",)),
+    _from_verdicts("table3_targ", "05", ("table3_paired",)),
+    _from_verdicts("table3_orig_control", "05", ("table3_paired",)),
+    _from_verdicts("table3_targ_control", "05", ("table3_paired",)),
+    Check("localisation", "04", "Beyond the paper: CE's and RE's top-n positions fall on the head (ground truth) "
+          "more often than random, frequency and class-vs-rest positions", ("localisation",), _localisation),
+    Check("faith_deletion", "07", "Faithfulness: deleting the TSV's most salient positions first lowers P(true) "
+          "faster than deleting random ones (deletion area, paired)", ("faithfulness_auc",), _faithfulness("deletion")),
+    Check("faith_insertion", "07", "Faithfulness: inserting the TSV's most salient positions first raises P(true) "
+          "faster than random ones (insertion area, paired)", ("faithfulness_auc",), _faithfulness("insertion")),
+    Check("sanity_concept", "07", "Sanity check: T*_concept of a fully randomised extractor overlaps the trained "
+          "one's less than two trained extractors (CE, RE) overlap each other (Jaccard)",
+          ("faithfulness_sanity",), _sanity("jaccard", "two trained extractors")),
+    Check("sanity_map", "07", "Sanity check: the whole TSV map of a fully randomised extractor is further from the "
+          "trained one's than two random initialisations are from each other (Spearman ρ)",
+          ("faithfulness_sanity",), _sanity("spearman", "two random initialisations")),
+    Check("sanity_control", "07", "Sanity check's control: the frequency baseline, which reads no model, is "
+          "unchanged by every randomisation", ("faithfulness_sanity",), _sanity_control),
+    Check("bias_detected", "08", "Bias (the published version's application): the scene concept tokens find "
+          "every species' preferred scene in the generator's images", ("bias_summary",), _bias_detected),
+    Check("bias_control", "08", "Bias control: on real images with scene independent of species the "
+          "token-detected test flags no bias the measured scenes do not show", ("bias_summary",),
+          _bias_control("detected")),
+    Check("bias_counts_control", "08", "Bias control for the published version's statistic (counts of the scene's "
+          "concept tokens): no unsupported flag on the unbiased world", ("bias_summary",), _bias_control("counts")),
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# the ledger
+
+
+def _fmt(name: str, e: Evidence) -> str:
+    if e.lo == e.hi == e.mean:
+        return f"{name}: {e.case}" if e.case else f"{name}: {e.mean:g}"
+    return f"{name}: {e.mean:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}]" + (f" ({e.case})" if e.case else "")
+
+
+def seed_sensitivity(per_rep: dict) -> str:
+    """In words: which replicates gave which verdict."""
+    if len(per_rep) < 2:
+        return "untested (only this run has the tables)"
+    groups: dict[str, list[str]] = {}
+    for r, v in per_rep.items():
+        groups.setdefault(v, []).append(f"r{r}" if isinstance(r, int) else str(r))
+    if len(groups) == 1:
+        return f"same in all {len(per_rep)} ({', '.join(next(iter(groups.values())))})"
+    return "differ: " + "; ".join(f"{v} in {', '.join(rs)}" for v, rs in groups.items())
+
+
+def ledger_frame(cfg: DictConfig, dirs: dict | None = None) -> pd.DataFrame:
+    """A row per check: its verdict, the headline run's verdict and numbers, each replicate's verdict."""
+    dirs = replicate_dirs(cfg) if dirs is None else dirs
+    rows = []
+    for check in CHECKS:
+        per_rep = {}
+        head_cases: dict[str, Evidence] = {}
+        for r, d in dirs.items():
+            cases = check.evidence(d, cfg)
+            if cases:
+                per_rep[r] = check_verdict(cases)
+                if r == 0:
+                    head_cases = cases
+        this_run = check_verdict(head_cases)
+        verdict = this_run if len(set(per_rep.values())) <= 1 else "inconclusive (seed-sensitive)"
+        rows.append({"check": check.key, "notebook": check.notebook, "claim": check.text, "verdict": verdict,
+                     "this_run": this_run, "numbers": "; ".join(_fmt(n, e) for n, e in head_cases.items()),
+                     "cases_holding": f"{sum(e.supports for e in head_cases.values())}/{len(head_cases)}",
+                     "seeds": seed_sensitivity(per_rep) if per_rep else "no data",
+                     "replicates": " ".join(str(r) for r in per_rep), "tables": " ".join(check.tables)})
+    return pd.DataFrame(rows)
+
+
+def write_ledger(cfg: DictConfig, df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Write ``tables/ledger`` (CSV: every column; Markdown: the README's view); returns the frame."""
+    dirs = replicate_dirs(cfg)
+    df = ledger_frame(cfg, dirs) if df is None else df
+    disp = pd.DataFrame({"Check": df.check, "Claim": df.claim, "NB": df.notebook, "Verdict": df.verdict,
+                         "This run: estimate [95% interval] per case": df.numbers, "Seeds and machines": df.seeds})
+    counts = df.verdict.value_counts()
+    cap = (f"The claims ledger: {len(df)} checks over this run's tables and the replicates that have them "
+           f"({', '.join(map(str, dirs))}). " + ", ".join(f"{v}: {n}" for v, n in counts.items()) + ". A case holds "
+           "when its 95 % interval lies wholly on the claimed side, fails when wholly on the other, is inconclusive "
+           "when it overlaps; a check holds when every case holds and fails when any fails. A verdict that differs "
+           "between replicates is inconclusive (seed-sensitive). `make verify` fails when a check recorded here "
+           "as holding no longer holds.")
+    write_table(df, cfg.paths.tables, "ledger", display=disp, caption=cap)
+    return df
+
+
+def verify_ledger(cfg: DictConfig) -> list[str]:
+    """Problems: each check the recorded ledger (``tables/ledger.csv``) says holds that, evaluated again on
+    the tables now, does not -- named, with the numbers it now rests on."""
+    recorded = read_table(cfg.paths.tables, "ledger")
+    if recorded is None:
+        return [f"{Path(cfg.paths.tables) / 'ledger.csv'}: no recorded ledger (run `make all PROFILE={cfg.name}`)"]
+    now = ledger_frame(cfg).set_index("check")
+    problems = []
+    for r in recorded.itertuples():
+        if r.verdict != "holds":
+            continue
+        if r.check not in now.index:
+            problems.append(f"claim {r.check}: recorded as holding, and no such check exists any more")
+            continue
+        cur = now.loc[r.check]
+        if cur.verdict != "holds":
+            problems.append(f"claim {r.check} ({r.claim}): recorded as holding, now {cur.verdict} -- "
+                            f"{cur.numbers or 'no data'}; seeds: {cur.seeds}")
+    return problems
+
+
+def run(cfg: DictConfig) -> pd.DataFrame:
+    return write_ledger(cfg)
+
