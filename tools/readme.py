@@ -15,6 +15,8 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 # (table file stem, heading) in the order the paper presents them
 TABLES = [
+    ("ledger", "The claims ledger: each claim of the paper and of notebooks 07-08 as a check over this run and its "
+               "replicates (`make all`; `make verify` re-evaluates it)"),
     ("verdicts", "Verdicts: which of the paper's claims hold in the toy world (notebook 05; `make seeds`)"),
     ("gates", "Science gates of this run (`python -m cortex_nb gates`; `make all` ends with it)"),
     ("vqgm_quality", "The toy VQGM (notebook 00)"),
