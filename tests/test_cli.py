@@ -165,8 +165,10 @@ def test_fig3_table2_table3_run_headless_and_write_their_outputs(results, tiny_v
     out = capsys.readouterr().out
     r1 = results / "results" / "smoke" / "seeds" / "r1" / "tables"
     for name in ("fig3_image_level", "table1_extractor_accuracy", "table2_concept_level", "table2_paired",
-                 "table3_optimization_all", "table3_paired"):
+                 "table3_optimization_all", "table3_paired", "faithfulness_auc", "faithfulness_sanity"):
         assert (r1 / f"{name}.csv").stat().st_size > 0, name
+    auc = pd.read_csv(r1 / "faithfulness_auc.csv")
+    assert set(auc.method) == {"TSV", "random", "class-vs-rest"}                # no captum rivals in a replicate
     assert not list((r1.parent / "figures").glob("*.png"))               # frames only, no figures
     detail = pd.read_csv(tables / "verdicts_detail.csv")
     assert set(detail.replicates) == {"0 1"} and "verdicts:" in out

@@ -9,11 +9,13 @@ spread across replicates is what the extractor's training and the noise add -- t
 perturbation a different CPU's float rounding causes in extractor training, which is how verdicts
 flipped between machines.
 
-Each replicate writes only the long frames the verdicts read (no figures), under
+Each replicate writes only the long frames the verdicts and the claims ledger read (no figures), under
 ``results/<profile>/seeds/r<r>/tables/``: fig3_image_level (headline fill, equal area),
 table1_extractor_accuracy, table2_concept_level, table2_paired, table3_optimization_all,
 table3_paired (central region, final state; token selection, embedding optimisation and the
-random-token / step-0 controls). Every step is cached like the headline run's, so an interrupted
+random-token / step-0 controls), faithfulness_auc (the TSV and the random control, headline fill; no captum
+rivals) and faithfulness_sanity (no permuted-label retraining), and on the toy world bias_summary (the scene
+extractor retrained from the replicate's seed). Every step is cached like the headline run's, so an interrupted
 ``make seeds`` resumes.
 """
 from __future__ import annotations
@@ -58,9 +60,41 @@ def run_replicate(cfg: DictConfig) -> dict[str, pd.DataFrame]:
                       methods={"central": ("embedding", "token")})
     scores, paired = score_edits(cfg, with_controls(cfg, edits, vqgm), evaluators, vqgm, paired=True)
     out["table3_optimization_all"], out["table3_paired"] = scores, paired
+    out.update(_faithfulness_frames(cfg, extractors, evaluators, vqgm))
     for name, df in out.items():
         write_table(df, cfg.paths.tables, name, caption=f"replicate {int(cfg.replicate)}: {name}")
+    if cfg.vqgm.source == "toy":   # notebook 08 is the toy world's; its summary writes itself
+        out["bias_summary"] = _bias_frame(cfg, vqgm)
     return out
+
+
+def _faithfulness_frames(cfg: DictConfig, extractors: dict, evaluators: dict, vqgm) -> dict[str, pd.DataFrame]:
+    """Notebook 07's frames the ledger reads: deletion / insertion areas of the TSV and the random control
+    (no captum rivals: ``faithfulness.archs`` emptied for the replicate) and the sanity checks (cascading and
+    independent randomisation, no permuted-label retraining)."""
+    from omegaconf import OmegaConf
+
+    from .s04_concept_level import fill_of
+    from .s07_faithfulness import _auc_rows, attribution_maps, curves, faith_batch
+    from .s07_sanity import sanity_checks
+
+    fcfg = OmegaConf.merge(cfg, {"faithfulness": {"archs": [], "permuted": []}})
+    batch = faith_batch(fcfg, vqgm)
+    maps, _ = attribution_maps(fcfg, extractors, vqgm, batch)
+    _, areas = curves(fcfg, maps, evaluators, vqgm, batch)
+    return {"faithfulness_auc": pd.DataFrame(_auc_rows(fcfg, areas, fill_of(fcfg))),
+            "faithfulness_sanity": sanity_checks(fcfg, extractors, vqgm, batch, {})}
+
+
+def _bias_frame(cfg: DictConfig, vqgm) -> pd.DataFrame:
+    """Notebook 08's summary (the scene extractor retrained from the replicate's seed, the bootstraps redrawn;
+    the generated and real images are the headline run's)."""
+    from .s08_bias import bias_summary, bias_worlds, examine, scene_models
+
+    models = scene_models(cfg, vqgm)
+    worlds = bias_worlds(cfg, vqgm)
+    results = {w: examine(cfg, d, models["sets"], models["classifier"].model, int(vqgm.K)) for w, d in worlds.items()}
+    return bias_summary(cfg, results, models["accuracy"], name="bias_summary")
 
 
 def run(cfg: DictConfig, overrides: dict | None = None) -> list[str]:
