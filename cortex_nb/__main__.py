@@ -143,10 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    from . import distributed
+    from . import distributed, provenance
     from .config import ensure_writable, load_profile
-
-    from . import provenance
 
     cfg = load_profile(args.profile, **_parse_sets(args.set))
     ensure_writable(cfg)
