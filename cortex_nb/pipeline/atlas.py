@@ -129,7 +129,10 @@ def _ledger_rows(cfg: DictConfig) -> list[dict]:
     from ..tables import read_table
 
     df = read_table(cfg.paths.tables, "ledger")
-    return [] if df is None else df.fillna("").to_dict("records")
+    if df is None:
+        return []
+    df["notebook"] = df.notebook.astype(str).str.zfill(2)   # "02", which the CSV reader made 2
+    return df.fillna("").to_dict("records")
 
 
 def build_atlas(cfg: DictConfig, composed: Run | None = None, out: str | Path | None = None,
