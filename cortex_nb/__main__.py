@@ -149,6 +149,9 @@ def _main(args) -> int:
     cfg = load_profile(args.profile, **_parse_sets(args.set))
     ensure_writable(cfg)
     provenance.set_profile(cfg)   # the records of what this command writes name its profile
+    from .pipeline.run import flag_dry_run
+
+    flag_dry_run(cfg)             # paper-dry: also the tables of commands that never call setup (ledger, gates)
     with distributed.session(cfg.device):
         t0 = time.perf_counter()
         summary = _run(args, cfg)

@@ -52,15 +52,14 @@ def setup(cfg: DictConfig) -> None:
     ``results/<profile>/profile.yaml`` and, under `make all`, registers the record of the modules
     this process used (:mod:`cortex_nb.deps`). With N processes on the machine (torchrun) each uses
     ``max(1, cfg.threads // N)`` threads and log lines name their rank."""
-    from .. import config, deps, figures, provenance, tables
+    from .. import config, deps, provenance
     from ..figures import set_style
 
     config.ensure_writable(cfg)
     deps.record_on_exit()
     provenance.set_profile(cfg)
     set_style()
-    # paper-dry: every figure and table this process writes says its numbers are meaningless
-    figures.DRY_RUN = tables.DRY_RUN = bool(cfg.get("dry_run", False))
+    flag_dry_run(cfg)
     torch.set_num_threads(distributed.threads_per_process(int(cfg.threads)))
     torch.manual_seed(int(cfg.seed))
     np.random.seed(int(cfg.seed) % 2**32)
@@ -70,6 +69,13 @@ def setup(cfg: DictConfig) -> None:
         who = f" [rank {os.environ.get('RANK', '0')}]" if distributed.launched() else ""
         logging.basicConfig(level=logging.INFO, format=f"%(asctime)s{who} %(name)s: %(message)s", datefmt="%H:%M:%S",
                             stream=log_stream())
+
+
+def flag_dry_run(cfg: DictConfig) -> None:
+    """paper-dry: every figure and table this process writes from now on says its numbers are meaningless."""
+    from .. import figures, tables
+
+    figures.DRY_RUN = tables.DRY_RUN = bool(cfg.get("dry_run", False))
 
 
 def log_stream():
