@@ -58,8 +58,10 @@ def test_a_dry_checkpoint_round_trips_through_the_loader(tmp_path):
     assert write_dry_vqgm(tmp_path / "dry", cfg, seed=3) == paths and paths["ckpt"].stat().st_mtime_ns == mtime
 
 
-def test_profiles_other_than_paper_dry_refuse_a_dry_checkpoint(tmp_path):
+def test_profiles_other_than_paper_dry_refuse_a_dry_checkpoint(tmp_path, monkeypatch):
     from cortex_nb import load_profile
+
+    monkeypatch.setenv("CORTEX_RESULTS", str(tmp_path / "results_root"))   # setup() writes profile.yaml there
     from cortex_nb.errors import CheckpointError
     from cortex_nb.pipeline.run import get_vqgm
 
