@@ -31,7 +31,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from ..tables import read_table, write_table
-from .verdicts import CLAIMS, Evidence, _above, _below, replicate_dirs
+from .verdicts import CLAIMS, Evidence, _above, _below, fmt_case, replicate_dirs, unpaired
 
 __all__ = ["Check", "CHECKS", "case_verdict", "check_verdict", "ledger_frame", "write_ledger", "verify_ledger",
            "seed_sensitivity"]
@@ -95,8 +95,8 @@ def _table1_ce_re(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
     if not {"CE", "RE"} <= set(rows):
         return {}
     ce, re = rows["CE"], rows["RE"]
-    return {"CE − RE": _above(ce.top1 - re.top1, ce.top1_lo - re.top1_hi, ce.top1_hi - re.top1_lo,
-                              f"top-1 {ce.top1:.3f} vs {re.top1:.3f}, unpaired")}
+    d = unpaired(ce.top1, ce.top1_lo, ce.top1_hi, re.top1, re.top1_lo, re.top1_hi)
+    return {"CE − RE": _above(*d, f"top-1 {ce.top1:.3f} vs {re.top1:.3f}, unpaired")}
 
 
 def _localisation(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
@@ -110,8 +110,8 @@ def _localisation(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
         for rival in ("random", "frequency", "class-vs-rest"):
             if m in rows and rival in rows:
                 a, b = rows[m], rows[rival]
-                out[f"{m} vs {rival}"] = _above(a.head_share - b.head_share, a.lo - b.hi, a.hi - b.lo,
-                                                f"{a.head_share:.3f} vs {b.head_share:.3f} on the head")
+                d = unpaired(a.head_share, a.lo, a.hi, b.head_share, b.lo, b.hi)
+                out[f"{m} vs {rival}"] = _above(*d, f"{a.head_share:.3f} vs {b.head_share:.3f} on the head")
     return out
 
 
@@ -146,9 +146,9 @@ def _sanity(measure: str, scale_check: str) -> Callable:
             if scale.empty:
                 continue
             s = scale.iloc[0]
-            a, lo, hi = (last[measure], last[f"{measure}_lo"], last[f"{measure}_hi"])
-            out[str(ex)] = _below(a - s[measure], lo - s[f"{measure}_hi"], hi - s[f"{measure}_lo"],
-                                  f"{a:.3f} fully randomised vs {s[measure]:.3f} for {scale_check}")
+            cols = [measure, f"{measure}_lo", f"{measure}_hi"]
+            d = unpaired(*last[cols], *s[cols])
+            out[str(ex)] = _below(*d, f"{last[measure]:.3f} fully randomised vs {s[measure]:.3f} for {scale_check}")
         return out
     return ev
 
@@ -257,7 +257,7 @@ CHECKS: tuple[Check, ...] = (
 def _fmt(name: str, e: Evidence) -> str:
     if e.lo == e.hi == e.mean:
         return f"{name}: {e.case}" if e.case else f"{name}: {e.mean:g}"
-    return f"{name}: {e.mean:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}]" + (f" ({e.case})" if e.case else "")
+    return fmt_case(name, e.mean, e.lo, e.hi, e.case)
 
 
 def seed_sensitivity(per_rep: dict) -> str:

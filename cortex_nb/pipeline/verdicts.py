@@ -43,7 +43,7 @@ from ..tables import read_table, write_table
 
 log = logging.getLogger("cortex_nb")
 
-__all__ = ["Evidence", "Claim", "CLAIMS", "replicate_dirs", "variant_dirs", "settings_diff", "judge", "verdict_frame",
+__all__ = ["Evidence", "Claim", "CLAIMS", "unpaired", "fmt_case", "replicate_dirs", "variant_dirs", "settings_diff", "judge", "verdict_frame",
            "verdict_table", "run"]
 
 
@@ -76,6 +76,17 @@ def _below(mean, lo, hi, case="") -> Evidence:
 
 def _above(mean, lo, hi, case="") -> Evidence:
     return Evidence(float(mean), float(lo), float(hi), bool(lo > 0), bool(hi < 0), case)
+
+
+def unpaired(a, a_lo, a_hi, b, b_lo, b_hi) -> tuple[float, float, float]:
+    """(a - b, lo, hi) for two estimates the tables cannot pair: the conservative interval, a's low end minus b's
+    high end and a's high end minus b's low end."""
+    return a - b, a_lo - b_hi, a_hi - b_lo
+
+
+def fmt_case(name: str, mean: float, lo: float, hi: float, case: str = "") -> str:
+    """'name: +0.123 [+0.100, +0.150] (case)': one case of a claim as the verdict table and the ledger show it."""
+    return f"{name}: {mean:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (f" ({case})" if case else "")
 
 
 def _worst(items: list[Evidence], below: bool) -> Evidence | None:
@@ -121,8 +132,8 @@ def _fewer_patches(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
     if df is None:
         return {}
     ce, fr = df[df.method == "CE"].iloc[0], df[df.method == "frequency"].iloc[0]
-    return {"all": _below(ce.n_masked - fr.n_masked, ce.n_masked_lo - fr.n_masked_hi, ce.n_masked_hi - fr.n_masked_lo,
-                          f"{ce.n_masked:.1f} vs {fr.n_masked:.1f} patches")}
+    d = unpaired(ce.n_masked, ce.n_masked_lo, ce.n_masked_hi, fr.n_masked, fr.n_masked_lo, fr.n_masked_hi)
+    return {"all": _below(*d, f"{ce.n_masked:.1f} vs {fr.n_masked:.1f} patches")}
 
 
 def _ce_re(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
@@ -377,8 +388,7 @@ def verdict_table(cfg: DictConfig, df: pd.DataFrame, dirs: dict[int, Path] | Non
     dirs = replicate_dirs(cfg) if dirs is None else dirs
     rows = []
     for key, g in df.groupby("claim", sort=False):
-        ev = "; ".join(f"{r.evaluator}: {r.mean:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]" + (f" ({r.case})" if r.case else "")
-                       for r in g.itertuples())
+        ev = "; ".join(fmt_case(r.evaluator, r.mean, r.lo, r.hi, r.case) for r in g.itertuples())
         rows.append({"Claim": g.text.iloc[0], "Verdict": _overall(g), "Replicate 0: paired estimate [95% interval]": ev,
                      "Across replicates (min … max)": "; ".join(f"{r.evaluator}: {r.seed_min:+.3f} … {r.seed_max:+.3f}"
                                                               for r in g.itertuples()),
