@@ -143,15 +143,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    from . import distributed, provenance
+    from . import distributed
     from .config import ensure_writable, load_profile
+    from .pipeline.run import bind_profile
 
     cfg = load_profile(args.profile, **_parse_sets(args.set))
     ensure_writable(cfg)
-    provenance.set_profile(cfg)   # the records of what this command writes name its profile
-    from .pipeline.run import flag_dry_run
-
-    flag_dry_run(cfg)             # paper-dry: also the tables of commands that never call setup (ledger, gates)
+    bind_profile(cfg)   # provenance and the paper-dry banner, also for commands that never call setup()
     with distributed.session(cfg.device):
         t0 = time.perf_counter()
         summary = _run(args, cfg)

@@ -142,7 +142,8 @@ def _sanity(measure: str, scale_check: str) -> Callable:
         out = {}
         for ex, g in tsv[tsv.check == "cascading"].groupby("extractor", sort=False):
             last = g.loc[g.step.idxmax()]
-            scale = tsv[(tsv.check == scale_check) & ((tsv.extractor == ex) | (scale_check == "two trained extractors"))]
+            shared = scale_check == "two trained extractors"          # one row for both extractors (CE vs RE)
+            scale = tsv[(tsv.check == scale_check) & ((tsv.extractor == ex) | shared)]
             if scale.empty:
                 continue
             s = scale.iloc[0]
@@ -162,7 +163,8 @@ def _sanity_control(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
     out = {}
     for ex, g in d.groupby("extractor", sort=False):
         low = float(min(g.spearman.min(), g.jaccard.min()))
-        out[str(ex)] = Evidence(low, low, low, low > 1 - 1e-9, low < 1 - 1e-9, f"lowest ρ or Jaccard {low:g} over {len(g)} randomisations")
+        out[str(ex)] = Evidence(low, low, low, low > 1 - 1e-9, low < 1 - 1e-9,
+                                f"lowest ρ or Jaccard {low:g} over {len(g)} randomisations")
     return out
 
 

@@ -52,14 +52,13 @@ def setup(cfg: DictConfig) -> None:
     ``results/<profile>/profile.yaml`` and, under `make all`, registers the record of the modules
     this process used (:mod:`cortex_nb.deps`). With N processes on the machine (torchrun) each uses
     ``max(1, cfg.threads // N)`` threads and log lines name their rank."""
-    from .. import config, deps, provenance
+    from .. import config, deps
     from ..figures import set_style
 
     config.ensure_writable(cfg)
     deps.record_on_exit()
-    provenance.set_profile(cfg)
+    bind_profile(cfg)
     set_style()
-    flag_dry_run(cfg)
     torch.set_num_threads(distributed.threads_per_process(int(cfg.threads)))
     torch.manual_seed(int(cfg.seed))
     np.random.seed(int(cfg.seed) % 2**32)
@@ -71,10 +70,13 @@ def setup(cfg: DictConfig) -> None:
                             stream=log_stream())
 
 
-def flag_dry_run(cfg: DictConfig) -> None:
-    """paper-dry: every figure and table this process writes from now on says its numbers are meaningless."""
-    from .. import figures, tables
+def bind_profile(cfg: DictConfig) -> None:
+    """What every table and figure this process writes from now on takes from the profile: its provenance record
+    names the profile and its hash, and under paper-dry it says its numbers are meaningless. :func:`setup` calls
+    it, and the command line for every command (ledger and gates never call setup)."""
+    from .. import figures, provenance, tables
 
+    provenance.set_profile(cfg)
     figures.DRY_RUN = tables.DRY_RUN = bool(cfg.get("dry_run", False))
 
 

@@ -46,7 +46,8 @@ from .run import (Run, SectionResult, class_ids, compose, display_name, embed_fn
 from .s04_concept_level import fill_of, head_share_rows, localisation_batch, score_masked
 from .s07_sanity import fig_sanity, permuted_extractors, sanity_checks, sanity_table
 
-__all__ = ["RIVALS", "faith_batch", "fill_embeddings", "attribution_maps", "curves", "auc_table", "auc_display",
+__all__ = ["RIVALS", "faith_batch", "fill_embeddings", "attribution_maps", "curves", "auc_table", "auc_frame",
+           "auc_display",
            "faithfulness_fills_table", "cost_table", "fig_curves", "fig_auc", "rival_localisation",
            "rival_localisation_table", "permuted_extractors", "sanity_checks", "sanity_table", "fig_sanity",
            "other_fills", "run"]
@@ -157,6 +158,11 @@ def _auc_rows(cfg: DictConfig, areas: dict, fill: str) -> list[dict]:
     return rows
 
 
+def auc_frame(cfg: DictConfig, areas: dict, fill: str | None = None) -> pd.DataFrame:
+    """The rows of :func:`auc_table` (per method, direction and evaluator: area, interval, paired d_tsv), unwritten."""
+    return pd.DataFrame(_auc_rows(cfg, areas, fill_of(cfg, fill)))
+
+
 def _auc_display(df: pd.DataFrame, index: list[str]) -> pd.DataFrame:
     disp = df.assign(AUC=[fmt_ci(a, lo, hi) for a, lo, hi in zip(df.auc, df.auc_lo, df.auc_hi)])
     return disp.pivot_table(index=index, columns="evaluator", values="AUC", aggfunc="first",
@@ -167,7 +173,7 @@ def auc_table(cfg: DictConfig, areas: dict, name: str = "faithfulness_auc", fill
     """Per method, direction and evaluator: the mean area with its interval over images, and the paired
     difference to the TSV of the method's extractor (controls: to CE's TSV, or the first extractor's).
     A faithful ranking has a LOW deletion area and a HIGH insertion area."""
-    df = pd.DataFrame(_auc_rows(cfg, areas, fill_of(cfg, fill)))
+    df = auc_frame(cfg, areas, fill)
     write_table(df, cfg.paths.tables, name, display=_auc_display(df, ["direction", "extractor", "method"]),
                 caption=f"Deletion (lower = more faithful) and insertion (higher = more faithful) areas over the "
                         f"removed fraction ({fill_of(cfg, fill)} fill), per image, 95% intervals over images; "

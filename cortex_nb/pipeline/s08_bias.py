@@ -52,7 +52,7 @@ from .keys import cache_path, profile_section, replicate_seed, vqgm_key
 from .run import SectionResult, class_names, embed_fn, load_split, saliency_of, setup
 
 __all__ = ["scene_data", "scene_extractor", "scene_classifier", "scene_concepts", "generated_images", "control_generator",
-           "sampled_images", "scene_models", "bias_worlds", "examine",
+           "sampled_images", "scene_models", "bias_worlds", "examine", "bias_results",
            "token_check", "bias_table", "bias_summary", "fig_bias", "run", "STATISTICS"]
 
 S = len(toyworld.SCENES)
@@ -412,6 +412,15 @@ def bias_worlds(cfg: DictConfig, vqgm) -> dict:
     return worlds
 
 
+def bias_results(cfg: DictConfig, vqgm) -> tuple[dict, dict, dict]:
+    """Steps 1-3: the scene models, the sets of images tested and each set's test (:func:`examine`):
+    (models, worlds, {world: results})."""
+    models = scene_models(cfg, vqgm)
+    worlds = bias_worlds(cfg, vqgm)
+    results = {w: examine(cfg, d, models["sets"], models["classifier"].model, int(vqgm.K)) for w, d in worlds.items()}
+    return models, worlds, results
+
+
 def run(cfg: DictConfig, composed=None) -> SectionResult:
     """Everything notebook 08 shows: the scene models and their accuracy, the scene concept tokens checked
     against the part masks, the bias test on the generated images and on the controls, the tables and the
@@ -421,9 +430,7 @@ def run(cfg: DictConfig, composed=None) -> SectionResult:
     setup(cfg)
     _check_toy(cfg)
     vqgm = composed.vqgm if composed is not None else get_vqgm(cfg)
-    models = scene_models(cfg, vqgm)
-    worlds = bias_worlds(cfg, vqgm)
-    results = {w: examine(cfg, d, models["sets"], models["classifier"].model, int(vqgm.K)) for w, d in worlds.items()}
+    models, worlds, results = bias_results(cfg, vqgm)
     accuracy = models["accuracy"]
     out = SectionResult("bias")
     # with the opt-in generator control the tables get their own names: `make all`'s stay as they are

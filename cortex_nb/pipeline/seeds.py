@@ -74,26 +74,23 @@ def _faithfulness_frames(cfg: DictConfig, extractors: dict, evaluators: dict, vq
     independent randomisation, no permuted-label retraining)."""
     from omegaconf import OmegaConf
 
-    from .s04_concept_level import fill_of
-    from .s07_faithfulness import _auc_rows, attribution_maps, curves, faith_batch
+    from .s07_faithfulness import attribution_maps, auc_frame, curves, faith_batch
     from .s07_sanity import sanity_checks
 
     fcfg = OmegaConf.merge(cfg, {"faithfulness": {"archs": [], "permuted": []}})
     batch = faith_batch(fcfg, vqgm)
     maps, _ = attribution_maps(fcfg, extractors, vqgm, batch)
     _, areas = curves(fcfg, maps, evaluators, vqgm, batch)
-    return {"faithfulness_auc": pd.DataFrame(_auc_rows(fcfg, areas, fill_of(fcfg))),
+    return {"faithfulness_auc": auc_frame(fcfg, areas),
             "faithfulness_sanity": sanity_checks(fcfg, extractors, vqgm, batch, {})}
 
 
 def _bias_frame(cfg: DictConfig, vqgm) -> pd.DataFrame:
     """Notebook 08's summary (the scene extractor retrained from the replicate's seed, the bootstraps redrawn;
     the generated and real images are the headline run's)."""
-    from .s08_bias import bias_summary, bias_worlds, examine, scene_models
+    from .s08_bias import bias_results, bias_summary
 
-    models = scene_models(cfg, vqgm)
-    worlds = bias_worlds(cfg, vqgm)
-    results = {w: examine(cfg, d, models["sets"], models["classifier"].model, int(vqgm.K)) for w, d in worlds.items()}
+    models, _, results = bias_results(cfg, vqgm)
     return bias_summary(cfg, results, models["accuracy"], name="bias_summary")
 
 

@@ -43,7 +43,8 @@ from ..tables import read_table, write_table
 
 log = logging.getLogger("cortex_nb")
 
-__all__ = ["Evidence", "Claim", "CLAIMS", "unpaired", "fmt_case", "replicate_dirs", "variant_dirs", "settings_diff", "judge", "verdict_frame",
+__all__ = ["Evidence", "Claim", "CLAIMS", "unpaired", "fmt_case",
+           "replicate_dirs", "variant_dirs", "settings_diff", "judge", "verdict_frame",
            "verdict_table", "run"]
 
 
