@@ -42,8 +42,8 @@ DRY_TITLE = "PAPER-DRY: random weights at the paper's shapes — these numbers a
 
 
 def save_figure(fig, directory: str | Path, name: str, *, pdf: bool = True) -> Path:
-    """Save ``fig`` as ``directory/name.png`` (+ ``.pdf``) atomically; returns the PNG path. Under the
-    paper-dry profile (``DRY_RUN``) a red banner at the top says the numbers are meaningless."""
+    """Save ``fig`` as ``directory/name.png`` (+ ``.pdf``) atomically, byte-reproducibly; returns the PNG path.
+    Under the paper-dry profile (``DRY_RUN``) a red banner at the top says the numbers are meaningless."""
     if DRY_RUN and not getattr(fig, "_cortex_dry", False):
         fig.text(0.5, 0.999, DRY_TITLE, ha="center", va="top", color="red", fontsize=9, weight="bold")
         fig._cortex_dry = True
@@ -52,7 +52,8 @@ def save_figure(fig, directory: str | Path, name: str, *, pdf: bool = True) -> P
     out = directory / f"{name}.png"
     for ext in (("png", "pdf") if pdf else ("png",)):
         with atomic_path(directory / f"{name}.{ext}") as tmp:
-            fig.savefig(tmp, format=ext)
+            # no creation date in the PDF: the same figure gives the same bytes (and SHA-256 in MANIFEST.json) every run
+            fig.savefig(tmp, format=ext, **({"metadata": {"CreationDate": None}} if ext == "pdf" else {}))
         provenance.record(directory / f"{name}.{ext}")
     return out
 

@@ -52,6 +52,18 @@ def test_every_write_is_logged_and_the_manifest_holds_its_hash(tmp_path):
     assert {s["commit"] for s in man["sessions"].values()} == {head}
 
 
+def test_the_same_figure_saved_again_has_the_same_hash(tmp_path):
+    """PNG and PDF carry no creation time: rerunning a stage does not change a figure's SHA-256 by itself."""
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 3])
+    save_figure(fig, tmp_path / "a", "f")
+    save_figure(fig, tmp_path / "b", "f")
+    plt.close(fig)
+    for ext in ("png", "pdf"):
+        assert sha(tmp_path / "a" / f"f.{ext}") == sha(tmp_path / "b" / f"f.{ext}")
+    assert b"CreationDate" not in (tmp_path / "a" / "f.pdf").read_bytes()
+
+
 def test_a_file_changed_after_writing_is_not_recorded_and_the_previous_manifest_carries_over(tmp_path):
     write_probe(tmp_path)
     first = provenance.build_manifest("probe", tmp_path)
