@@ -159,6 +159,7 @@ SCHEMA: dict[str, Check] = {
     "extractors.archs": Check("list", choices=("CE", "RE")),
     "extractors.width": _int(1),
     "extractors.fc": _int(1, optional=True),
+    "extractors.re_variant": _choice("paper", "scripts"),
     "extractors.epochs": _int(1),
     "extractors.batch_size": _int(1),
     "extractors.lr": _pos(),

@@ -50,9 +50,18 @@ def cache_path(cfg: DictConfig, *parts: str) -> Path:
     return Path(cfg.paths.cache).joinpath(*parts)
 
 
+#: keys added to a section after caches were keyed on it, with the default that is the behaviour before them:
+#: at that default a key stays out of the section's digest, so existing caches keep their keys; set to anything
+#: else it enters like every other key (as store_meta does with world.classes)
+SINCE_KEYED = {"extractors": {"re_variant": "paper"}}
+
+
 def profile_section(cfg: DictConfig, name: str, drop: tuple[str, ...] = ()) -> dict:
-    """Profile section ``name`` as a plain dict, without the keys in ``drop``."""
-    return {k: v for k, v in OmegaConf.to_container(cfg[name], resolve=True).items() if k not in drop}
+    """Profile section ``name`` as a plain dict, without the keys in ``drop`` and the keys of
+    :data:`SINCE_KEYED` that are at their default."""
+    late = SINCE_KEYED.get(name, {})
+    return {k: v for k, v in OmegaConf.to_container(cfg[name], resolve=True).items()
+            if k not in drop and not (k in late and v == late[k])}
 
 
 def weights_key(module: torch.nn.Module) -> str:
@@ -158,9 +167,10 @@ def quality_key(cfg: DictConfig, vqgm, evaluators: dict) -> str:
 
 def extractor_key(cfg: DictConfig, arch: str, train: TokenStore, val: TokenStore) -> str:
     """Key of one trained extractor: its settings (the extractors section but the list of
-    archs), the seed, the number of classes and the train / val splits it learns from (their
-    meta covers the VQGM, whose codebook embeds the tokens)."""
-    return digest({"arch": arch, "extractors": profile_section(cfg, "extractors", drop=("archs",)),
+    archs, and RE's variant unless ``arch`` is RE), the seed, the number of classes and the
+    train / val splits it learns from (their meta covers the VQGM, whose codebook embeds the tokens)."""
+    drop = ("archs",) if arch == "RE" else ("archs", "re_variant")
+    return digest({"arch": arch, "extractors": profile_section(cfg, "extractors", drop=drop),
                    "seed": replicate_seed(cfg), "n_classes": int(cfg.world.n_classes),
                    "train": store_key(train), "val": store_key(val)})
 

@@ -331,12 +331,14 @@ def embed_fn(codebook: torch.Tensor):
 
 
 def extractor_config(cfg: DictConfig, arch: str, vqgm):
-    """The profile's :class:`cortex_nb.extractors.ExtractorConfig` of ``arch`` on the VQGM's grid."""
+    """The profile's :class:`cortex_nb.extractors.ExtractorConfig` of ``arch`` on the VQGM's grid
+    (``extractors.re_variant`` picks RE's variant; CE has one)."""
     from ..extractors import ExtractorConfig
 
     e = cfg.extractors
     return ExtractorConfig(arch=arch, d=int(vqgm.d), m=int(vqgm.m), n_classes=int(cfg.world.n_classes),
-                           width=int(e.width), fc=None if e.fc is None else int(e.fc))
+                           width=int(e.width), fc=None if e.fc is None else int(e.fc),
+                           variant=str(e.re_variant) if arch == "RE" else "paper")
 
 
 def get_extractors(cfg: DictConfig, vqgm=None, *, archs=None, permuted: bool = False) -> dict:

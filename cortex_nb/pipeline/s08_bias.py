@@ -87,7 +87,8 @@ def _fit_config(cfg: DictConfig):
 
 def _key(cfg: DictConfig, what: str, vqgm=None, keys=("n_train", "n_val", "epochs")) -> str:
     return digest({"what": what, "bias": {k: cfg.bias[k] for k in keys},
-                   "extractors": profile_section(cfg, "extractors", drop=("archs",)), "seed": replicate_seed(cfg),
+                   "extractors": profile_section(cfg, "extractors", drop=("archs", "re_variant")),
+                   "seed": replicate_seed(cfg),
                    "world": profile_section(cfg, "world", drop=("scene_bias",)),
                    "vqgm": vqgm_key(vqgm) if vqgm is not None else None})
 
