@@ -32,8 +32,9 @@ __all__ = ["ARTIFACTS", "REGISTRY", "MAX_SHIPPED_BYTES", "from_scratch", "regist
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 REGISTRY = ARTIFACTS / "registry.json"
-#: the most the shipped artifacts may weigh together (the repository must stay small)
-MAX_SHIPPED_BYTES = 20 * 2**20
+#: the most the shipped artifacts may weigh together (the repository must stay small): the toy VQGM (8 MB), the
+#: two ViT evaluators (2.2 MB each) and the two ResNet evaluators in float16 (22 + 43 MB), shipped once
+MAX_SHIPPED_BYTES = 80 * 2**20
 
 
 def from_scratch() -> bool:

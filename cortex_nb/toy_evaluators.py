@@ -278,8 +278,13 @@ def load_evaluator(path: str | os.PathLike, device: str | torch.device = "cpu") 
     else:
         model = torchvision.models.get_model(spec["arch"], weights=None, num_classes=spec["n_classes"])
         ev = Evaluator(model, spec)
+    # a shipped ResNet stores its floating-point tensors in float16 (tools/ship_artifacts.py): cast back to the
+    # model's dtype, exactly (every float16 is a float32), so every machine evaluates with the same weights
+    own = ev.model.state_dict()
+    state = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() and v.dtype != own[k].dtype else v
+             for k, v in blob["state_dict"].items()}
     try:
-        ev.model.load_state_dict(blob["state_dict"])
+        ev.model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the {spec['arch']} it names: {e}",
                               fix=fix) from e

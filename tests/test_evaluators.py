@@ -228,6 +228,33 @@ def test_save_load_roundtrip_weights_only(tmp_path):
         TE.load_evaluator(tmp_path / "nothere.pt")
 
 
+def test_a_shipped_float16_file_loads_as_float32_with_exactly_the_rounded_weights(tmp_path):
+    """The ResNets ship their floating-point tensors in float16 (tools/ship_artifacts.py): the loader casts them back
+    to float32, so the loaded model is the trained one rounded to float16 -- on every machine the same weights."""
+    from cortex_nb.files import save_with_checksum
+
+    ev = _toy("resnet18")
+    with torch.no_grad():                                  # BN running stats away from their init, as trained
+        for name, b in ev.model.named_buffers():
+            if b.is_floating_point():
+                b.uniform_(0.5, 1.5)
+    path = TE.save_evaluator(ev, tmp_path / "ev.pt")
+    blob = torch.load(path, weights_only=True)
+    blob["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+    save_with_checksum(blob, tmp_path / "half.pt")
+    back = TE.load_evaluator(tmp_path / "half.pt")
+    for k, v in back.model.state_dict().items():
+        want = ev.model.state_dict()[k]
+        assert v.dtype == want.dtype, k
+        if v.is_floating_point():
+            assert torch.equal(v, want.half().to(want.dtype)), k
+        else:
+            assert torch.equal(v, want), k
+    assert not torch.equal(back.model.conv1.weight, ev.model.conv1.weight)     # really rounded: float16 on disk
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(back.predict_proba(x), ev.predict_proba(x), atol=2e-2, rtol=0)
+
+
 def _shapes(n, seed):
     """Two classes a tiny model tells apart quickly: bright square left vs right half."""
     g = torch.Generator().manual_seed(seed)
