@@ -72,6 +72,12 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _int_env(var: str) -> Any:
+    """An integer environment variable as an int, or as given (the schema then refuses it, naming the key)."""
+    value = os.environ[var].strip()
+    return int(value) if value.isdigit() else value
+
+
 def _set_override(cfg: DictConfig, key: str, value: Any, name: str) -> None:
     dotted = key.replace("__", ".")
     parent_key, _, leaf = dotted.rpartition(".")
@@ -124,6 +130,10 @@ def load_profile(name: str | None = None, **overrides: Any) -> DictConfig:
     for env, key in ENV_KEYS.items():
         if os.environ.get(env) and OmegaConf.select(cfg, key, default="__missing__") in (None, "auto"):
             OmegaConf.update(cfg, key, os.environ[env], merge=False)
+    if os.environ.get("CORTEX_THREADS"):     # the process's share of the cores (`make all` runs stages 03-08 two at a
+        _set_override(cfg, "threads", _int_env("CORTEX_THREADS"), name)   # time, one thread each); overrides win
+    if os.environ.get("CORTEX_ROBUSTNESS", "").strip().lower() in ("1", "true", "yes"):   # `make robustness`
+        _set_override(cfg, "robustness", True, name)
     for key, value in overrides.items():
         _set_override(cfg, key, value, name)
     from .schema import validate
