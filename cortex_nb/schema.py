@@ -129,6 +129,7 @@ SCHEMA: dict[str, Check] = {
     "threads": _int(1),
     "progress": Check("bool"),
     "dry_run": Check("bool"),
+    "robustness": Check("bool"),
     "world.n_classes": _int(2),
     "world.image_size": _int(8),
     "world.scene_bias": Check("float", lo=0, hi=1),

@@ -325,7 +325,8 @@ def fig5(cfg: DictConfig, tsv_test: np.ndarray, concept: torch.Tensor, vqgm):
 
 def run(cfg: DictConfig, composed: Run | None = None) -> SectionResult:
     """Everything notebook 03 shows: the test TSVs, Fig. 3 in both mask modes (random baseline
-    included) under the headline fill, Fig. 3 under every fill with the fill check, and Fig. 2 / 5
+    included) under the headline fill, with ``robustness`` Fig. 3 under every fill with the fill check and in the
+    scripts' token-id masking mode, and Fig. 2 / 5
     from CE's concept tokens. ``composed``: a
     :func:`~cortex_nb.pipeline.run.compose` result."""
     setup(cfg)
@@ -336,12 +337,14 @@ def run(cfg: DictConfig, composed: Run | None = None) -> SectionResult:
     tsv_test = {arch: get_tsv(cfg, arch, f, vqgm, "test") for arch, f in extractors.items()}
     curves = image_level(cfg, tsv_test, evaluators, vqgm)
     out.figures["fig3_image_level"] = fig3(cfg, curves)
-    fills = fills_frame(cfg, tsv_test, evaluators, vqgm, headline=curves)
-    out.figures["fig3_fills"] = fig3_fills(cfg, fills)
-    out.tables["fill_check"] = fill_check(cfg, fills)
-    curves_ids = image_level(cfg, tsv_test, evaluators, vqgm, mode="token_ids", levels=fill_levels(cfg, int(vqgm.m)))
-    out.figures["fig3_image_level_token_ids_mode"] = fig3(cfg, curves_ids, name="fig3_image_level_token_ids_mode")
-    out.tables["masked_counts_token_ids_mode"] = masked_counts(curves_ids)
+    if cfg.robustness:   # the robustness reports (`make robustness` on the toy profile)
+        fills = fills_frame(cfg, tsv_test, evaluators, vqgm, headline=curves)
+        out.figures["fig3_fills"] = fig3_fills(cfg, fills)
+        out.tables["fill_check"] = fill_check(cfg, fills)
+        curves_ids = image_level(cfg, tsv_test, evaluators, vqgm, mode="token_ids",
+                                 levels=fill_levels(cfg, int(vqgm.m)))
+        out.figures["fig3_image_level_token_ids_mode"] = fig3(cfg, curves_ids, name="fig3_image_level_token_ids_mode")
+        out.tables["masked_counts_token_ids_mode"] = masked_counts(curves_ids)
     sets = concept_sets(cfg, {"CE": get_tsv(cfg, "CE", extractors["CE"], vqgm, "train")}, vqgm)
     out.figures["fig2_token_visualisation"] = fig2(cfg, tsv_test["CE"], sets["CE"], vqgm)
     out.figures["fig5_token_visualisation"] = fig5(cfg, tsv_test["CE"], sets["CE"], vqgm)

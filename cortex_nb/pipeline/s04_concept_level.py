@@ -413,10 +413,12 @@ def localisation_table(cfg: DictConfig, df: pd.DataFrame) -> pd.DataFrame:
 
 
 def concept_frames(cfg: DictConfig, tsv_train: dict[str, np.ndarray], evaluators: dict, vqgm,
-                   fills: bool = True) -> dict:
+                   fills: bool | None = None) -> dict:
     """Every frame of Table 2 under the headline fill: the concept sets, Table 2's long frame, the
-    area curve, the paired comparisons (area-matched included) and, with ``fills``, Table 2 under
-    every fill of ``saliency.fills``. Returns {"sets", "table2", "curve", "paired", "fills"}."""
+    area curve, the paired comparisons (area-matched included) and, with ``fills`` (default: the
+    profile's ``robustness``), Table 2 under every fill of ``saliency.fills`` (else ``[]``).
+    Returns {"sets", "table2", "curve", "paired", "fills"}."""
+    fills = bool(cfg.robustness) if fills is None else fills
     sets = concept_sets(cfg, tsv_train, vqgm)
     scores = concept_scores(cfg, sets, evaluators, vqgm)
     df = concept_level(cfg, sets, evaluators, vqgm, scores=scores)
@@ -432,7 +434,7 @@ def concept_frames(cfg: DictConfig, tsv_train: dict[str, np.ndarray], evaluators
 def run(cfg: DictConfig, composed: Run | None = None) -> SectionResult:
     """Everything notebook 04 shows: T*_concept and the baselines, Table 2 (class-cluster
     intervals) with its paired comparisons (area-matched included), the area curve, Table 2 under
-    every fill and (toy) the localisation table. ``composed``: a
+    every fill (with ``robustness``) and (toy) the localisation table. ``composed``: a
     :func:`~cortex_nb.pipeline.run.compose` result."""
     setup(cfg)
     composed = composed or compose(cfg)
@@ -444,7 +446,8 @@ def run(cfg: DictConfig, composed: Run | None = None) -> SectionResult:
     out.tables["table2_concept_level"] = table2(cfg, fr["table2"])
     out.tables["table2_paired"] = paired_table(cfg, fr["paired"])
     out.figures["table2_area_curve"] = fig_area(cfg, fr["curve"])
-    out.tables["table2_fills"] = fills_table(cfg, fr["fills"])
+    if fr["fills"]:
+        out.tables["table2_fills"] = fills_table(cfg, fr["fills"])
     if cfg.vqgm.source == "toy":
         out.tables["localisation"] = localisation_table(cfg, localisation(cfg, extractors, vqgm, fr["sets"]))
     return out

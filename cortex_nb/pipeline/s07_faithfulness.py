@@ -316,7 +316,7 @@ def other_fills(cfg: DictConfig, maps: dict, areas: dict, evaluators: dict, vqgm
 
 def run(cfg: DictConfig, composed: Run | None = None) -> SectionResult:
     """Everything notebook 07 shows: the maps and their cost, the curves and areas under the headline
-    fill (table, curves, bars), the TSVs and random under the other fills, the rivals' localisation
+    fill (table, curves, bars), with ``robustness`` the TSVs and random under the other fills, the rivals' localisation
     (toy), and the sanity checks (table, degradation plot)."""
     setup(cfg)
     composed = composed or compose(cfg)
@@ -330,8 +330,10 @@ def run(cfg: DictConfig, composed: Run | None = None) -> SectionResult:
     out.tables["faithfulness_cost"] = cost_table(cfg, seconds, len(batch["labels"]))
     out.figures["faithfulness_curves"] = fig_curves(cfg, frame, arch=next(iter(extractors)))
     out.figures["faithfulness_auc"] = fig_auc(cfg, auc)
-    by_fill = other_fills(cfg, maps, areas, evaluators, vqgm, batch)
-    out.tables["faithfulness_fills"] = faithfulness_fills_table(cfg, by_fill)
+    by_fill = None
+    if cfg.robustness:   # the robustness reports (`make robustness` on the toy profile)
+        by_fill = other_fills(cfg, maps, areas, evaluators, vqgm, batch)
+        out.tables["faithfulness_fills"] = faithfulness_fills_table(cfg, by_fill)
     if cfg.vqgm.source == "toy":
         out.tables["faithfulness_localisation"] = rival_localisation_table(cfg, rival_localisation(cfg, extractors, vqgm))
     sanity = sanity_checks(cfg, extractors, vqgm, batch, permuted_extractors(cfg, vqgm))
