@@ -22,6 +22,7 @@ def _memory_gb() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_memory_gb() < 16, reason="the paper-dry slice needs 16 GB of memory (the 1.4 B GPT twice)")
 def test_the_paper_dry_profile_runs_every_section_on_one_image_per_class(tmp_path):
     if shutil.disk_usage(tmp_path).free < 8 * 2 ** 30:
