@@ -140,9 +140,10 @@ class InterventionPanel:
         (also ``self.last``): {"index", "tokens", "image", "before", "after", "seconds"}."""
         t0 = time.perf_counter()
         i, tokens, image, true = self._image()
-        new_t, new_img = edit_image(self.ctx.vqgm, tokens, image, self.selected_cells(), self.mode.value,
+        cells = self.selected_cells()
+        new_t, new_img = edit_image(self.ctx.vqgm, tokens, image, cells, self.mode.value,
                                     token=int(self.token_id.value))
-        return self._show(i, tokens, image, new_t, new_img, true, t0, what=f"{self.mode.value}"
+        return self._show(i, tokens, image, new_t, new_img, true, t0, cells, what=f"{self.mode.value}"
                           + (f" {int(self.token_id.value)}" if self.mode.value == "token" else ""))
 
     def toward(self) -> dict:
@@ -163,8 +164,8 @@ class InterventionPanel:
 
         new_img = to_uint8(self.ctx.vqgm.decode(new_t[None]))[0]
         chosen = new_t[torch.as_tensor(cells)].tolist()
-        return self._show(i, tokens, image, new_t, new_img, true, t0, what=f"toward class {int(self.target.value)}: "
-                          f"tokens {chosen}")
+        return self._show(i, tokens, image, new_t, new_img, true, t0, cells,
+                          what=f"toward class {int(self.target.value)}: tokens {chosen}")
 
     def swap(self) -> dict:
         """Swap the browser's selected token for the token id in every gallery image of the class that holds it
@@ -199,7 +200,7 @@ class InterventionPanel:
         j = int(np.flatnonzero(hits == self.image_select.value)[0]) if self.image_select.value in hits else 0
         what = f"token {old} → {new} in {n} images; table: means"
         self._render(images[j], new_imgs[j], what)
-        self._table(before, after, int(labels[j]), target)
+        self._table(before, after, int(labels[j]), target, f"{n} images of token {old}: {hits.tolist()}", what)
         self.last = {"index": int(hits[j]), "tokens": new_t[j], "image": new_imgs[j], "before": before,
                      "after": after, "what": what, "images": hits.tolist(),
                      "per_image": {k: {f: np.asarray(v[f]) for f in ("p_true", "p_target", "pred")}
@@ -207,7 +208,7 @@ class InterventionPanel:
                      "seconds": time.perf_counter() - t0}
         return self.last
 
-    def _show(self, i, tokens, image, new_t, new_img, true, t0, what: str) -> dict:
+    def _show(self, i, tokens, image, new_t, new_img, true, t0, cells: np.ndarray, what: str) -> dict:
         target = int(self.target.value)
         both = judge(self.ctx.evaluators, self.ctx.extractor, self.ctx.vqgm.codebook, np.stack([image, new_img]),
                      torch.stack([torch.as_tensor(tokens), torch.as_tensor(new_t)]), true=true, target=target)
@@ -216,9 +217,11 @@ class InterventionPanel:
         after = {k: {f: float(v[f][1]) for f in ("p_true", "p_target")} | {"pred": int(v["pred"][1])}
                  for k, v in both.items()}
         self._render(image, new_img, what)
-        self._table(before, after, true, target)
-        self.last = {"index": i, "tokens": torch.as_tensor(new_t), "image": new_img, "before": before,
-                     "after": after, "what": what, "seconds": time.perf_counter() - t0}
+        where = ", ".join(f"({a}, {b})" for a, b in np.argwhere(cells).tolist()) or "none"
+        self._table(before, after, true, target, f"image #{i} ({self.browser.data.class_names[true]}), "
+                    f"cells {where}", what)
+        self.last = {"index": i, "cells": np.asarray(cells, bool), "tokens": torch.as_tensor(new_t), "image": new_img,
+                     "before": before, "after": after, "what": what, "seconds": time.perf_counter() - t0}
         return self.last
 
     # ------------------------------------------------------------------ views
@@ -228,7 +231,10 @@ class InterventionPanel:
         pair = np.concatenate([image, gap, new_img], axis=1)
         show_png(self.view, pixel_panel(pair, f"original | edited ({what})"[:80], max(1, 128 // max(H, W_))))
 
-    def _table(self, before: dict, after: dict, true: int, target: int) -> None:
+    def _table(self, before: dict, after: dict, true: int, target: int, subject: str, what: str) -> None:
+        """The judges' numbers, under a caption naming what they were computed for (the image, its cells and the
+        edit), written by the same call that computed them: the page cannot pair one image's label with another
+        image's numbers, however late a widget message arrives."""
         names = self.browser.data.class_names
         disp = self.ctx.display or {}
         rows = []
@@ -238,5 +244,7 @@ class InterventionPanel:
             rows.append(f"<tr><td>{html.escape(label)}</td><td>{b['p_true']:.3f} → <b>{a['p_true']:.3f}</b></td>"
                         f"<td>{b['p_target']:.3f} → <b>{a['p_target']:.3f}</b></td>"
                         f"<td>{html.escape(names[b['pred']])} → {html.escape(names[a['pred']])}</td></tr>")
-        self.table.value = (f"<table style='font-size:12px'><tr><th></th><th>P({html.escape(names[true])})</th>"
+        self.table.value = (f"<table style='font-size:12px'><caption class='cortex-intervene-subject' "
+                            f"style='text-align:left'>{html.escape(subject)} · {html.escape(what)}</caption>"
+                            f"<tr><th></th><th>P({html.escape(names[true])})</th>"
                             f"<th>P({html.escape(names[target])})</th><th>prediction</th></tr>{''.join(rows)}</table>")

@@ -32,19 +32,41 @@ def search_and_intervene(page, app: str, token_select: str, shots: Path, timeout
     panel_select = ".cortex-intervene-image select"
     page.wait_for_function("sel => { const s = document.querySelector(sel); return s && s.options.length >= 1; }",
                            arg=panel_select, timeout=timeout * 1000)
+    _settle(page, panel_select)          # the kernel has finished redrawing for the opened token
     for cell in ("cell (1, 2)", "cell (3, 0)"):
         page.locator(f'button[title="{cell}"]').click()
     page.locator("button", has_text="apply").first.click()
     table = ".cortex-intervene-table"
-    page.wait_for_function("sel => { const e = document.querySelector(sel); return e && e.textContent.includes('→'); }",
-                           arg=table, timeout=timeout * 1000)
+    subject = f"{table} caption.cortex-intervene-subject"
+    page.wait_for_function("sel => { const e = document.querySelector(sel); return e && e.textContent.includes('cells'); }",
+                           arg=subject, timeout=timeout * 1000)
+    page.locator(table).scroll_into_view_if_needed()
+    assert page.locator(table).is_visible(), "the intervention's table holds its numbers but is not shown"
+    # what the numbers were computed for, as the kernel wrote it beside them (never read from another widget)
+    caption = page.eval_on_selector(subject, "e => e.textContent").replace("\xa0", " ")
     shown_text = page.eval_on_selector(table, "e => e.innerText")
-    image_label = page.eval_on_selector(panel_select, "s => s.options[s.selectedIndex].textContent")
     target_label = page.eval_on_selector(".cortex-intervene-target select",
                                          "s => s.options[s.selectedIndex].textContent")
-    _check_intervention(shown_text, int(re.match(r"#(\d+)", image_label).group(1)), target_label, profile)
+    image = int(re.search(r"image #(\d+)", caption).group(1))
+    assert "cells (1, 2), (3, 0) · black" in caption, caption
+    image_label = page.eval_on_selector(panel_select, "s => s.options[s.selectedIndex].textContent")
+    assert image_label.startswith(f"#{image} "), (image_label, caption)   # the dropdown names the judged image
+    _check_intervention(shown_text, image, target_label, profile)
     page.locator(".cortex-intervene-table").screenshot(path=str(shots / f"{_prefix(profile)}intervention_table.png"))
     page.locator(".cortex-intervene-view").screenshot(path=str(shots / f"{_prefix(profile)}intervention.png"))
+
+
+def _settle(page, panel_select: str, quiet_ms: int = 1500, timeout: float = 60) -> None:
+    """Wait until the panel's image list has not changed for ``quiet_ms``: the kernel's answer to the last click
+    (token opened, gallery and list redrawn) has arrived, so the cells clicked next belong to the image shown."""
+    last, since, deadline = None, time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = page.eval_on_selector(panel_select, "s => [...s.options].map(o => o.textContent).join('|') + '@' + s.selectedIndex")
+        if now != last:
+            last, since = now, time.monotonic()
+        elif (time.monotonic() - since) * 1000 >= quiet_ms:
+            return
+        page.wait_for_timeout(250)
 
 
 def _prefix(profile: str) -> str:
