@@ -148,6 +148,10 @@ def test_the_browser_panel_shows_what_the_library_computes(world):
         assert last["before"][key]["p_true"] == pytest.approx(float(expect[key]["p_true"][0]), abs=1e-12)
         assert last["after"][key]["p_target"] == pytest.approx(float(expect[key]["p_target"][1]), abs=1e-12)
         assert f"<b>{expect[key]['p_true'][1]:.3f}</b>" in panel.table.value
+    # the table names what its numbers are for, whatever the widgets show by the time the page draws it
+    assert "<caption class='cortex-intervene-subject'" in panel.table.value
+    assert "image #0 (a), cells (1, 2), (3, 0) · token 7" in panel.table.value
+    assert np.array_equal(last["cells"], cells) and last["index"] == 0
     assert bytes(panel.view.value).startswith(b"\x89PNG")
     panel.toward_button.click()
     assert b.state()["error"] is None and panel.progress.value == panel.progress.max == 3
