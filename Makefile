@@ -26,11 +26,12 @@ help:
 setup: $(STAMP)
 
 # torch/torchvision are pinned to the pair that installs from this machine's disk (see README);
-# everything else comes from pyproject.toml, the one list of dependencies. One pip call (one resolution), and no
-# byte-compiling of the ~20,000 installed modules: Python compiles the few hundred a kernel imports on first use.
+# everything else comes from pyproject.toml, the one list of dependencies. One pip call (one resolution). pip
+# byte-compiles what it installs (~60 s): with PYTHONDONTWRITEBYTECODE set, as on these machines, nothing else would,
+# and every notebook kernel would compile torch's modules again (+8-11 s each, measured).
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile torch==2.14.1 torchvision==0.29.1 -e ".[test]"
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 -e ".[test]"
 	touch $@
 
 # GNU time records each stage's wall seconds and peak resident memory (KiB, the largest process:
