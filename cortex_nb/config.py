@@ -18,6 +18,7 @@ Environment variables (for the imagenet profile's checkpoints, see README):
 from __future__ import annotations
 
 from .errors import UserError
+from .machine import cpu_model, run_info  # noqa: F401  (re-exported: what a resolved profile records)
 
 import os
 from pathlib import Path
@@ -191,34 +192,6 @@ def ensure_writable(cfg: DictConfig) -> None:
             raise ProfileError(f"cannot write to the {key} directory {d}: {e.strerror or e}",
                                fix=f"make {d} writable, or set CORTEX_RESULTS to a writable directory "
                                    "(results/ and figures/ go there)") from None
-
-
-def run_info() -> dict:
-    """What a result depends on besides the profile: versions, CPU capability and thread count
-    (floats differ between CPU classes and thread counts, so results are byte-identical only
-    within one of each)."""
-    import platform
-
-    import torch
-
-    from . import __version__
-
-    return {"cortex_nb": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
-            "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads(), "machine": platform.machine()}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo; elsewhere platform.processor()), or 'unknown'."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_resolved(cfg: DictConfig, path: str | os.PathLike | None = None) -> Path:

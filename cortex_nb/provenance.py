@@ -30,7 +30,7 @@ from typing import Any
 
 from .files import digest, file_sha256, save_text
 
-__all__ = ["LOG_NAME", "MANIFEST_NAME", "set_profile", "record", "writer", "session", "artifact_paths",
+__all__ = ["LOG_NAME", "MANIFEST_NAME", "set_profile", "dry_run", "record", "writer", "session", "artifact_paths",
            "build_manifest", "write_manifest", "load_manifest", "check_manifest"]
 
 LOG_NAME = ".provenance.jsonl"
@@ -47,17 +47,26 @@ PACKAGES = ("torch", "torchvision", "numpy", "pandas", "matplotlib", "taming-tra
 
 #: the profile of the current process (set by :func:`cortex_nb.pipeline.run.setup`)
 _PROFILE: dict[str, str] = {}
+_DRY_RUN = [False]     # the bound profile's dry_run (not part of the records: see dry_run)
 
 
 def set_profile(cfg) -> None:
     """Remember the resolved profile's name and hash (every value, ``paths`` left out) for the records
-    this process writes."""
+    this process writes, and whether its numbers are meaningless (paper-dry: :func:`dry_run`)."""
     from omegaconf import OmegaConf
 
     tree = OmegaConf.to_container(cfg, resolve=True)
     tree.pop("paths", None)
     _PROFILE.clear()
     _PROFILE.update({"profile": str(cfg.name), "profile_sha256": digest(tree)})
+    _DRY_RUN[0] = bool(tree.get("dry_run", False))
+
+
+def dry_run() -> bool:
+    """Whether the profile bound last (:func:`set_profile`) is a dry run (paper-dry: random weights at the paper's
+    shapes): the table and figure writers read it and say on every table and figure that its numbers mean
+    nothing. False before any profile is bound."""
+    return _DRY_RUN[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,7 +146,7 @@ def _git(*args: str, cwd: Path) -> str | None:
 def _static_session() -> dict[str, Any]:
     from importlib import metadata
 
-    from .config import cpu_model
+    from .machine import cpu_model
 
     src = Path(__file__).resolve().parents[1]
     commit = _git("rev-parse", "HEAD", cwd=src)
