@@ -1,23 +1,38 @@
-"""The fit loop's checkpoints: what ``last.pt`` / ``best.pt`` hold, how a run is checked for
-resumption (same settings, see :data:`RESUME_FREE_FIELDS`), the RNG state that makes a resumed run
-equal an uninterrupted one, and the compact record a finished run keeps (weights in ``best.pt``
-only, no optimiser state). Files hold only tensors and plain containers (``weights_only=True``).
+"""The fit loop's settings (:class:`FitConfig`, public as ``cortex_nb.train.FitConfig``) and checkpoints:
+what ``last.pt`` / ``best.pt`` hold, how a run is checked for resumption (same settings, see
+:data:`RESUME_FREE_FIELDS`), the RNG state that makes a resumed run equal an uninterrupted one, and the
+compact record a finished run keeps (weights in ``best.pt`` only, no optimiser state). Files hold only tensors and plain containers (``weights_only=True``).
 """
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch.utils.data import DataLoader
 
+__all__ = ["FitConfig", "RESUME_FREE_FIELDS", "RESUME_ONLY", "compact_record", "finished_weights",
+           "refuse_compact_continuation", "load_state", "cfg_dict", "check_resumable", "loader_generator", "rng_state",
+           "set_rng_state"]
 
-if TYPE_CHECKING:
-    from .train import FitConfig
 
-__all__ = ["RESUME_FREE_FIELDS", "RESUME_ONLY", "compact_record", "finished_weights", "refuse_compact_continuation",
-           "load_state", "cfg_dict", "check_resumable", "loader_generator", "rng_state", "set_rng_state"]
+@dataclass
+class FitConfig:
+    """Settings of :func:`cortex_nb.train.fit`; defaults follow the paper's A.1.3 except ``epochs``."""
+
+    epochs: int = 10  # total epochs (paper A.1.3: 80 for the ImageNet extractors)
+    lr: float = 1e-3  # Adam initial learning rate (A.1.3)
+    weight_decay: float = 1e-4  # Adam weight decay, L2 added to the gradient (A.1.3)
+    step_size: int = 20  # StepLR: epochs between learning-rate decays (A.1.3)
+    gamma: float = 0.1  # StepLR: decay factor (A.1.3)
+    batch_size: int = 256  # training batch size (A.1.3); validation uses the same
+    seed: int = 0  # seeds the shuffler generator and torch's global RNG (dropout, augmentation)
+    device: str = "cpu"  # where model, batches and ``transform`` run
+    max_steps_per_epoch: int | None = None  # cap on training batches per epoch (quick profiles)
+    skip_nonfinite: bool = True  # skip batches whose loss is NaN/Inf (as the reference code does)
+    progress: bool = True  # tqdm.auto bars (epochs + batches) with loss/acc postfix
 
 
 #: fields of FitConfig that may differ between an interrupted run and its resumption
@@ -47,7 +62,7 @@ def finished_weights(best_path: Path, state: Mapping, last_path: Path) -> dict:
         fix=f"delete {last_path.parent} and rerun to train again")
 
 
-def refuse_compact_continuation(state: Mapping, cfg: "FitConfig", last_path: Path) -> None:
+def refuse_compact_continuation(state: Mapping, cfg: FitConfig, last_path: Path) -> None:
     from .errors import UserError
 
     raise UserError(

@@ -73,7 +73,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .files import progress, save_torch
-from .fit_state import (cfg_dict, check_resumable, compact_record, finished_weights, load_state,
+from .fit_state import (FitConfig, cfg_dict, check_resumable, compact_record, finished_weights, load_state,
                         loader_generator, refuse_compact_continuation, rng_state, set_rng_state)
 from .inference import (Transform, check_pair, evaluate_sums, is_tensor_pair, iter_batches, loss_logits,
                         n_items, to_device)
@@ -85,25 +85,6 @@ __all__ = ["FitConfig", "FitResult", "fit", "HISTORY_COLUMNS"]
 HISTORY_COLUMNS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "skipped",
 )
-
-# Fields of FitConfig that may differ between an interrupted run and its resumption.
-
-
-@dataclass
-class FitConfig:
-    """Settings of :func:`fit`; defaults follow the paper's A.1.3 except ``epochs``."""
-
-    epochs: int = 10  # total epochs (paper A.1.3: 80 for the ImageNet extractors)
-    lr: float = 1e-3  # Adam initial learning rate (A.1.3)
-    weight_decay: float = 1e-4  # Adam weight decay, L2 added to the gradient (A.1.3)
-    step_size: int = 20  # StepLR: epochs between learning-rate decays (A.1.3)
-    gamma: float = 0.1  # StepLR: decay factor (A.1.3)
-    batch_size: int = 256  # training batch size (A.1.3); validation uses the same
-    seed: int = 0  # seeds the shuffler generator and torch's global RNG (dropout, augmentation)
-    device: str = "cpu"  # where model, batches and ``transform`` run
-    max_steps_per_epoch: int | None = None  # cap on training batches per epoch (quick profiles)
-    skip_nonfinite: bool = True  # skip batches whose loss is NaN/Inf (as the reference code does)
-    progress: bool = True  # tqdm.auto bars (epochs + batches) with loss/acc postfix
 
 
 @dataclass
