@@ -20,8 +20,8 @@ one *is* and *where it lives*:
   (fill or token) or by Gumbel selection toward a class, and see every judge before and after.
 
 Driving it: ``TokenBrowser(browser_data(cfg, vqgm, extractors))`` and ``display(b.widget)`` (or
-just ``b`` as a cell's last value). The data and the rankings are section 06's
-(:mod:`cortex_nb.pipeline.s06_browser`); this module is the app. Every control is a public
+just ``b`` as a cell's last value). The data and the rankings are :mod:`cortex_nb.browser_model`'s (built by
+section 06, :mod:`cortex_nb.pipeline.s06_browser`); this module is the app. Every control is a public
 attribute and :meth:`TokenBrowser.state` returns what is selected and rendered, so tests drive it
 without a browser.
 
@@ -49,7 +49,7 @@ import torch
 
 from .figures import message_png, stack_pngs
 from .masking import scaled_n
-from .pipeline.s06_browser import BASELINES, BrowserData, Ranking, rank_concepts
+from .browser_model import BASELINES, BrowserData, Ranking, rank_concepts
 from .saliency import token_class_usage
 from .widgets_list import ListBox, show_png
 from .widgets_search import SearchRow

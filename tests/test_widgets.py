@@ -303,13 +303,13 @@ def test_bad_data_and_arguments_raise(data):
 
 
 def test_the_browser_imports_no_pipeline_run():
-    """Importing cortex_nb.widgets loads the browser's data types (pipeline.s06_browser) but not the
-    run (stores, evaluators, caches): browser_data imports those when called."""
+    """Importing cortex_nb.widgets loads the browser's data types (cortex_nb.browser_model) but neither the section
+    that builds them nor the run (stores, evaluators, caches): browser_data imports those when called."""
     code = "import sys, cortex_nb.widgets; print(' '.join(sorted(sys.modules)))"
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                 cwd=Path(__file__).resolve().parents[1]).stdout.split())
-    assert "cortex_nb.pipeline.s06_browser" in loaded
-    assert not {"cortex_nb.pipeline.run", "cortex_nb.store", "cortex_nb.evaluators", "cortex_nb.pipeline.keys"} & loaded
+    assert "cortex_nb.browser_model" in loaded
+    assert not {"cortex_nb.pipeline.s06_browser", "cortex_nb.pipeline.run", "cortex_nb.store", "cortex_nb.evaluators", "cortex_nb.pipeline.keys"} & loaded
     assert callable(s06_browser.browser_data)
 
 
