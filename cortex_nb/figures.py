@@ -36,15 +36,16 @@ def set_style() -> None:
     matplotlib.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight"})
 
 
-#: set by cortex_nb.pipeline.run.setup under the paper-dry profile: every saved figure carries DRY_TITLE
-DRY_RUN = False
+#: under the paper-dry profile (cortex_nb.provenance.dry_run: the profile bound by setup or the command line) every
+#: saved figure carries this banner
 DRY_TITLE = "PAPER-DRY: random weights at the paper's shapes — these numbers are meaningless"
 
 
 def save_figure(fig, directory: str | Path, name: str, *, pdf: bool = True) -> Path:
     """Save ``fig`` as ``directory/name.png`` (+ ``.pdf``) atomically, byte-reproducibly; returns the PNG path.
-    Under the paper-dry profile (``DRY_RUN``) a red banner at the top says the numbers are meaningless."""
-    if DRY_RUN and not getattr(fig, "_cortex_dry", False):
+    Under the paper-dry profile (:func:`cortex_nb.provenance.dry_run`) a red banner at the top says the numbers are
+    meaningless."""
+    if provenance.dry_run() and not getattr(fig, "_cortex_dry", False):
         fig.text(0.5, 0.999, DRY_TITLE, ha="center", va="top", color="red", fontsize=9, weight="bold")
         fig._cortex_dry = True
     directory = Path(directory)

@@ -99,8 +99,8 @@ def fmt_ci(mean: float, lo: float, hi: float, *, pct: bool = False, digits: int 
     return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-#: set by cortex_nb.pipeline.run.setup under the paper-dry profile: every table's caption says so
-DRY_RUN = False
+#: under the paper-dry profile (cortex_nb.provenance.dry_run: the profile bound by setup or the command line) every
+#: table's caption starts with this
 DRY_CAPTION = "PAPER-DRY (random weights at the paper's shapes): these numbers are meaningless."
 
 
@@ -111,7 +111,7 @@ def write_table(df: pd.DataFrame, directory: str | Path, name: str, *, caption: 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     display = df if display is None else display
-    if DRY_RUN:
+    if provenance.dry_run():
         caption = f"**{DRY_CAPTION}** " + caption
     paths = {ext: directory / f"{name}.{ext}" for ext in ("csv", "md", "tex")}
     with atomic_path(paths["csv"]) as tmp:

@@ -123,15 +123,15 @@ def test_the_committed_toy_ledger_is_what_the_committed_tables_give():
 
 def test_a_dry_run_ledger_says_its_numbers_are_meaningless(tmp_path, monkeypatch):
     """`python -m cortex_nb ledger` never calls setup(); under paper-dry its table must still carry the banner."""
-    from cortex_nb import tables
+    from cortex_nb import provenance, tables
     from cortex_nb.__main__ import main
 
     monkeypatch.setenv("CORTEX_RESULTS", str(tmp_path))
-    monkeypatch.setattr(tables, "DRY_RUN", False)
+    monkeypatch.setattr(provenance, "_DRY_RUN", [False])
     table1(tmp_path / "results" / "paper-dry" / "tables", ce=(0.5, 0.4, 0.6), re=(0.3, 0.2, 0.35))
     assert main(["ledger", "--profile", "paper-dry"]) == 0
     md = (tmp_path / "results" / "paper-dry" / "tables" / "ledger.md").read_text()
     assert md.startswith(f"**{tables.DRY_CAPTION}**")
-    assert tables.DRY_RUN
+    assert provenance.dry_run()
     main(["ledger", "--profile", "toy"])
-    assert not tables.DRY_RUN                                                  # reset by the next profile
+    assert not provenance.dry_run()                                            # reset by the next profile

@@ -74,10 +74,9 @@ def bind_profile(cfg: DictConfig) -> None:
     """What every table and figure this process writes from now on takes from the profile: its provenance record
     names the profile and its hash, and under paper-dry it says its numbers are meaningless. :func:`setup` calls
     it, and the command line for every command (ledger and gates never call setup)."""
-    from .. import figures, provenance, tables
+    from .. import provenance
 
-    provenance.set_profile(cfg)
-    figures.DRY_RUN = tables.DRY_RUN = bool(cfg.get("dry_run", False))
+    provenance.set_profile(cfg)      # the table and figure writers read the dry-run banner from it
 
 
 def log_stream():
