@@ -45,7 +45,11 @@ def test_every_write_is_logged_and_the_manifest_holds_its_hash(tmp_path):
     for key, entry in files.items():
         assert entry["sha256"] == sha(tmp_path / key)
         assert entry["bytes"] == (tmp_path / key).stat().st_size
-        assert "pytest" in entry["command"] or "py.test" in entry["command"]   # written outside a notebook
+        # written outside a notebook: this process's command line (pytest's, or '-c' in a pytest-xdist worker)
+        first = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+        argv0 = f"python -m {first.parent.name}" if first.name == "__main__.py" else first.name
+        assert entry["command"] == " ".join([argv0, *sys.argv[1:]]) and "notebook" not in entry
+        assert "pytest" in entry["command"] or entry["command"] == "-c"
         sess = man["sessions"][entry["session"]]
         assert sess["packages"]["torch"] and sess["threads"] >= 1 and sess["cpu_capability"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
