@@ -49,7 +49,7 @@ def search_and_intervene(page, app: str, token_select: str, shots: Path, timeout
                                          "s => s.options[s.selectedIndex].textContent")
     image = int(re.search(r"image #(\d+)", caption).group(1))
     assert "cells (1, 2), (3, 0) · black" in caption, caption
-    image_label = page.eval_on_selector(panel_select, "s => s.options[s.selectedIndex].textContent")
+    image_label = page.eval_on_selector(panel_select, "s => s.options[s.selectedIndex].textContent").replace("\xa0", " ")
     assert image_label.startswith(f"#{image} "), (image_label, caption)   # the dropdown names the judged image
     _check_intervention(shown_text, image, target_label, profile)
     page.locator(".cortex-intervene-table").screenshot(path=str(shots / f"{_prefix(profile)}intervention_table.png"))
