@@ -159,6 +159,10 @@ def test_replicate_dirs_finds_the_headline_and_seed_tables(tmp_path, monkeypatch
     (root / "seeds" / "r2" / "profile.yaml").write_text(yaml.safe_dump(
         {"profile": {"replicate": 2, "optimization": {"steps": 300}, "faithfulness": {"n_per_class": 3}}}))
     assert set(V.replicate_dirs(cfg)) == {0, 1, 2, "machine-avx2"}
+    # ... nor do the robustness reports (`make robustness` rewrites the headline's profile.yaml with robustness on)
+    (root / "seeds" / "r2" / "profile.yaml").write_text(yaml.safe_dump(
+        {"profile": {"replicate": 2, "optimization": {"steps": 300}, "robustness": True}}))
+    assert set(V.replicate_dirs(cfg)) == {0, 1, 2, "machine-avx2"}
     # a key added to the profiles after a replicate was recorded is read at its default: the headline records
     # world.classes: null and vqgm.n_samples: 20 (the base defaults), r1 predates them -- still the same settings
     (root / "profile.yaml").write_text(yaml.safe_dump({"profile": {

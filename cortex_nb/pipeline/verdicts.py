@@ -260,9 +260,9 @@ def replicate_dirs(cfg: DictConfig) -> dict:
 
 
 #: profile keys that may differ between the replicates of one verdict table: run plumbing, and the
-#: sections no claim of the table reads (notebook 07's faithfulness tests, notebook 08's bias test), so adding or changing them
-#: does not orphan the replicates
-_FREE = ("replicate", "replicates", "progress", "threads", "device", "faithfulness", "bias")
+#: sections no claim of the table reads (notebook 07's faithfulness tests, notebook 08's bias test, the robustness
+#: reports), so adding or changing them does not orphan the replicates
+_FREE = ("replicate", "replicates", "progress", "threads", "device", "faithfulness", "bias", "robustness")
 
 
 def variant_dirs(cfg: DictConfig) -> dict[str, Path]:
