@@ -103,8 +103,9 @@ $(EXEC)/%.ipynb: notebooks/%.ipynb cortex_nb/profiles/_base.yaml cortex_nb/profi
 # runs the stages after 02 JOBS at a time (default 2), each with CORTEX_THREADS=1: on the 2-core CPU two
 # single-thread processes do ~1.4x the work of one two-thread process on these small models (optimize.py's
 # measurement). A stage's numbers depend on its own thread count only, never on what runs beside it; JOBS=1 runs
-# every stage alone on the profile's threads.
-JOBS    ?= 2
+# every stage alone on the profile's threads, the default for imagenet (one GPU: two stages would share its memory)
+# and paper-dry (12.5 GB a stage on a 24 GB machine).
+JOBS    ?= $(if $(filter imagenet paper-dry,$(PROFILE)),1,2)
 stage    = $(filter $(EXEC)/$(1)_%,$(OUTS))
 AFTER_02 = $(foreach s,03 04 05 06 07 08,$(call stage,$(s)))
 ifneq ($(JOBS),1)
@@ -116,8 +117,8 @@ $(call stage,03) $(call stage,05) $(call stage,07) $(call stage,08): $(call stag
 $(call stage,04): $(call stage,03)
 $(call stage,06): $(call stage,04)
 
-# Two lanes after 02 (order-only prerequisites: an order, not a dependency), so that with JOBS=2 the second core is
-# never idle while a stage waits on its input: 05 (the longest; its Gumbel runs are two processes of their own), then
+# Two lanes after 02 (order-only prerequisites: an order, not a dependency), so that with JOBS=2 a stage does not
+# wait on its input while the other lane runs out of work: 05 (the longest; its Gumbel runs are two processes of their own), then
 # 08; and 03 -> 04 -> 06 -> 07. Without them make starts whatever is first in its list when a slot frees, and 04
 # (which needs 03) ran last, alone on one thread (measured: ~200 s of one idle core).
 ifneq ($(JOBS),1)
