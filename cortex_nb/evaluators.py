@@ -42,6 +42,7 @@ from .files import file_sha256, verify_file
 from .inference import eval_mode
 
 __all__ = [
+    "weights_enum",
     "EVALUATOR_NAMES",
     "TOY_EVALUATOR_NAMES",
     "DISPLAY_NAMES",
@@ -207,7 +208,7 @@ class WeightsUnavailableError(UserError, FileNotFoundError):
     downloads)."""
 
 
-def _weights_enum(name: str, weights: str | None):
+def weights_enum(name: str, weights: str | None):
     try:
         enum = torchvision.models.get_model_weights(name)
     except (ValueError, KeyError) as e:
@@ -223,7 +224,7 @@ def _weights_enum(name: str, weights: str | None):
 
 def weights_file(name: str, weights: str | None = None) -> tuple[str, str]:
     """(file name, URL) of torchvision's weights for ``name``, e.g. ('resnet18-f37072fd.pth', ...)."""
-    w = _weights_enum(name, weights)
+    w = weights_enum(name, weights)
     return os.path.basename(urlparse(w.url).path), w.url
 
 
@@ -291,7 +292,7 @@ def imagenet_spec(name: str, weights_obj=None, preprocess: str = "torchvision") 
     """The Evaluator spec (preprocessing, classes) of a torchvision ImageNet model; needs no
     weights file. ``weights_obj``: a weights enum member or its name (default IMAGENET1K_V1)."""
     if weights_obj is None or isinstance(weights_obj, str):
-        weights_obj = _weights_enum(name, weights_obj)
+        weights_obj = weights_enum(name, weights_obj)
     t = weights_obj.transforms()
     if preprocess == "torchvision":
         resize, crop = int(t.resize_size[0]), int(t.crop_size[0])
@@ -337,7 +338,7 @@ def load_imagenet_evaluator(
     (or without a prefix) the file's zip CRCs are checked. A damaged file, or one that does not
     fit the architecture -> :class:`CheckpointError` naming the file and its URL.
     """
-    w = _weights_enum(name, weights)
+    w = weights_enum(name, weights)
     path = _find_weights(name, weights, weights_dir)
     fix = _redownload_fix(path, w.url)
     if not (check_hash and _check_hash(path, w.url)):

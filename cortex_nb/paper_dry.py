@@ -99,12 +99,12 @@ def dry_imagenet_evaluators(names: Sequence[str], device: str | torch.device = "
     enums' real preprocessing (:func:`cortex_nb.evaluators.imagenet_spec`), marked ``spec["dry_run"]``."""
     import torchvision
 
-    from .evaluators import Evaluator, _weights_enum, imagenet_spec
+    from .evaluators import Evaluator, weights_enum, imagenet_spec
 
     logger.warning(DRY_BANNER)
     out = {}
     for i, name in enumerate(names):
-        w = _weights_enum(name, None)
+        w = weights_enum(name, None)
         torch.manual_seed(int(seed) + i)
         model = torchvision.models.get_model(name, weights=None, num_classes=len(w.meta["categories"]))
         spec = {**imagenet_spec(name, w, preprocess), "dry_run": True}

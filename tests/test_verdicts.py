@@ -14,7 +14,7 @@ from cortex_nb.pipeline.keys import replicate_seed
 
 def ev(lo, hi, mean=None):
     mean = (lo + hi) / 2 if mean is None else mean
-    return V._below(mean, lo, hi)
+    return V.below(mean, lo, hi)
 
 
 def test_judge_three_ways():

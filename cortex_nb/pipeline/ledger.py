@@ -31,7 +31,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from ..tables import read_table, write_table
-from .verdicts import CLAIMS, Evidence, _above, _below, fmt_case, replicate_dirs, unpaired
+from .verdicts import CLAIMS, Evidence, above, below, fmt_case, replicate_dirs, unpaired
 
 __all__ = ["Check", "CHECKS", "case_verdict", "check_verdict", "ledger_frame", "write_ledger", "verify_ledger",
            "seed_sensitivity"]
@@ -96,7 +96,7 @@ def _table1_ce_re(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
         return {}
     ce, re = rows["CE"], rows["RE"]
     d = unpaired(ce.top1, ce.top1_lo, ce.top1_hi, re.top1, re.top1_lo, re.top1_hi)
-    return {"CE − RE": _above(*d, f"top-1 {ce.top1:.3f} vs {re.top1:.3f}, unpaired")}
+    return {"CE − RE": above(*d, f"top-1 {ce.top1:.3f} vs {re.top1:.3f}, unpaired")}
 
 
 def _localisation(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
@@ -111,7 +111,7 @@ def _localisation(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
             if m in rows and rival in rows:
                 a, b = rows[m], rows[rival]
                 d = unpaired(a.head_share, a.lo, a.hi, b.head_share, b.lo, b.hi)
-                out[f"{m} vs {rival}"] = _above(*d, f"{a.head_share:.3f} vs {b.head_share:.3f} on the head")
+                out[f"{m} vs {rival}"] = above(*d, f"{a.head_share:.3f} vs {b.head_share:.3f} on the head")
     return out
 
 
@@ -122,7 +122,7 @@ def _faithfulness(direction: str) -> Callable:
         if df is None:
             return {}
         d = df[(df.method == "random") & (df.direction == direction) & df.d_tsv.notna()]
-        f = _above if direction == "deletion" else _below
+        f = above if direction == "deletion" else below
         return {f"{r.evaluator} vs {r.vs_tsv_of}": f(r.d_tsv, r.d_tsv_lo, r.d_tsv_hi, f"random {r.auc:.3f}")
                 for r in d.itertuples()}
     return ev
@@ -149,7 +149,7 @@ def _sanity(measure: str, scale_check: str) -> Callable:
             s = scale.iloc[0]
             cols = [measure, f"{measure}_lo", f"{measure}_hi"]
             d = unpaired(*last[cols], *s[cols])
-            out[str(ex)] = _below(*d, f"{last[measure]:.3f} fully randomised vs {s[measure]:.3f} for {scale_check}")
+            out[str(ex)] = below(*d, f"{last[measure]:.3f} fully randomised vs {s[measure]:.3f} for {scale_check}")
         return out
     return ev
 

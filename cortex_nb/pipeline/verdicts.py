@@ -43,7 +43,7 @@ from ..tables import read_table, write_table
 
 log = logging.getLogger("cortex_nb")
 
-__all__ = ["Evidence", "Claim", "CLAIMS", "unpaired", "fmt_case",
+__all__ = ["Evidence", "Claim", "CLAIMS", "below", "above", "unpaired", "fmt_case",
            "replicate_dirs", "variant_dirs", "settings_diff", "judge", "verdict_frame",
            "verdict_table", "run"]
 
@@ -70,12 +70,12 @@ class Claim:
     built_in: str
 
 
-def _below(mean, lo, hi, case="") -> Evidence:
+def below(mean, lo, hi, case="") -> Evidence:
     """The claim is 'a lower than b': supported when the interval of a - b lies below 0."""
     return Evidence(float(mean), float(lo), float(hi), bool(hi < 0), bool(lo > 0), case)
 
 
-def _above(mean, lo, hi, case="") -> Evidence:
+def above(mean, lo, hi, case="") -> Evidence:
     return Evidence(float(mean), float(lo), float(hi), bool(lo > 0), bool(hi < 0), case)
 
 
@@ -108,7 +108,7 @@ def _fig3(method: str, which: str) -> Callable:
             return {}
         d = df[(df.method == method) & df.d_random.notna()]
         d = d[d.n > 1] if which == "n>1" else d[d.n == d.n.min()]
-        return {ev: _worst([_below(r.d_random, r.d_random_lo, r.d_random_hi, f"n = {r.n}") for r in g.itertuples()],
+        return {ev: _worst([below(r.d_random, r.d_random_lo, r.d_random_hi, f"n = {r.n}") for r in g.itertuples()],
                            below=True) for ev, g in d.groupby("evaluator", sort=False)}
     return ev
 
@@ -121,7 +121,7 @@ def _table2(a: str, b: str, kind: str = "method") -> Callable:
         if df is None:
             return {}
         d = df[(df.kind == kind) & (df.a == a) & df.b.astype(str).str.startswith(b) & (df.metric == "dP")]
-        return {r.evaluator: _below(r.mean, r.lo, r.hi, str(r.b) if kind != "method" else "") for r in d.itertuples()}
+        return {r.evaluator: below(r.mean, r.lo, r.hi, str(r.b) if kind != "method" else "") for r in d.itertuples()}
     return ev
 
 
@@ -134,7 +134,7 @@ def _fewer_patches(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
         return {}
     ce, fr = df[df.method == "CE"].iloc[0], df[df.method == "frequency"].iloc[0]
     d = unpaired(ce.n_masked, ce.n_masked_lo, ce.n_masked_hi, fr.n_masked, fr.n_masked_lo, fr.n_masked_hi)
-    return {"all": _below(*d, f"{ce.n_masked:.1f} vs {fr.n_masked:.1f} patches")}
+    return {"all": below(*d, f"{ce.n_masked:.1f} vs {fr.n_masked:.1f} patches")}
 
 
 def _ce_re(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
@@ -157,22 +157,22 @@ def _robust(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
     d = df[(df.kind == "evaluator") & (df.metric == "dP")]
     if d.empty:
         return {}
-    w = _worst([_above(r.mean, r.lo, r.hi, f"vs {r.b}") for r in d.itertuples()], below=False)
+    w = _worst([above(r.mean, r.lo, r.hi, f"vs {r.b}") for r in d.itertuples()], below=False)
     return {"all": w}
 
 
 def _table3(a: str, b: str, metric: str) -> Callable:
     """Table 3: ΔP(a) - ΔP(b) for ``metric`` (final state, central region, class-cluster interval),
     below 0 for dP_orig and above 0 for dP_targ, for every extractor (the least favourable decides)."""
-    below = metric == "dP_orig"
+    lower = metric == "dP_orig"
 
     def ev(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
         df = read_table(tables, "table3_paired")
         if df is None:
             return {}
         d = df[(df.a == a) & (df.b == b) & (df.metric == metric)]
-        f = _below if below else _above
-        return {evn: _worst([f(r.mean, r.lo, r.hi, str(r.extractor)) for r in g.itertuples()], below=below)
+        f = below if lower else above
+        return {evn: _worst([f(r.mean, r.lo, r.hi, str(r.extractor)) for r in g.itertuples()], below=lower)
                 for evn, g in d.groupby("evaluator", sort=False)}
     return ev
 
