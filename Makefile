@@ -46,7 +46,7 @@ CELL_TIMEOUT ?= $(if $(filter imagenet,$(PROFILE)),,7200)
 
 # Each executed notebook depends on its notebook, the profile, the previous stage and the
 # cortex_nb modules its kernel imported the last time it ran (recorded in $(DEPS)/<stage>.mk by
-# cortex_nb.deps; before a stage has run once, every module counts), so `make all` reruns exactly
+# cortex_nb.io.deps; before a stage has run once, every module counts), so `make all` reruns exactly
 # the stages whose inputs changed, and the stages after them.
 stage_src = $(if $(wildcard $(DEPS)/$(1).mk),,$(SRC))
 -include $(wildcard $(DEPS)/*.mk)
@@ -174,7 +174,7 @@ atlas: $(STAMP)
 	$(PY) -m cortex_nb atlas --profile $(PROFILE)
 
 # The GPU check (issue #17): on a CUDA machine with nothing downloaded, the paper's models at their real shapes with
-# random weights (cortex_nb.paper_dry) -- sampling with the KV cache, masked evaluation at 224 px, CE / RE training,
+# random weights (cortex_nb.vqgm.paper_dry) -- sampling with the KV cache, masked evaluation at 224 px, CE / RE training,
 # TSV and Gumbel selection at larger counts -> results/benchmarks/gpu.{json,md}. Made to take <= 8 min on one GPU.
 gpu-check: $(STAMP)
 	$(PY) benchmarks/paper_dry.py --gpu

@@ -4,7 +4,7 @@ The task: the deletion curve of one attribution over every position of an 8 x 8 
 relevant first, black fill) on B toy images, judged by the four toy evaluators (ResNet18/34, ViT patch 4/8 on
 32 x 32 images; untrained weights: timing and agreement do not depend on training).
 
-- ours: ``cortex_nb.faithfulness.perturbation_curve`` with a score that masks the uint8 batch once per step
+- ours: ``cortex_nb.method.faithfulness.perturbation_curve`` with a score that masks the uint8 batch once per step
   (``masking.mask_images``) and shows it to every evaluator (``predict_proba``), as section 07 does;
 - Quantus 0.6 ``RegionPerturbation(patch_size=4, regions_evaluation=64, perturb_baseline=-1.0)`` (black in
   taming's [-1, 1] convention, which the evaluators take), called once per evaluator, as its API asks.
@@ -21,9 +21,9 @@ import _common as C
 import numpy as np
 import torch
 
-from cortex_nb.faithfulness import default_steps, perturbation_curve, rank_positions
-from cortex_nb.masking import mask_images
-from cortex_nb.toy_evaluators import build_toy_evaluator
+from cortex_nb.method.faithfulness import default_steps, perturbation_curve, rank_positions
+from cortex_nb.method.masking import mask_images
+from cortex_nb.toy.evaluators import build_toy_evaluator
 
 TOL = 1e-4
 M, P = 8, 4

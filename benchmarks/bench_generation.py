@@ -5,7 +5,7 @@ Generation — contenders on the same VQGM (random weights) and the same class l
 - uncached: ``sample_uncached`` (``benchmarks/reference.py``): taming's ``Net2NetTransformer.sample``, which
   re-runs the transformer on the whole prefix at every one of the m² steps.
 Greedy decoding (top-k 1) on both, so the tokens must be IDENTICAL (asserted). The VQGM is built
-from ``cortex_nb.vqgm.tiny_cin_config`` at the toy profile's size (GPT 4 layers, 4 heads, 128 dims,
+from ``cortex_nb.vqgm.taming_shapes.tiny_cin_config`` at the toy profile's size (GPT 4 layers, 4 heads, 128 dims,
 64 tokens, K 512, 10 classes; VQGAN 32 x 32 → 8 x 8, d 64). The ratio is reported; no goal.
 
 Storage — bytes per sample: our token store keeps token ids, uint16 m x m (``tokens.npy`` of N
@@ -26,7 +26,8 @@ import _common as C
 import numpy as np
 import torch
 
-from cortex_nb.taming_config import build_from_config, tiny_cin_config
+from cortex_nb.vqgm.taming_config import build_from_config
+from cortex_nb.vqgm.taming_shapes import tiny_cin_config
 from cortex_nb.vqgm import VQGM
 from reference import sample_uncached  # benchmarks/reference.py (benchmarks/ is sys.path[0])
 

@@ -1,12 +1,12 @@
 """Benchmark 2: masked-image evaluation (CORTEX Fig. 3 / Table 2) — batched vs one image at a time.
 
 Contenders, on the same uint8 images, labels and masks, with the same classifier weights:
-- ours: ``cortex_nb.masking.evaluate_masked(evaluator.predict_proba, images, labels, masks,
+- ours: ``cortex_nb.method.masking.evaluate_masked(evaluator.predict_proba, images, labels, masks,
   batch_size=256)``: masks applied to whole batches of tensors, batched preprocessing and forward.
 - reference: ``evaluate_masked_reference`` (``benchmarks/reference.py``): per image a PIL image, black
   rectangles, PIL resize, ToTensor + Normalize, one forward pass of a batch of one (the scripts).
 
-Toy rows: the four toy evaluators (``cortex_nb.toy_evaluators.build_toy_evaluator``: ResNet18/34 and
+Toy rows: the four toy evaluators (``cortex_nb.toy.evaluators.build_toy_evaluator``: ResNet18/34 and
 ViT patch 4/8 on 32 x 32 images; untrained weights: the timing and the agreement do not depend on
 training), 8 x 8 token grids, 13 random positions masked (the paper's n = 50 of 256, scaled).
 They take 32 x 32 directly, so neither path resizes and the preprocessing is identical: the
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torchvision
 
-from cortex_nb.evaluators import Evaluator, imagenet_spec
-from cortex_nb.masking import evaluate_masked, mask_random
-from cortex_nb.toy_evaluators import build_toy_evaluator
+from cortex_nb.method.evaluators import Evaluator, imagenet_spec
+from cortex_nb.method.masking import evaluate_masked, mask_random
+from cortex_nb.toy.evaluators import build_toy_evaluator
 from reference import evaluate_masked_reference  # benchmarks/reference.py (benchmarks/ is sys.path[0])
 
 TOL_TOY = 1e-4        # absolute, per-image true-class probability (same preprocessing)

@@ -1,7 +1,7 @@
 """Benchmark 3: token-selection optimisation (CORTEX eq. 7-9) — batched vs one image at a time.
 
 Contenders, on the same images (token grids), codebook, extractor, targets and per-image seeds:
-- ours: ``cortex_nb.optimize.select_tokens`` on all B images at once (seed s: image b uses s + b).
+- ours: ``cortex_nb.method.optimize.select_tokens`` on all B images at once (seed s: image b uses s + b).
 - per-image: the same function called B times with one image and ``seed = s + b`` — what the
   authors' script does (one image at a time), with our implementation of each step.
 
@@ -22,8 +22,8 @@ from __future__ import annotations
 import _common as C
 import torch
 
-from cortex_nb.extractors import ExtractorConfig, build_extractor
-from cortex_nb.optimize import central_region, select_tokens
+from cortex_nb.method.extractors import ExtractorConfig, build_extractor
+from cortex_nb.method.optimize import central_region, select_tokens
 
 K, D, M, N_CLASSES, SEED = 512, 64, 8, 10, 100
 MIN_SAME_F32 = 0.8

@@ -28,8 +28,8 @@ import contextlib
 import _common as C
 import torch
 
-from cortex_nb.extractors import ExtractorConfig, build_extractor, count_parameters
-from cortex_nb.saliency import TokenSaliency
+from cortex_nb.method.extractors import ExtractorConfig, build_extractor, count_parameters
+from cortex_nb.method.saliency import TokenSaliency
 from reference import tsv_reference  # benchmarks/reference.py (benchmarks/ is sys.path[0])
 
 TOL = 1e-5

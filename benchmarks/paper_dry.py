@@ -3,7 +3,7 @@
 What ``benchmarks/paper_scale.py`` extrapolates from a 4-layer slice and FLOP counts, measured end to end here:
 taming's cin transformer at its released shapes (1.4 B-parameter GPT, f16 VQGAN with a 16384 x 256 codebook,
 Labelator over 1000 classes) built with seeded random weights, written as a Lightning ``last.ckpt`` + config YAML
-(:func:`cortex_nb.paper_dry.write_dry_vqgm`), read back by :func:`cortex_nb.vqgm.load_vqgm` (the path the real
+(:func:`cortex_nb.vqgm.paper_dry.write_dry_vqgm`), read back by :func:`cortex_nb.vqgm.load_vqgm` (the path the real
 files take), then on ``--device``:
 
 - class-conditional sampling with the KV-cached sampler (``VQGM.sample``, the README recipe top-k 600 / top-p
@@ -29,7 +29,7 @@ from pathlib import Path
 import _common as C
 import torch
 
-from cortex_nb.paper_dry import DRY_BANNER, dry_imagenet_evaluators, released_cin_config, write_dry_vqgm
+from cortex_nb.vqgm.paper_dry import DRY_BANNER, dry_imagenet_evaluators, released_cin_config, write_dry_vqgm
 
 QUICK = dict(gpt=dict(n_layer=1, n_head=2, n_embd=64, block_size=16),
              vqgan=dict(n_embed=1024, embed_dim=8, z_channels=8, resolution=16, ch=32, ch_mult=(1, 2, 2),
@@ -61,10 +61,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--cache", default=None)
     extra, rest = ap.parse_known_args(argv)
     args = C.parse_args(__doc__.splitlines()[0], rest)
-    from cortex_nb.extractors import ExtractorConfig, build_extractor, count_parameters
-    from cortex_nb.masking import mask_images
-    from cortex_nb.optimize import central_region, select_tokens
-    from cortex_nb.saliency import TokenSaliency
+    from cortex_nb.method.extractors import ExtractorConfig, build_extractor, count_parameters
+    from cortex_nb.method.masking import mask_images
+    from cortex_nb.method.optimize import central_region, select_tokens
+    from cortex_nb.method.saliency import TokenSaliency
     from cortex_nb.vqgm import load_vqgm
 
     if extra.gpu and not torch.cuda.is_available():

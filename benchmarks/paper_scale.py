@@ -28,9 +28,9 @@ import _common as C  # sets OMP_WAIT_POLICY and sys.path before torch; --quick/-
 import torch
 import torch.nn.functional as F
 
-from cortex_nb.taming_compat import filter_top_k_top_p
-from cortex_nb.extractors import ExtractorConfig, build_extractor
-from cortex_nb.saliency import TokenSaliency
+from cortex_nb.vqgm.taming_compat import filter_top_k_top_p
+from cortex_nb.method.extractors import ExtractorConfig, build_extractor
+from cortex_nb.method.saliency import TokenSaliency
 import scale as S  # benchmarks/scale.py (benchmarks/ is sys.path[0])
 
 ARCHS = ("CE", "RE")
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = C.parse_args(__doc__.splitlines()[0], argv)
     t0 = time.perf_counter()
     try:
-        from cortex_nb.config import load_profile
+        from cortex_nb.io.config import load_profile
         sizes = S.sizes_from_profile(load_profile("imagenet"))
     except Exception as e:  # noqa: BLE001 - the defaults are the same numbers
         print(f"imagenet profile not readable ({e}); using scale.default_sizes()")
@@ -367,7 +367,7 @@ def _markdown(result: dict, df, by_precision: dict, quick: bool, mach: dict) -> 
     ok = all(result["extractor_params_as_documented"].values())
     lines += ["", f"Extractors: CE {result['extractors']['CE']['params']:,} parameters, RE "
               f"{result['extractors']['RE']['params']:,} ({'as' if ok else 'NOT as'} documented in "
-              f"`cortex_nb/extractors.py`). Benchmark stages (s): {result['stage_seconds']}.", ""]
+              f"`cortex_nb/method/extractors.py`). Benchmark stages (s): {result['stage_seconds']}.", ""]
     return "\n".join(lines)
 
 

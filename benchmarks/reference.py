@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cortex_nb.inference import eval_mode
+from cortex_nb.engine.inference import eval_mode
 
 __all__ = ["evaluate_masked_reference", "mask_image_pil", "sample_uncached", "tsv_reference"]
 
@@ -126,7 +126,7 @@ def evaluate_masked_reference(
     a batch of one, softmax.
 
     Args:
-        model: a classifier on normalised (1, 3, h, w) tensors, or a ``cortex_nb.evaluators.Evaluator``
+        model: a classifier on normalised (1, 3, h, w) tensors, or a ``cortex_nb.method.evaluators.Evaluator``
             (then its ``.model`` is used and ``size``/``mean``/``std`` default to its spec; its
             ``resize`` must be an exact (h, w), as the toy evaluators' and the ``"reference"``
             ImageNet preprocessing are).

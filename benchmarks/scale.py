@@ -56,9 +56,9 @@ __all__ = [
 # ---------------------------------------------------------------------------------- model shapes
 #: taming's class-conditional ImageNet transformer ("cin transformer", 2020-11-20T21-45-44 project
 #: config), as we assume it: ~1.41 B parameters; one definition, shared with the paper-dry profile's models
-#: (cortex_nb.paper_dry). Not checked against the released YAML here (no network); block_size only changes the
+#: (cortex_nb.vqgm.paper_dry). Not checked against the released YAML here (no network); block_size only changes the
 #: positional table (256 vs 257 rows).
-from cortex_nb.paper_dry import CIN_GPT, VQGAN_F16 as _F16  # noqa: E402
+from cortex_nb.vqgm.paper_dry import CIN_GPT, VQGAN_F16 as _F16  # noqa: E402
 
 #: its first stage: VQGAN f16 with a 16384 x 256 codebook (16 x 16 tokens for 256 x 256 images)
 VQGAN_F16: dict[str, Any] = dict(
@@ -199,7 +199,7 @@ def gpt_sample_flops(n_layer: int, n_embd: int, vocab_size: int, steps: int, con
 def build_cin_gpt(device: str | torch.device = "meta", **overrides: int) -> nn.Module:
     """taming's minGPT at the cin transformer's shape (``CIN_GPT`` with ``overrides``), random
     weights, eval mode. On the meta device nothing is allocated."""
-    from cortex_nb.taming_compat import import_taming
+    from cortex_nb.vqgm.taming_compat import import_taming
 
     tm = import_taming()
     with torch.device(device):
@@ -210,8 +210,8 @@ def build_cin_gpt(device: str | torch.device = "meta", **overrides: int) -> nn.M
 def build_vqgan(device: str | torch.device = "meta", **ddconfig: Any) -> nn.Module:
     """taming's VQModel at the f16 / 16384 shape (``VQGAN_F16``; ``ddconfig`` overrides), random
     weights, the LPIPS loss replaced by DummyLoss (no download). Decode with ``.decode(quant)``."""
-    from cortex_nb.taming_compat import import_taming
-    from cortex_nb.taming_config import DUMMY_LOSS_TARGET
+    from cortex_nb.vqgm.taming_compat import import_taming
+    from cortex_nb.vqgm.taming_config import DUMMY_LOSS_TARGET
 
     tm = import_taming()
     dd = {**VQGAN_F16["ddconfig"], **ddconfig}
@@ -234,7 +234,7 @@ def sampling_step_cost(gpt: nn.Module, batch: int, n: int, *, cond_len: int = 1,
     """Step ``n`` of taming's ``sample_with_past`` for ``batch`` sequences, as it runs: a
     ``forward_with_past`` of the newest token against the concatenated cache, top-k / top-p
     filtering, softmax (the multinomial draw is one more small kernel, not counted). Best on meta."""
-    from cortex_nb.taming_compat import filter_top_k_top_p
+    from cortex_nb.vqgm.taming_compat import filter_top_k_top_p
 
     dev = gpt.pos_emb.device
     cfg = gpt.config
@@ -315,7 +315,7 @@ def npy_bytes(shape: Sequence[int], dtype: Any) -> int:
 
 
 def token_store_bytes(n: int, m: int = 16, image_size: int | None = None) -> int:
-    """One split of a token store (``cortex_nb.store``): tokens.npy uint16 (n, m, m), labels.npy
+    """One split of a token store (``cortex_nb.io.store``): tokens.npy uint16 (n, m, m), labels.npy
     int64 (n,), and for the test split images.npy uint8 (n, H, H, 3). meta.json (< 1 kB) not counted."""
     total = npy_bytes((n, m, m), np.uint16) + npy_bytes((n,), np.int64)
     if image_size:
@@ -324,7 +324,7 @@ def token_store_bytes(n: int, m: int = 16, image_size: int | None = None) -> int
 
 
 def checkpoint_bytes(n_params: int, n_buffers: int = 0, *, adam: bool = True, best: bool = True) -> int:
-    """Float32 bytes of ``cortex_nb.train.fit``'s checkpoints (pickle overhead not counted):
+    """Float32 bytes of ``cortex_nb.engine.train.fit``'s checkpoints (pickle overhead not counted):
     last.pt = weights + buffers + Adam's two moments; best.pt = weights + buffers."""
     state = 4 * (n_params + n_buffers)
     return state + (8 * n_params if adam else 0) + (state if best else 0)

@@ -15,7 +15,7 @@ import time
 import _common as C
 import numpy as np
 
-from cortex_nb.widgets import BrowserData, TokenBrowser
+from cortex_nb.browser.app import BrowserData, TokenBrowser
 
 
 def toy_size_data(seed: int = 0, N: int = 10_000, G: int = 500) -> BrowserData:
@@ -59,9 +59,9 @@ def toy_models():
     untrained toy evaluators and CE (timing does not depend on training)."""
     import torch
 
-    from cortex_nb.extractors import ExtractorConfig, build_extractor
-    from cortex_nb.intervention_panel import Intervention
-    from cortex_nb.toy_evaluators import build_toy_evaluator
+    from cortex_nb.method.extractors import ExtractorConfig, build_extractor
+    from cortex_nb.browser.intervention import Intervention
+    from cortex_nb.toy.evaluators import build_toy_evaluator
     from cortex_nb.vqgm import load_vqgm
 
     art = C.ROOT / "cortex_nb" / "artifacts" / "toy-vqgm"

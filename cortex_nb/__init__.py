@@ -1,34 +1,34 @@
 """cortex-nb: the reproducible, Jupyter-first companion to CORTEX (Concept-Oriented Token
 Explanation in Vector-Quantized Generative Models).
 
-Everything is a function of a profile (``load_profile``). Two layers:
+Everything is a function of a profile (``load_profile``). Folders by concern (README "Layout"):
 
-- **paper layer** — profile-free, tensors in, tensors out, one concept a module: ``vqgm`` the VQGM
-  seen by CORTEX (§2.1), ``toyworld`` the embedded ToyBirds world, the toy VQGM's training,
-  ``store`` the token store (§4.1.1), ``extractors`` CE / RE (§3.2, A.1), ``train`` the fit loop
-  (A.1.3), ``evaluators`` the judging classifiers (§4.1), ``saliency`` TSV, T*_image, T*_concept
-  (§3.3, eq. 4–6), ``masking`` patch masking (§4.3), ``optimize`` Gumbel token selection (§3.4,
-  eq. 7–9, A.2); plumbing in ``files``, ``errors``, ``config``, ``distributed``.
-- **pipeline layer** — :mod:`cortex_nb.pipeline`: the run composed once (``pipeline.run``) and one
-  module per notebook / section that computes its results and writes its tables and figures;
-  ``tables`` / ``figures`` are the shared output helpers, ``widgets`` the token browser's app.
+- ``method/`` the paper's method, profile-free (tensors in, tensors out): token saliency and concept tokens (§3.3),
+  masking (§4.3), Gumbel token selection (§3.4), the extractors (§3.2), the judges (§4.1), and the checks beyond
+  the paper;
+- ``vqgm/`` the models CORTEX looks at: the VQGM protocol (:mod:`cortex_nb.vqgm.protocol`) and taming's model
+  through it; ``toy/`` the embedded toy world and its models; ``engine/`` training and inference plumbing;
+  ``browser/`` the token browser and atlas; ``io/`` profiles, files, stores, tables, figures, provenance;
+- ``pipeline/`` the run composed once and one module per notebook / section that computes its results and writes
+  its tables and figures.
 
 The API is ``__all__`` below: notebooks import only these names, ``from cortex_nb import ...``
 (the section modules themselves are ``cortex_nb.pipeline.sNN_*``, for the CLI and tests).
 Importing the package has no side effects and imports no pipeline module: a pipeline name is
 imported on first use (module ``__getattr__``), so `make all` records for each notebook only the
-modules it used (:mod:`cortex_nb.deps`, registered by ``setup``, which every section calls).
+modules it used (:mod:`cortex_nb.io.deps`, registered by ``setup``, which every section calls).
 """
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
 
-from .config import PROFILES, ProfileError, load_profile
-from .extractors import ExtractorConfig, build_extractor, paper_sizes
-from .optimize import OptimResult, central_region, optimize_embeddings, select_tokens
-from .saliency import TokenSaliency, concept_tokens, frequency_baseline, class_vs_rest_baseline, top_n_positions
+from .io.config import PROFILES, ProfileError, load_profile
+from .method.extractors import ExtractorConfig, build_extractor, paper_sizes
+from .method.optimize import OptimResult, central_region, optimize_embeddings, select_tokens
+from .method.saliency import TokenSaliency, concept_tokens, frequency_baseline, class_vs_rest_baseline, top_n_positions
 from .vqgm import VQGM, load_vqgm
+from .vqgm.protocol import VQGMProtocol
 
 if TYPE_CHECKING:  # the lazy names below, for linters and editors
     from .pipeline.run import (Run, SectionResult, class_names, compose, generate_dataset, get_evaluators,
@@ -51,8 +51,8 @@ if TYPE_CHECKING:  # the lazy names below, for linters and editors
                                             rival_localisation_table, sanity_checks, sanity_table)
     from .pipeline.s08_bias import (bias_summary, bias_table, bias_worlds, examine, fig_bias, scene_models,
                                     token_check)
-    from .widgets import TokenBrowser
-    from .intervention_panel import Intervention, intervention_for
+    from .browser.app import TokenBrowser
+    from .browser.intervention import Intervention, intervention_for
 
 #: pipeline names -> the module (under cortex_nb) that defines them, imported on first use
 _LAZY = {
@@ -77,8 +77,8 @@ _LAZY = {
                                   "sanity_checks", "sanity_table", "fig_sanity"),
     "pipeline.s08_bias": ("scene_models", "bias_worlds", "examine", "token_check", "bias_summary", "bias_table",
                           "fig_bias"),
-    "widgets": ("TokenBrowser",),
-    "intervention_panel": ("Intervention", "intervention_for"),
+    "browser.app": ("TokenBrowser",),
+    "browser.intervention": ("Intervention", "intervention_for"),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
@@ -86,7 +86,7 @@ __all__ = [
     # profiles
     "load_profile", "PROFILES", "ProfileError",
     # paper layer
-    "VQGM", "load_vqgm", "ExtractorConfig", "build_extractor", "paper_sizes",
+    "VQGM", "VQGMProtocol", "load_vqgm", "ExtractorConfig", "build_extractor", "paper_sizes",
     "TokenSaliency", "top_n_positions", "concept_tokens", "frequency_baseline", "class_vs_rest_baseline",
     "select_tokens", "optimize_embeddings", "central_region", "OptimResult",
     # the run (pipeline.run)

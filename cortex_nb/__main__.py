@@ -53,7 +53,7 @@ vqgm and evaluators are built by rank 0 while the others wait. Results equal a s
 (fig3, table2, table3) compute the TSVs they read on every rank, then rank 0 alone runs the
 section. Rank 0 writes tables and final files and prints; each process uses
 max(1, threads // N) torch threads. A crashed run resumes when rerun, with any N. Details: the
-docstring of cortex_nb.distributed.
+docstring of cortex_nb.engine.distributed.
 
 Errors you can fix (a bad profile value, a missing or damaged file, a results directory that
 cannot be written) are printed as one line plus the fix, exit status 2; --debug shows the
@@ -107,7 +107,7 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .config import PROFILES
+    from .io.config import PROFILES
 
     ap = argparse.ArgumentParser(prog="python -m cortex_nb", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    from . import distributed
-    from .config import ensure_writable, load_profile
+    from .engine import distributed
+    from .io.config import ensure_writable, load_profile
     from .pipeline.run import bind_profile
 
     cfg = load_profile(args.profile, **_parse_sets(args.set))
@@ -164,7 +164,7 @@ def _main(args) -> int:
 def _run(args, cfg) -> str:
     """Run one command on every rank; what only one process should do (printing, tables,
     figures) runs on rank 0 alone (``distributed.local``). Returns the one-line summary."""
-    from . import distributed
+    from .engine import distributed
     from .pipeline import run
 
     main = distributed.is_main()
@@ -267,7 +267,7 @@ def _provenance(stage: str, cfg) -> str:
     """ledger, manifest, verify (rank 0 only)."""
     from pathlib import Path
 
-    from . import provenance
+    from .io import provenance
     from .pipeline import ledger
 
     root = Path(cfg.paths.root)

@@ -1,4 +1,4 @@
-"""cortex_nb.atlas: the static site from hand-made data — every link and image resolves offline, the
+"""cortex_nb.browser.atlas: the static site from hand-made data — every link and image resolves offline, the
 numbers shown are the data's, the boxes outline exactly the masked patches."""
 import re
 from html.parser import HTMLParser
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cortex_nb.atlas import AtlasData, AtlasToken, boxed, in_context, upscale, write_atlas
+from cortex_nb.browser.atlas import AtlasData, AtlasToken, boxed, in_context, upscale, write_atlas
 
 
 class _Links(HTMLParser):

@@ -1,11 +1,11 @@
-"""cortex_nb.attributions (captum inside) against computations written out here: autograd by hand,
+"""cortex_nb.method.attributions (captum inside) against computations written out here: autograd by hand,
 a fine Riemann sum and completeness for Integrated Gradients, one forward per occluded position."""
 import pytest
 import torch
 from torch import nn
 
-from cortex_nb import attributions as A
-from cortex_nb.saliency import class_vs_rest_scores
+from cortex_nb.method import attributions as A
+from cortex_nb.method.saliency import class_vs_rest_scores
 
 B, D, M, C = 3, 4, 3, 5
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cortex_nb.bias import (cliffs_delta, cliffs_delta_ci, detected_scenes, group_deltas, preferred_from_deltas,
+from cortex_nb.method.bias import (cliffs_delta, cliffs_delta_ci, detected_scenes, group_deltas, preferred_from_deltas,
                             rates_correlation_ci, scene_rates, scene_token_counts)
 
 
@@ -120,7 +120,7 @@ def test_bias_table_on_a_store_with_a_planted_bias(tmp_path):
     'generated' set and the classifier measures the true scene."""
     from omegaconf import OmegaConf
 
-    from cortex_nb import toyworld
+    from cortex_nb.toy import world as toyworld
     from cortex_nb.pipeline import s08_bias
 
     C, S, n = 10, 4, 120

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from cortex_nb.__main__ import main
-from cortex_nb.config import ProfileError
+from cortex_nb.io.config import ProfileError
 
 
 def _files(root):
@@ -103,8 +103,9 @@ def tiny_vqgm(tmp_path_factory):
     import torch
     from omegaconf import OmegaConf
 
-    from cortex_nb.taming_ckpt import save_taming_checkpoint
-    from cortex_nb.taming_config import build_from_config, tiny_cin_config
+    from cortex_nb.vqgm.taming_ckpt import save_taming_checkpoint
+    from cortex_nb.vqgm.taming_config import build_from_config
+    from cortex_nb.vqgm.taming_shapes import tiny_cin_config
 
     d = tmp_path_factory.mktemp("tiny-vqgm")
     config = tiny_cin_config(n_classes=10, resolution=32, ch_mult=(1, 2, 2))

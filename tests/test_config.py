@@ -1,6 +1,6 @@
 import pytest
 
-from cortex_nb.config import PROFILES, ProfileError, load_profile, profile_hash
+from cortex_nb.io.config import PROFILES, ProfileError, load_profile, profile_hash
 
 
 def test_profiles_exist():
@@ -62,9 +62,9 @@ def test_profile_hash_changes_with_the_named_keys_only():
     assert profile_hash(a, "data") != profile_hash(b, "data")
 
 
-# --- validation (cortex_nb.schema) ---------------------------------------------------------
+# --- validation (cortex_nb.io.schema) ---------------------------------------------------------
 
-from cortex_nb.schema import SCHEMA  # noqa: E402
+from cortex_nb.io.schema import SCHEMA  # noqa: E402
 
 
 def _leaves(tree, prefix=""):
@@ -81,7 +81,7 @@ def _leaves(tree, prefix=""):
 def test_schema_covers_exactly_the_base_profiles_keys():
     from omegaconf import OmegaConf
 
-    from cortex_nb.config import BASE_PROFILE
+    from cortex_nb.io.config import BASE_PROFILE
 
     assert _leaves(OmegaConf.to_container(OmegaConf.load(BASE_PROFILE))) == set(SCHEMA)
 
@@ -99,7 +99,7 @@ def test_profiles_hold_only_what_differs_from_the_base():
     """Defaults live once: toy is the base; smoke and imagenet repeat no base value."""
     from omegaconf import OmegaConf
 
-    from cortex_nb.config import BASE_PROFILE, PROFILE_DIR
+    from cortex_nb.io.config import BASE_PROFILE, PROFILE_DIR
 
     base = OmegaConf.to_container(OmegaConf.load(BASE_PROFILE))
 
@@ -121,7 +121,7 @@ def test_profiles_hold_only_what_differs_from_the_base():
 def test_a_typo_in_a_profile_file_is_an_error(tmp_path, monkeypatch):
     import shutil
 
-    from cortex_nb import config
+    from cortex_nb.io import config
 
     shutil.copy(config.BASE_PROFILE, tmp_path / "_base.yaml")
     (tmp_path / "typo.yaml").write_text("name: typo\ndata:\n  n_tset: 3\n")
@@ -137,7 +137,7 @@ def test_write_resolved_records_profile_and_machine(tmp_path, monkeypatch):
     import torch
     from omegaconf import OmegaConf
 
-    from cortex_nb.config import write_resolved
+    from cortex_nb.io.config import write_resolved
 
     monkeypatch.setenv("CORTEX_RESULTS", str(tmp_path))
     cfg = load_profile("smoke", **{"data.n_test": 3})
@@ -201,7 +201,7 @@ def test_imagenet_may_have_empty_toy_sections_but_toy_evaluators_need_images():
 
 
 def test_ensure_writable_creates_the_directories(tmp_path, monkeypatch):
-    from cortex_nb.config import ensure_writable
+    from cortex_nb.io.config import ensure_writable
 
     monkeypatch.setenv("CORTEX_RESULTS", str(tmp_path))
     cfg = load_profile("smoke")

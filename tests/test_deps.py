@@ -1,4 +1,4 @@
-"""cortex_nb.deps: the per-stage module lists behind `make all`'s incremental rule."""
+"""cortex_nb.io.deps: the per-stage module lists behind `make all`'s incremental rule."""
 import os
 import subprocess
 import sys
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import cortex_nb.masking  # noqa: F401  (the fake sys.modules below uses it)
+import cortex_nb.method.masking  # noqa: F401  (the fake sys.modules below uses it)
 import cortex_nb.pipeline.keys  # noqa: F401  (a subpackage's module)
-from cortex_nb import deps
+from cortex_nb.io import deps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,14 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_loaded_module_files_keeps_only_package_modules():
     fake = {
         "cortex_nb": sys.modules["cortex_nb"],
-        "cortex_nb.masking": sys.modules["cortex_nb.masking"],
+        "cortex_nb.method.masking": sys.modules["cortex_nb.method.masking"],
         "cortex_nb.pipeline.keys": sys.modules["cortex_nb.pipeline.keys"],
         "cortex_nbx": types.SimpleNamespace(__file__=str(ROOT / "cortex_nb" / "figures.py")),  # not the package
         "numpy": sys.modules["numpy"],
         "cortex_nb.builtin_like": types.SimpleNamespace(),                                    # no __file__
     }
     got = [p.relative_to(ROOT).as_posix() for p in deps.loaded_module_files(fake)]
-    assert got == ["cortex_nb/__init__.py", "cortex_nb/masking.py", "cortex_nb/pipeline/keys.py"]
+    assert got == ["cortex_nb/__init__.py", "cortex_nb/method/masking.py", "cortex_nb/pipeline/keys.py"]
 
 
 def test_make_rule_lists_files_and_guards_deleted_ones():
@@ -42,7 +42,7 @@ def test_a_process_records_the_modules_it_imported(tmp_path):
     """The pipeline's setup (every section calls it) registers the hook, once; the rule lists the
     modules the process imported by its exit, the pipeline's included."""
     out = tmp_path / "deps" / "03.mk"
-    code = ("import cortex_nb.masking; from cortex_nb import load_profile, setup; "
+    code = ("import cortex_nb.method.masking; from cortex_nb import load_profile, setup; "
             "cfg = load_profile('smoke'); setup(cfg); setup(cfg)")
     r = _run(code, {deps.ENV: f"{out}:results/x/executed/03.ipynb", "CORTEX_RESULTS": str(tmp_path / "res")})
     assert r.returncode == 0, r.stderr
@@ -50,16 +50,16 @@ def test_a_process_records_the_modules_it_imported(tmp_path):
     target, files = first.split(": ")
     assert target == "results/x/executed/03.ipynb"
     files = files.split()
-    assert {"cortex_nb/__init__.py", "cortex_nb/masking.py", "cortex_nb/saliency.py",
+    assert {"cortex_nb/__init__.py", "cortex_nb/method/masking.py", "cortex_nb/method/saliency.py",
             "cortex_nb/pipeline/run.py"} <= set(files)
-    assert "cortex_nb/widgets.py" not in files          # never imported by that process
+    assert "cortex_nb/browser/app.py" not in files          # never imported by that process
     assert len(files) == len(set(files)) and rest == [f"{f}:" for f in files]
 
 
 def test_importing_the_package_registers_nothing(tmp_path):
     """No side effects at import: without a section (setup) no rule is written."""
     out = tmp_path / "deps" / "00.mk"
-    r = _run("import cortex_nb, cortex_nb.masking", {deps.ENV: f"{out}:results/x/executed/00.ipynb"})
+    r = _run("import cortex_nb, cortex_nb.method.masking", {deps.ENV: f"{out}:results/x/executed/00.ipynb"})
     assert r.returncode == 0, r.stderr
     assert not out.exists()
 

@@ -23,7 +23,7 @@ mistake. So the tests compare only what does not drift:
 * the stage end to end (float32): crash, resume, the same number of Adam steps and the same
   learning-rate schedule (exact), every parameter within Adam's reach of the single-process run
   (a bound from lr and the step count alone, :func:`adam_reach`), Table 1 written once;
-* :func:`cortex_nb.train.fit` itself with 2 processes against 1, with a crash and resume, in
+* :func:`cortex_nb.engine.train.fit` itself with 2 processes against 1, with a crash and resume, in
   float64 (u = 1.1e-16: n u G / eps = 4.5e-5, far from saturation): equal within the bound
   derived in :func:`test_fit_ddp_equals_single_process_within_float64_rounding`. Measured there
   (max |difference| over every tensor, bound 4.5e-7): 2e-12 to 3e-12 (CE), 7e-13 to 1.3e-12
@@ -54,7 +54,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cortex_nb import distributed
+from cortex_nb.engine import distributed
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = "smoke"
@@ -312,8 +312,8 @@ def _f64_data():
 def _f64_fit(arch: str, epochs: int = 2, ckpt_dir: Path | None = None):
     """The stage's fit of a smoke-sized extractor (width 32, Adam lr 1e-3, StepLR every epoch),
     the model in float64."""
-    from cortex_nb.extractors import ExtractorConfig, build_extractor
-    from cortex_nb.train import FitConfig, fit
+    from cortex_nb.method.extractors import ExtractorConfig, build_extractor
+    from cortex_nb.engine.train import FitConfig, fit
 
     train, val, embed = _f64_data()
     torch.manual_seed(0)
@@ -458,7 +458,7 @@ def test_help_lists_stages_and_torchrun():
 
 def test_temporary_files_of_a_killed_writer_do_not_block_completion(tmp_path):
     # SIGTERM / SIGKILL (torchrun stopping the other ranks) skips atomic_path's cleanup
-    from cortex_nb.store import TokenStore, chunked_array
+    from cortex_nb.io.store import TokenStore, chunked_array
 
     labels = np.repeat(np.arange(2), 3)
     shards = tmp_path / "s" / "shards"

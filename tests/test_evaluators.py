@@ -1,4 +1,4 @@
-"""Tests of cortex_nb.evaluators and cortex_nb.toy_evaluators (section 4.1's classifiers):
+"""Tests of cortex_nb.method.evaluators and cortex_nb.toy.evaluators (section 4.1's classifiers):
 preprocessing, offline loading, probabilities, toy stand-ins, save/load."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import torchvision
 import torchvision.transforms as T
 from PIL import Image
 
-from cortex_nb import evaluators as E
-from cortex_nb import toy_evaluators as TE
+from cortex_nb.method import evaluators as E
+from cortex_nb.toy import evaluators as TE
 from cortex_nb.errors import UserError
 from cortex_nb.errors import CheckpointError
-from cortex_nb.train import FitConfig
+from cortex_nb.engine.train import FitConfig
 from damage import flip_bytes_in_tensor
 
 # one grey level after normalisation (PIL rounds its resized uint8 image; we resize in float)
@@ -231,7 +231,7 @@ def test_save_load_roundtrip_weights_only(tmp_path):
 def test_a_shipped_float16_file_loads_as_float32_with_exactly_the_rounded_weights(tmp_path):
     """The ResNets ship their floating-point tensors in float16 (tools/ship_artifacts.py): the loader casts them back
     to float32, so the loaded model is the trained one rounded to float16 -- on every machine the same weights."""
-    from cortex_nb.files import save_with_checksum
+    from cortex_nb.io.files import save_with_checksum
 
     ev = _toy("resnet18")
     with torch.no_grad():                                  # BN running stats away from their init, as trained

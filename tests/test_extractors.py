@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from cortex_nb.extractors import CE, RE, RE_VARIANTS, ExtractorConfig, REScripts, build_extractor, paper_sizes
-from cortex_nb.saliency import TokenSaliency
+from cortex_nb.method.extractors import CE, RE, RE_VARIANTS, ExtractorConfig, REScripts, build_extractor, paper_sizes
+from cortex_nb.method.saliency import TokenSaliency
 
 
 @pytest.mark.parametrize("arch", ["CE", "RE"])
@@ -58,8 +58,9 @@ def test_embeddings_from_stored_tokens_equal_the_vqgms_own_lookup(tmp_path):
     import numpy as np
 
     from cortex_nb.pipeline.run import embed_fn
-    from cortex_nb.taming_ckpt import save_taming_checkpoint
-    from cortex_nb.taming_config import build_from_config, tiny_cin_config
+    from cortex_nb.vqgm.taming_ckpt import save_taming_checkpoint
+    from cortex_nb.vqgm.taming_config import build_from_config
+    from cortex_nb.vqgm.taming_shapes import tiny_cin_config
     from cortex_nb.vqgm import load_vqgm
 
     cfg = tiny_cin_config(n_embed=64, embed_dim=8)
@@ -133,7 +134,7 @@ def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
 def test_scripts_block_gates_the_sum_then_relus():
     """SE on body(x) + shortcut(x), computed by hand from the block's own submodules:
     relu(s · sigmoid(W2 relu(W1 mean(s) + b1) + b2)), s = body(x) + shortcut(x)."""
-    from cortex_nb.extractors import ResidualSEAfterSum
+    from cortex_nb.method.extractors import ResidualSEAfterSum
 
     torch.manual_seed(0)
     block = _randomise(ResidualSEAfterSum(8, 32, 2, 16).double()).eval()
@@ -167,7 +168,7 @@ def test_scripts_variant_at_toy_width(m):
 
 
 def test_variant_names_and_refusals():
-    from cortex_nb.schema import SCHEMA
+    from cortex_nb.io.schema import SCHEMA
 
     assert SCHEMA["extractors.re_variant"].choices == RE_VARIANTS
     assert type(build_extractor(ExtractorConfig(arch="RE"))) is RE           # the default stays A.1.2's RE
@@ -264,7 +265,7 @@ def _key_without_re_variant(cfg, arch, train, val):
     """extractor_key as it was before extractors.re_variant existed (the section less archs)."""
     from omegaconf import OmegaConf
 
-    from cortex_nb.files import digest
+    from cortex_nb.io.files import digest
     from cortex_nb.pipeline.keys import replicate_seed, store_key
 
     section = {k: v for k, v in OmegaConf.to_container(cfg.extractors, resolve=True).items()
@@ -274,7 +275,7 @@ def _key_without_re_variant(cfg, arch, train, val):
 
 
 def test_re_variant_profile_key_builds_the_variant():
-    from cortex_nb.config import load_profile
+    from cortex_nb.io.config import load_profile
     from cortex_nb.pipeline.run import extractor_config
 
     vq = SimpleNamespace(d=8, m=8)
@@ -290,7 +291,7 @@ def test_re_variant_profile_key_builds_the_variant():
 
 
 def test_a_bad_re_variant_is_refused():
-    from cortex_nb.config import ProfileError, load_profile
+    from cortex_nb.io.config import ProfileError, load_profile
 
     with pytest.raises(ProfileError, match="extractors.re_variant = 'authors' is not allowed; expected one of "
                                            "paper, scripts"):
@@ -298,7 +299,7 @@ def test_a_bad_re_variant_is_refused():
 
 
 def test_re_variant_keeps_the_default_keys_and_changes_only_res():
-    from cortex_nb.config import load_profile
+    from cortex_nb.io.config import load_profile
     from cortex_nb.pipeline.keys import extractor_key, profile_section
 
     train, val = _stores()

@@ -1,12 +1,12 @@
-"""cortex_nb.faithfulness: orders and masks against Python sorting and sets, the batched curves
+"""cortex_nb.method.faithfulness: orders and masks against Python sorting and sets, the batched curves
 against a one-image-at-a-time loop through masking.mask_images, the area by hand, and a known
 attribution scored as faithful."""
 import numpy as np
 import pytest
 import torch
 
-from cortex_nb.faithfulness import auc, default_steps, perturbation_curve, rank_positions, step_mask
-from cortex_nb.masking import mask_images
+from cortex_nb.method.faithfulness import auc, default_steps, perturbation_curve, rank_positions, step_mask
+from cortex_nb.method.masking import mask_images
 
 M, P = 4, 3                                   # 4 x 4 grid of 3 x 3 patches: 12 x 12 images
 

@@ -3,7 +3,7 @@ it by a little, and is skipped when its table is missing; the committed toy run 
 import pandas as pd
 import pytest
 
-from cortex_nb.config import repo_root
+from cortex_nb.io.config import repo_root
 from cortex_nb.pipeline import gates
 
 

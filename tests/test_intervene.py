@@ -1,18 +1,19 @@
-"""cortex_nb.intervene on a tiny untrained VQGM, evaluator and extractor: every edit against the
+"""cortex_nb.method.intervene on a tiny untrained VQGM, evaluator and extractor: every edit against the
 operation done by hand, the judged numbers against direct forward passes."""
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cortex_nb.extractors import ExtractorConfig, build_extractor
-from cortex_nb.figures import to_uint8
-from cortex_nb.intervene import edit_image, edit_toward, judge, swap_tokens
-from cortex_nb.optimize import select_tokens
-from cortex_nb.taming_ckpt import save_taming_checkpoint
-from cortex_nb.taming_config import build_from_config, tiny_cin_config
-from cortex_nb.toy_evaluators import build_toy_evaluator
-from cortex_nb.toyworld import to_tensor
+from cortex_nb.method.extractors import ExtractorConfig, build_extractor
+from cortex_nb.io.figures import to_uint8
+from cortex_nb.method.intervene import edit_image, edit_toward, judge, swap_tokens
+from cortex_nb.method.optimize import select_tokens
+from cortex_nb.vqgm.taming_ckpt import save_taming_checkpoint
+from cortex_nb.vqgm.taming_config import build_from_config
+from cortex_nb.vqgm.taming_shapes import tiny_cin_config
+from cortex_nb.toy.evaluators import build_toy_evaluator
+from cortex_nb.toy.world import to_tensor
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +117,9 @@ def test_the_browser_panel_shows_what_the_library_computes(world):
     """The intervention panel of the token browser: cells clicked, a token chosen, apply -> the numbers shown
     (and kept in ``panel.last``) are judge() of edit_image() for the same edit; edit toward runs the
     progress bar to the end and changes only the selected cells."""
-    from cortex_nb.intervention_panel import Intervention
+    from cortex_nb.browser.intervention import Intervention
     from cortex_nb.pipeline.s06_browser import BrowserData
-    from cortex_nb.widgets import TokenBrowser
+    from cortex_nb.browser.app import TokenBrowser
 
     vqgm, tokens, images, evs, f = world
     m, K = vqgm.m, vqgm.K

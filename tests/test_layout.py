@@ -3,6 +3,7 @@ or inside a function, since a lazy import is still a dependency a reader has to 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "cortex_nb"
@@ -69,5 +70,42 @@ def test_the_package_has_no_import_cycle():
     mods = module_names()
     graph = {m: imports_of(m, f, set(mods)) for m, f in mods.items()}
     graph = {m: {t for t in ts if t != "cortex_nb"} for m, ts in graph.items()}    # the package's __init__
-    assert len(mods) > 40 and graph["cortex_nb.widgets"], "the import graph was not read"
+    assert len(mods) > 40 and graph["cortex_nb.browser.app"], "the import graph was not read"
     assert cycles(graph) == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles(graph))
+
+
+#: the folders by concern, and what each holds (its __init__ docstring says it in one sentence)
+FOLDERS = ("method", "vqgm", "toy", "engine", "browser", "io", "pipeline")
+#: the files that implement a model: the method layer and the pipeline reach a VQGM only through
+#: cortex_nb.vqgm.protocol (the toy tokenizer's settings and its codebook statistics are profile data, not a model)
+MODEL_INTERNALS = ("cortex_nb.vqgm.taming", "cortex_nb.vqgm.taming_ckpt", "cortex_nb.vqgm.taming_compat",
+                   "cortex_nb.vqgm.kv_sampler", "cortex_nb.toy.vqgm")
+
+
+def test_every_module_lives_in_a_folder_that_says_what_it_holds():
+    top = sorted(f.name for f in PKG.glob("*.py"))
+    assert top == ["__init__.py", "__main__.py", "errors.py"], top
+    for folder in FOLDERS:
+        doc = ast.get_docstring(ast.parse((PKG / folder / "__init__.py").read_text()))
+        assert doc and len(doc) > 40, f"cortex_nb/{folder}/__init__.py has no docstring saying what the folder holds"
+    assert sorted(p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()) == sorted(FOLDERS)
+
+
+def test_no_module_is_over_450_lines():
+    long = {str(f.relative_to(PKG)): n for f in PKG.rglob("*.py") if (n := len(f.read_text().splitlines())) > 450}
+    assert not long, long
+
+
+def test_the_method_layer_and_the_pipeline_see_a_vqgm_only_through_the_protocol():
+    """No import of a model's internals and no ``vqgm.model`` in cortex_nb/method or cortex_nb/pipeline; the one
+    loader (pipeline/models.py) builds the toy model and names its files."""
+    mods = module_names()
+    for name, path in mods.items():
+        if not name.startswith(("cortex_nb.method", "cortex_nb.pipeline")) or name == "cortex_nb.pipeline.models":
+            continue
+        reached = {t for t in imports_of(name, path, set(mods)) if t.startswith(MODEL_INTERNALS)}
+        assert not reached, f"{name} imports {sorted(reached)}"
+        assert not re.search(r"\bvq\w*\.(model|config)\b", path.read_text()), f"{name} reaches into a VQGM"
+    # the check can fail: the loader itself reaches the toy model's build
+    assert {t for t in imports_of("cortex_nb.pipeline.models", mods["cortex_nb.pipeline.models"], set(mods))
+            if t.startswith(MODEL_INTERNALS)}

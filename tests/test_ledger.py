@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from cortex_nb.config import load_profile
+from cortex_nb.io.config import load_profile
 from cortex_nb.pipeline import ledger
 from cortex_nb.pipeline.verdicts import Evidence
 
@@ -123,7 +123,8 @@ def test_the_committed_toy_ledger_is_what_the_committed_tables_give():
 
 def test_a_dry_run_ledger_says_its_numbers_are_meaningless(tmp_path, monkeypatch):
     """`python -m cortex_nb ledger` never calls setup(); under paper-dry its table must still carry the banner."""
-    from cortex_nb import provenance, tables
+    from cortex_nb.io import provenance
+    from cortex_nb.io import tables
     from cortex_nb.__main__ import main
 
     monkeypatch.setenv("CORTEX_RESULTS", str(tmp_path))

@@ -1,11 +1,11 @@
-"""cortex_nb.masking: exactly the chosen patches change, into exactly the chosen fill; position
+"""cortex_nb.method.masking: exactly the chosen patches change, into exactly the chosen fill; position
 choices against brute-force Python sets; the scaled sizes written out."""
 import numpy as np
 import pytest
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from cortex_nb.masking import (
+from cortex_nb.method.masking import (
     evaluate_masked, image_level_grid, mask_images, mask_random, mask_token_set, mask_top_n,
     position_mask_to_pixels, scaled_n,
 )
@@ -178,7 +178,7 @@ def test_evaluate_masked_batched_equals_direct():
 
 
 def test_infill_tokens_replaces_exactly_the_masked_ids():
-    from cortex_nb.masking import infill_tokens
+    from cortex_nb.method.masking import infill_tokens
 
     tokens = np.array([[[5, 6], [7, 8]], [[1, 2], [3, 4]]], dtype=np.uint16)   # a token store's dtype
     mask = torch.tensor([[[True, False], [False, True]], [[False, False], [True, False]]])
@@ -196,7 +196,7 @@ def test_infill_tokens_replaces_exactly_the_masked_ids():
 
 
 def test_background_tokens_is_the_most_common_unmasked_id_by_hand():
-    from cortex_nb.masking import background_tokens
+    from cortex_nb.method.masking import background_tokens
 
     tokens = torch.tensor([[[3, 3, 7], [7, 7, 1], [3, 3, 2]],      # 7 x3 but two 7s masked -> 3 (x4) wins
                            [[5, 5, 5], [6, 6, 6], [6, 0, 0]],      # unmasked: 5 x3, 6 x1 ... see mask
@@ -228,7 +228,7 @@ def test_token_fill_decodes_the_infilled_grid():
     mask = torch.tensor([[[True, False], [False, False]], [[False, False], [False, False]]])
     out = masked_images(images, mask, "token", tokens, Decoder())
     want = Decoder().decode(torch.tensor([[[2, 2], [2, 3]]]))                       # id 1 -> background id 2
-    from cortex_nb.figures import to_uint8
+    from cortex_nb.io.figures import to_uint8
     np.testing.assert_array_equal(out[0], to_uint8(want)[0])
     np.testing.assert_array_equal(out[1], images[1])                                # nothing masked: untouched
     np.testing.assert_array_equal(images, 77)                                       # input not modified
@@ -279,7 +279,7 @@ def test_score_masked_with_base_shows_only_the_changed_images_and_equals_scoring
 def test_fill_levels_keep_the_grid_ns_asked_for():
     from omegaconf import OmegaConf
 
-    from cortex_nb.config import ProfileError
+    from cortex_nb.io.config import ProfileError
     from cortex_nb.pipeline.s03_image_level import fill_levels
 
     def cfg(keep):

@@ -56,13 +56,13 @@ def test_notebooks_import_only_the_curated_api(path):
 
 def test_importing_the_package_imports_no_pipeline_module():
     """The curated names of the pipeline are imported on first use: `import cortex_nb` has no side
-    effects and make's per-notebook module lists stay exact (cortex_nb.deps)."""
+    effects and make's per-notebook module lists stay exact (cortex_nb.io.deps)."""
     import subprocess
     import sys
 
     code = "import sys, cortex_nb; print(' '.join(m for m in sys.modules if m.startswith('cortex_nb')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert not [m for m in loaded if m.startswith("cortex_nb.pipeline") or m == "cortex_nb.widgets"], loaded
+    assert not [m for m in loaded if m.startswith("cortex_nb.pipeline") or m == "cortex_nb.browser.app"], loaded
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

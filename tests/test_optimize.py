@@ -1,4 +1,4 @@
-"""Tests for cortex_nb.optimize (CORTEX §3.4, eq. 7–9, A.2): a tiny world (d 4, m 4, K 16, C 3, float64)."""
+"""Tests for cortex_nb.method.optimize (CORTEX §3.4, eq. 7–9, A.2): a tiny world (d 4, m 4, K 16, C 3, float64)."""
 import math
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cortex_nb.optimize import (
+from cortex_nb.method.optimize import (
     _compose, _hard_gumbel_softmax, central_region, nearest_tokens, optimize_embeddings,
     saliency_region, select_tokens,
 )
@@ -252,7 +252,7 @@ def test_saliency_region_in_bounds_and_contains_top(size):
 
 
 def test_random_tokens_control_changes_only_the_region_uniformly():
-    from cortex_nb.optimize import random_tokens
+    from cortex_nb.method.optimize import random_tokens
 
     tokens = torch.randint(0, 50, (200, 8, 8), generator=torch.Generator().manual_seed(0))
     region = central_region(8)

@@ -1,13 +1,13 @@
-"""cortex_nb.paper_dry: the released cin config at the paper's shapes, random-weight checkpoints written and read back
+"""cortex_nb.vqgm.paper_dry: the released cin config at the paper's shapes, random-weight checkpoints written and read back
 through the one loader, the dry marker, the refusal outside the paper-dry profile, and the evaluators built with
 weights=None and the real preprocessing."""
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cortex_nb.paper_dry import (CIN_GPT, DRY_MARKER, VQGAN_F16, dry_imagenet_evaluators, released_cin_config,
+from cortex_nb.vqgm.paper_dry import (CIN_GPT, DRY_MARKER, VQGAN_F16, dry_imagenet_evaluators, released_cin_config,
                                  write_dry_vqgm)
-from cortex_nb.taming_config import instantiate, sanitize_config
+from cortex_nb.vqgm.taming_config import instantiate, sanitize_config
 from cortex_nb.vqgm import load_vqgm
 
 #: small shapes with the released structure (two down-sampling levels, attention at 4 px): the real ones are

@@ -20,13 +20,14 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from cortex_nb.config import load_profile
+from cortex_nb.io.config import load_profile
 from cortex_nb.errors import UserError
 from cortex_nb.pipeline import keys
 from cortex_nb.pipeline import run as pipeline
-from cortex_nb.train import FitConfig, fit
-from cortex_nb.taming_ckpt import save_taming_checkpoint
-from cortex_nb.taming_config import build_from_config, tiny_cin_config
+from cortex_nb.engine.train import FitConfig, fit
+from cortex_nb.vqgm.taming_ckpt import save_taming_checkpoint
+from cortex_nb.vqgm.taming_config import build_from_config
+from cortex_nb.vqgm.taming_shapes import tiny_cin_config
 
 N_CLASSES = 10
 # small enough for seconds: 2 / 1 / 1 images per class, shards of 8, one short epoch
@@ -246,7 +247,7 @@ def test_tsv_cache_file_follows_the_extractor(profile):
     cfg = profile()
     v = pipeline.get_vqgm(cfg)
     pipeline.generate_dataset(cfg, v, splits=("test",))
-    from cortex_nb.extractors import build_extractor
+    from cortex_nb.method.extractors import build_extractor
 
     torch.manual_seed(0)
     f1 = build_extractor(pipeline.extractor_config(cfg, "CE", v)).eval()
@@ -313,7 +314,7 @@ def test_finished_toy_evaluators_keep_one_weights_file_each(profile, monkeypatch
     def must_not_train(*a, **k):
         raise AssertionError("finished evaluators must be loaded, not retrained")
 
-    monkeypatch.setattr("cortex_nb.toy_evaluators.train_toy_evaluators", must_not_train)
+    monkeypatch.setattr("cortex_nb.toy.evaluators.train_toy_evaluators", must_not_train)
     again = pipeline.get_evaluators(cfg)
     for k, v in first["vit_p4"].state_dict().items():
         torch.testing.assert_close(again["vit_p4"].state_dict()[k], v, atol=0, rtol=0)
@@ -323,7 +324,7 @@ def test_a_shipped_evaluator_with_the_profiles_settings_is_installed_not_trained
     import json
     import shutil
 
-    from cortex_nb import shipped
+    from cortex_nb.vqgm import shipped
     from cortex_nb.pipeline.keys import evaluator_key
 
     cfg = profile(**{"evaluators.fit.max_steps_per_epoch": 1})
@@ -338,7 +339,7 @@ def test_a_shipped_evaluator_with_the_profiles_settings_is_installed_not_trained
     monkeypatch.delenv("CORTEX_FROM_SCRATCH", raising=False)
     shutil.rmtree(d)
     trained = []
-    import cortex_nb.toy_evaluators as toy
+    import cortex_nb.toy.evaluators as toy
     orig = toy.train_toy_evaluators
 
     def spy(*a, names=(), **k):
@@ -388,7 +389,7 @@ def test_faithfulness_section_end_to_end_on_a_tiny_run(profile):
     """Section 07 on the tiny run: every map scored in both directions under every evaluator, areas in
     [0, 1], a shared mask scored once, the TSV's areas equal to scoring its curve directly, the tables
     and the figure written."""
-    from cortex_nb.faithfulness import auc, default_steps, rank_positions, step_mask
+    from cortex_nb.method.faithfulness import auc, default_steps, rank_positions, step_mask
     from cortex_nb.pipeline import s07_faithfulness as S7
     from cortex_nb.pipeline.s04_concept_level import score_masked
 
@@ -423,7 +424,7 @@ def test_faithfulness_section_end_to_end_on_a_tiny_run(profile):
 
     # sanity checks: the trained extractor against itself is 1 / 1, the frequency control never moves,
     # one cascading / independent step per block, the permuted-label extractor scored
-    from cortex_nb.sanity import cascading_randomisation, randomisable_blocks, rank_correlation
+    from cortex_nb.method.sanity import cascading_randomisation, randomisable_blocks, rank_correlation
 
     sanity = res.values["sanity"]
     trained = sanity[sanity.check == "trained"]
@@ -540,7 +541,7 @@ def test_compacted_run_refuses_to_continue_and_a_lost_best_is_named(tmp_path):
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module, saver", [("files", "save_torch")])
+@pytest.mark.parametrize("module, saver", [("io.files", "save_torch")])
 def test_checkpoint_files_get_the_umask_mode_and_no_temporaries(tmp_path, module, saver):
     """Checkpoints are written through files.atomic_path: mode 0o666 & ~umask (as ``open`` gives,
     not mkstemp's 0600), and a failed write leaves the old file and no temporary."""

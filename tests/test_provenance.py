@@ -15,11 +15,11 @@ import pytest
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cortex_nb import provenance  # noqa: E402
-from cortex_nb.config import load_profile, repo_root  # noqa: E402
-from cortex_nb.figures import save_figure  # noqa: E402
+from cortex_nb.io import provenance  # noqa: E402
+from cortex_nb.io.config import load_profile, repo_root  # noqa: E402
+from cortex_nb.io.figures import save_figure  # noqa: E402
 from cortex_nb.pipeline import ledger  # noqa: E402
-from cortex_nb.tables import write_table  # noqa: E402
+from cortex_nb.io.tables import write_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ def test_a_notebook_cell_is_named_as_the_writer(tmp_path):
     root = tmp_path / "root"
     (root / "notebooks").mkdir(parents=True)
     nb = nbformat.v4.new_notebook()
-    code = (f"from cortex_nb.tables import write_table\nimport pandas as pd\n"
+    code = (f"from cortex_nb.io.tables import write_table\nimport pandas as pd\n"
             f"write_table(pd.DataFrame({{'a': [1]}}), {str(root / 'results/probe/tables')!r}, 'from_cell')")
     nb.cells = [nbformat.v4.new_markdown_cell("# probe"), nbformat.v4.new_code_cell("x = 1"),
                 nbformat.v4.new_code_cell(code)]
@@ -117,7 +117,7 @@ def test_a_notebook_cell_is_named_as_the_writer(tmp_path):
     entry = provenance.build_manifest("probe", root)["files"]["results/probe/tables/from_cell.csv"]
     assert entry["notebook"] == "notebooks/99_probe.ipynb"
     assert entry["cell"] == 2 and entry["cell_id"] == nb.cells[2].id
-    assert entry["cell_first_line"] == "from cortex_nb.tables import write_table"
+    assert entry["cell_first_line"] == "from cortex_nb.io.tables import write_table"
     assert provenance.describe(entry) == "notebooks/99_probe.ipynb cell 2"
 
 

@@ -9,11 +9,11 @@ from torch import nn
 
 quantus = pytest.importorskip("quantus")
 
-from cortex_nb import masking  # noqa: E402
-from cortex_nb.extractors import ExtractorConfig, build_extractor  # noqa: E402
-from cortex_nb.faithfulness import default_steps, perturbation_curve, rank_positions  # noqa: E402
-from cortex_nb.saliency import TokenSaliency  # noqa: E402
-from cortex_nb.sanity import (cascading_randomisation, independent_randomisation, randomisable_layers,  # noqa: E402
+from cortex_nb.method import masking  # noqa: E402
+from cortex_nb.method.extractors import ExtractorConfig, build_extractor  # noqa: E402
+from cortex_nb.method.faithfulness import default_steps, perturbation_curve, rank_positions  # noqa: E402
+from cortex_nb.method.saliency import TokenSaliency  # noqa: E402
+from cortex_nb.method.sanity import (cascading_randomisation, independent_randomisation, randomisable_layers,  # noqa: E402
                               rank_correlation)
 
 M, P = 4, 4                     # a 4 x 4 token grid of 4 x 4-pixel patches: 16 x 16 images

@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 
-from cortex_nb.config import repo_root
+from cortex_nb.io.config import repo_root
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 if str(TOOLS) not in sys.path:  # make tooling, importable as `python tools/readme.py` sees it

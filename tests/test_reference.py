@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from cortex_nb.evaluators import Evaluator, imagenet_spec
-from cortex_nb.masking import evaluate_masked, mask_images, mask_random
-from cortex_nb.saliency import TokenSaliency
-from cortex_nb.toy_evaluators import build_toy_evaluator
+from cortex_nb.method.evaluators import Evaluator, imagenet_spec
+from cortex_nb.method.masking import evaluate_masked, mask_images, mask_random
+from cortex_nb.method.saliency import TokenSaliency
+from cortex_nb.toy.evaluators import build_toy_evaluator
 from test_saliency import make, rel_err, slow_reference   # the scripts' loop written as a test oracle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +117,8 @@ def test_per_image_pil_evaluation_with_a_resize():
 
 # ---------------------------------------------------------------------- uncached sampling
 def test_sample_uncached_is_greedy_and_equals_the_kv_cached_sampler():
-    from cortex_nb.taming_config import build_from_config, tiny_cin_config
+    from cortex_nb.vqgm.taming_config import build_from_config
+    from cortex_nb.vqgm.taming_shapes import tiny_cin_config
     from cortex_nb.vqgm import VQGM
 
     vq = VQGM(build_from_config(tiny_cin_config(n_layer=2)))

@@ -1,4 +1,4 @@
-"""cortex_nb.saliency against independent computations: captum's NoiseTunnel(Saliency), the
+"""cortex_nb.method.saliency against independent computations: captum's NoiseTunnel(Saliency), the
 authors' per-sample loop (REFERENCE.md), torch.func, and hand-counted token sets."""
 import math
 from collections import Counter
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cortex_nb.saliency import (
+from cortex_nb.method.saliency import (
     TokenSaliency, class_vs_rest_baseline, concept_tokens, frequency_baseline, positions_to_mask,
     token_class_usage, top_n_positions,
 )

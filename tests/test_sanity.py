@@ -1,12 +1,12 @@
-"""cortex_nb.sanity: which layers each randomisation touches (parameter by parameter), Spearman's rank
+"""cortex_nb.method.sanity: which layers each randomisation touches (parameter by parameter), Spearman's rank
 correlation against pandas, Jaccard by hand, and the check doing its job on a real extractor."""
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from cortex_nb.extractors import ExtractorConfig, build_extractor
-from cortex_nb.sanity import (cascading_randomisation, independent_randomisation, jaccard, randomisable_blocks,
+from cortex_nb.method.extractors import ExtractorConfig, build_extractor
+from cortex_nb.method.sanity import (cascading_randomisation, independent_randomisation, jaccard, randomisable_blocks,
                               randomisable_layers, rank_correlation)
 
 
@@ -88,7 +88,7 @@ def test_jaccard_by_hand_ignores_padding():
 def test_a_destroyed_extractor_gives_a_different_token_saliency():
     """The point of the check: the TSV of the trained extractor against itself correlates perfectly, and
     against the fully randomised extractor much less."""
-    from cortex_nb.saliency import TokenSaliency
+    from cortex_nb.method.saliency import TokenSaliency
 
     f = _extractor()
     E = torch.randn(8, 4, 4, 4, generator=torch.Generator().manual_seed(3))

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from cortex_nb.extractors import ExtractorConfig, build_extractor
-from cortex_nb.saliency import TokenSaliency
-from cortex_nb.store import TokenStore, chunked_array
-from cortex_nb.taming_compat import import_taming
+from cortex_nb.method.extractors import ExtractorConfig, build_extractor
+from cortex_nb.method.saliency import TokenSaliency
+from cortex_nb.io.store import TokenStore, chunked_array
+from cortex_nb.vqgm.taming_compat import import_taming
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 if str(BENCHMARKS) not in sys.path:  # benchmark-only modules, importable as `python benchmarks/x.py` sees them
@@ -325,7 +325,7 @@ def test_formatting():
 
 
 def test_sizes_from_profile_match_defaults():
-    from cortex_nb.config import load_profile
+    from cortex_nb.io.config import load_profile
 
     assert S.sizes_from_profile(load_profile("imagenet")) == S.default_sizes()
 

@@ -1,4 +1,4 @@
-"""Shipped pretrained toy artifacts (cortex_nb.shipped): the registry holds the files' true digests,
+"""Shipped pretrained toy artifacts (cortex_nb.vqgm.shipped): the registry holds the files' true digests,
 the shipped VQGM is exactly what the toy profile would train and loads through the official loader,
 it is installed only for matching settings and never under CORTEX_FROM_SCRATCH, and a damaged file
 is refused by name."""
@@ -8,9 +8,10 @@ import shutil
 import pytest
 import torch
 
-from cortex_nb import load_profile, shipped
+from cortex_nb import load_profile
+from cortex_nb.vqgm import shipped
 from cortex_nb.errors import CheckpointError
-from cortex_nb.files import file_sha256
+from cortex_nb.io.files import file_sha256
 
 
 def test_registry_matches_the_shipped_files_and_stays_small():
@@ -27,9 +28,9 @@ def test_registry_matches_the_shipped_files_and_stays_small():
 
 
 def test_shipped_vqgm_is_what_the_toy_profile_trains_and_loads_through_load_vqgm():
-    from cortex_nb.toy_prior import PriorConfig
-    from cortex_nb.toy_tokenizer import TokenizerConfig
-    from cortex_nb.toyvqgm import build_key
+    from cortex_nb.toy.prior import PriorConfig
+    from cortex_nb.toy.tokenizer import TokenizerConfig
+    from cortex_nb.toy.vqgm import build_key
     from cortex_nb.vqgm import load_vqgm
     from omegaconf import OmegaConf
 
@@ -50,7 +51,7 @@ def test_shipped_vqgm_is_what_the_toy_profile_trains_and_loads_through_load_vqgm
 @pytest.mark.parametrize("name", ["vit_p4", "vit_p8"])
 def test_shipped_evaluators_are_what_the_toy_profile_trains_and_load_through_load_evaluator(name):
     from cortex_nb.pipeline.keys import evaluator_key
-    from cortex_nb.toy_evaluators import load_evaluator
+    from cortex_nb.toy.evaluators import load_evaluator
 
     cfg = load_profile("toy")
     entry = shipped.registry()[f"toy-evaluator-{name}"]

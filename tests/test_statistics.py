@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from cortex_nb.tables import bootstrap_ci, mean_ci
+from cortex_nb.io.tables import bootstrap_ci, mean_ci
 
 
 def test_bootstrap_interval_covers_the_true_mean_at_about_its_level():
@@ -57,7 +57,7 @@ def test_mean_ci_of_a_constant_is_degenerate_and_empty_is_nan():
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from cortex_nb.masking import mask_token_set  # noqa: E402
+from cortex_nb.method.masking import mask_token_set  # noqa: E402
 from cortex_nb.pipeline.s03_image_level import masked_counts  # noqa: E402
 from cortex_nb.pipeline.s04_concept_level import (concept_rank_scores, head_positions,  # noqa: E402
                                                   head_share_of_top_n, head_share_rows)
@@ -136,7 +136,7 @@ def test_masked_area_counts_of_the_token_id_mode():
 
 # --- resampling units (issue #12): clusters, pairs, seeds ------------------------------------
 
-from cortex_nb.tables import cluster_bootstrap_ci, paired_ci, seed_average  # noqa: E402
+from cortex_nb.io.tables import cluster_bootstrap_ci, paired_ci, seed_average  # noqa: E402
 
 
 def test_cluster_bootstrap_matches_the_exact_cluster_resampling_distribution():

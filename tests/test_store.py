@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from cortex_nb.files import atomic_path, cached, save_npy
-from cortex_nb.store import TokenStore, TokenStoreError, shard_seed
+from cortex_nb.io.files import atomic_path, cached, save_npy
+from cortex_nb.io.store import TokenStore, TokenStoreError, shard_seed
 
 META = {"K": 50, "m": 4, "fingerprint": "abc"}
 
@@ -120,7 +120,7 @@ def test_cached_builds_once_per_key(tmp_path):
 
 
 def test_chunked_array_resumes_and_equals_one_shot(tmp_path):
-    from cortex_nb.store import chunked_array
+    from cortex_nb.io.store import chunked_array
 
     calls = []
 
@@ -142,7 +142,7 @@ def test_chunked_array_resumes_and_equals_one_shot(tmp_path):
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
 def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
-    from cortex_nb.files import save_json
+    from cortex_nb.io.files import save_json
 
     old = os.umask(umask)
     try:
@@ -277,7 +277,7 @@ def test_generate_refuses_bad_sizes_before_creating_anything(tmp_path, kw, match
 
 
 def test_cached_rebuilds_a_corrupt_cache_file(tmp_path, caplog):
-    from cortex_nb.files import load_json
+    from cortex_nb.io.files import load_json
 
     (tmp_path / "c.json").write_text('{"v": 1, "_key"')
     with pytest.raises(json.JSONDecodeError):
@@ -289,7 +289,7 @@ def test_cached_rebuilds_a_corrupt_cache_file(tmp_path, caplog):
 
 
 def test_chunked_array_recomputes_a_truncated_cached_array(tmp_path, caplog):
-    from cortex_nb.store import chunked_array
+    from cortex_nb.io.store import chunked_array
 
     f = tmp_path / "x.npy"
     chunked_array(f, 10, 4, lambda a, b: np.arange(a, b), progress=False)

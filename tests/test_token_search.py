@@ -1,10 +1,10 @@
-"""cortex_nb.token_search: parts per position against a per-patch count by hand, and the ranked query
+"""cortex_nb.method.token_search: parts per position against a per-patch count by hand, and the ranked query
 against a brute-force loop over ids."""
 import numpy as np
 import pytest
 
-from cortex_nb.token_search import PARTS, position_parts, search_tokens
-from cortex_nb.toyworld import BACKGROUND, BODY, HEAD
+from cortex_nb.method.token_search import PARTS, position_parts, search_tokens
+from cortex_nb.toy.world import BACKGROUND, BODY, HEAD
 
 
 def test_position_parts_takes_the_majority_part_of_each_patch_head_winning_ties():

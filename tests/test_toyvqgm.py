@@ -1,10 +1,10 @@
-"""Tests for the toy VQGM trained here (PAPER.md §2.1, §4.1.1): cortex_nb.toyvqgm (build and
+"""Tests for the toy VQGM trained here (PAPER.md §2.1, §4.1.1): cortex_nb.toy.vqgm (build and
 cache), toy_tokenizer, toy_prior.
 
 Tiny configs, few steps: these check behaviour, not quality (the quality gate -- a classifier
 recognising reconstructions -- is measured outside the test suite, see the module docstring).
 Oracles: taming's own ``Net2NetTransformer.forward`` for the prior's logits, the official config
-layout as ``cortex_nb.taming_config.tiny_cin_config`` reproduces it, hand-computed usage statistics, an
+layout as ``cortex_nb.vqgm.taming_shapes.tiny_cin_config`` reproduces it, hand-computed usage statistics, an
 uninterrupted run for resume, and the project's general loader ``load_vqgm`` for the saved model.
 """
 
@@ -18,15 +18,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cortex_nb import toyvqgm as V
-from cortex_nb import toyworld
-from cortex_nb.config import load_profile
-from cortex_nb.taming_ckpt import save_taming_checkpoint
-from cortex_nb.taming_config import build_from_config, tiny_cin_config
-from cortex_nb.toy_prior import PriorConfig, prior_logits, train_prior
-from cortex_nb.toy_tokenizer import (TokenizerConfig, build_tokenizer, codebook_usage, encode_images,
+from cortex_nb.toy import vqgm as V
+from cortex_nb.toy import world as toyworld
+from cortex_nb.io.config import load_profile
+from cortex_nb.vqgm.taming_ckpt import save_taming_checkpoint
+from cortex_nb.vqgm.taming_config import build_from_config
+from cortex_nb.vqgm.taming_shapes import tiny_cin_config
+from cortex_nb.toy.prior import PriorConfig, prior_logits, train_prior
+from cortex_nb.toy.tokenizer import (TokenizerConfig, build_tokenizer, codebook_usage, encode_images,
                                      restart_dead_codes, train_tokenizer)
-from cortex_nb.toy_training import config_dict
+from cortex_nb.toy.training import config_dict
 from cortex_nb.vqgm import load_vqgm
 
 TOK = TokenizerConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=32, embed_dim=16,

@@ -1,4 +1,4 @@
-"""Tests for cortex_nb.toyworld: checked against the rendered pixels and masks, not internals."""
+"""Tests for cortex_nb.toy.world: checked against the rendered pixels and masks, not internals."""
 import dataclasses
 import itertools
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cortex_nb import toyworld as tw
-from cortex_nb.toyworld import BACKGROUND, BODY, HEAD, HEAD_PAIRS
+from cortex_nb.toy import world as tw
+from cortex_nb.toy.world import BACKGROUND, BODY, HEAD, HEAD_PAIRS
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests of cortex_nb.train (paper A.1.3 fit loop): resume, checkpoints, transforms, metrics."""
+"""Tests of cortex_nb.engine.train (paper A.1.3 fit loop): resume, checkpoints, transforms, metrics."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from cortex_nb.inference import evaluate, predict_logits, topk_accuracy
-from cortex_nb.train import FitConfig, fit
+from cortex_nb.engine.inference import evaluate, predict_logits, topk_accuracy
+from cortex_nb.engine.train import FitConfig, fit
 
 
 @pytest.fixture(autouse=True)
@@ -296,7 +296,7 @@ def test_topk_accuracy_matches_torchmetrics():
 
 
 def test_eval_mode_restores_every_submodule_mode():
-    from cortex_nb.inference import eval_mode
+    from cortex_nb.engine.inference import eval_mode
 
     net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Dropout(0.5))
     net.train()

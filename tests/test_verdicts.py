@@ -177,7 +177,7 @@ def test_replicate_dirs_finds_the_headline_and_seed_tables(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("bad", [[0], [3, 3], "5", [1.5]])
 def test_area_k_must_be_distinct_positive_ints(bad):
-    from cortex_nb.config import ProfileError
+    from cortex_nb.io.config import ProfileError
 
     with pytest.raises(ProfileError, match="area_k"):
         load_profile("smoke", **{"saliency.area_k": bad})

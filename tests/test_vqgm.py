@@ -1,5 +1,5 @@
 """Tests for cortex_nb.vqgm (PAPER.md §2.1): the taming VQGM loader and the VQGM interface,
-with the taming file IO it relies on (cortex_nb.taming_config, taming_ckpt, taming_compat).
+with the taming file IO it relies on (cortex_nb.vqgm.taming_config, taming_ckpt, taming_compat).
 
 A toy model with the official class-conditional ImageNet config's structure is built through
 our own ``build_from_config``, given random weights, saved the way Lightning/taming files look
@@ -24,11 +24,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cortex_nb import taming_ckpt, taming_compat, taming_config, vqgm
+from cortex_nb.vqgm import taming_ckpt
+from cortex_nb.vqgm import taming_compat
+from cortex_nb.vqgm import taming_config
+from cortex_nb.vqgm import taming as vqgm
 from cortex_nb.errors import CheckpointError
-from cortex_nb.taming_ckpt import CODEBOOK_KEY, save_taming_checkpoint
-from cortex_nb.taming_compat import filter_top_k_top_p
-from cortex_nb.taming_config import ConfigMismatchError, build_from_config, tiny_cin_config
+from cortex_nb.vqgm.taming_ckpt import CODEBOOK_KEY, save_taming_checkpoint
+from cortex_nb.vqgm.taming_compat import filter_top_k_top_p
+from cortex_nb.vqgm.taming_config import ConfigMismatchError, build_from_config
+from cortex_nb.vqgm.taming_shapes import tiny_cin_config
 from cortex_nb.vqgm import TokenRangeError, load_vqgm
 from damage import flip_bytes_in_tensor
 
@@ -283,10 +287,10 @@ def test_greedy_cached_sampler_equals_uncached_loop(vq):
 
 @pytest.mark.parametrize("top_k,top_p,temperature", [(None, None, 1.0), (5, None, 0.7), (8, 0.9, 1.3), (0, 0.5, 1.0)])
 def test_kv_cache_sampler_draws_exactly_tamings_tokens(vq, top_k, top_p, temperature):
-    """cortex_nb.kv_sampler against taming's own sample_with_past (the oracle): the same RNG state in,
+    """cortex_nb.vqgm.kv_sampler against taming's own sample_with_past (the oracle): the same RNG state in,
     the same tokens out, for stochastic sampling with and without top-k / top-p filtering."""
-    from cortex_nb.kv_sampler import sample_with_kv_cache
-    from cortex_nb.taming_compat import import_taming
+    from cortex_nb.vqgm.kv_sampler import sample_with_kv_cache
+    from cortex_nb.vqgm.taming_compat import import_taming
 
     mingpt = import_taming().mingpt
     gpt = vq.model.transformer

@@ -1,4 +1,4 @@
-"""cortex_nb.widgets (the token browser) driven without a browser: set ``.value`` on the controls,
+"""cortex_nb.browser.app (the token browser) driven without a browser: set ``.value`` on the controls,
 check ``state()`` against brute-force oracles on hand-crafted data, and check the views are PNGs.
 Its data and rankings come from cortex_nb.pipeline.s06_browser (the glue is tested here too).
 
@@ -19,11 +19,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cortex_nb.masking import scaled_n
-from cortex_nb.saliency import class_vs_rest_baseline, concept_tokens, top_n_positions
+from cortex_nb.method.masking import scaled_n
+from cortex_nb.method.saliency import class_vs_rest_baseline, concept_tokens, top_n_positions
 from cortex_nb.pipeline import s06_browser
 from cortex_nb.pipeline.s06_browser import BrowserData
-from cortex_nb.widgets import TokenBrowser
+from cortex_nb.browser.app import TokenBrowser
 
 C, M, K, P = 3, 4, 20, 2
 N_PER, G_PER = 8, 5
@@ -303,13 +303,13 @@ def test_bad_data_and_arguments_raise(data):
 
 
 def test_the_browser_imports_no_pipeline_run():
-    """Importing cortex_nb.widgets loads the browser's data types (cortex_nb.browser_model) but neither the section
+    """Importing cortex_nb.browser.app loads the browser's data types (cortex_nb.browser.model) but neither the section
     that builds them nor the run (stores, evaluators, caches): browser_data imports those when called."""
-    code = "import sys, cortex_nb.widgets; print(' '.join(sorted(sys.modules)))"
+    code = "import sys, cortex_nb.browser.app; print(' '.join(sorted(sys.modules)))"
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                 cwd=Path(__file__).resolve().parents[1]).stdout.split())
-    assert "cortex_nb.browser_model" in loaded
-    assert not {"cortex_nb.pipeline.s06_browser", "cortex_nb.pipeline.run", "cortex_nb.store", "cortex_nb.evaluators", "cortex_nb.pipeline.keys"} & loaded
+    assert "cortex_nb.browser.model" in loaded
+    assert not {"cortex_nb.pipeline.s06_browser", "cortex_nb.pipeline.run", "cortex_nb.io.store", "cortex_nb.method.evaluators", "cortex_nb.pipeline.keys"} & loaded
     assert callable(s06_browser.browser_data)
 
 
@@ -362,7 +362,7 @@ def _with_search(d: BrowserData) -> BrowserData:
 
 
 def test_search_lists_the_library_ranking_and_a_click_opens_the_token(data):
-    from cortex_nb.token_search import search_tokens
+    from cortex_nb.method.token_search import search_tokens
 
     d = _with_search(data)
     b = TokenBrowser(d, source="CE")

@@ -8,9 +8,9 @@ import pytest
 import traitlets
 from PIL import Image
 
-from cortex_nb.figures import pixel_panel
-from cortex_nb.widgets import TokenBrowser
-from cortex_nb.widgets_list import ListBox, png_size, show_png
+from cortex_nb.io.figures import pixel_panel
+from cortex_nb.browser.app import TokenBrowser
+from cortex_nb.browser.list_view import ListBox, png_size, show_png
 
 from test_widgets import P, make_data
 
@@ -112,7 +112,7 @@ def test_the_snapshot_follows_the_app(monkeypatch):
 
 
 def test_shrink_images_is_an_area_average():
-    from cortex_nb.widgets_views import shrink_images
+    from cortex_nb.browser.views import shrink_images
 
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (2, 6, 4, 3), dtype=np.uint8)

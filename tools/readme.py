@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from cortex_nb.config import repo_root
+from cortex_nb.io.config import repo_root
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 

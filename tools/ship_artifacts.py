@@ -7,11 +7,11 @@
 - an evaluator name (default: all four): ``cache/evaluators/<name>.pt`` with its .sha256 sidecar and
   its line of the training report into ``cortex_nb/artifacts/toy-evaluator-<name>/``. The two ViTs
   ship as trained (2.2 MB each); the ResNets (45 / 85 MB in float32) ship their floating-point
-  tensors in float16 (22 / 43 MB; :func:`cortex_nb.toy_evaluators.load_evaluator` casts them back to
+  tensors in float16 (22 / 43 MB; :func:`cortex_nb.toy.evaluators.load_evaluator` casts them back to
   float32, exactly, so every machine evaluates with the same weights);
 
 and records their SHA-256, the settings digest and the machine that trained them in
-``cortex_nb/artifacts/registry.json`` (:mod:`cortex_nb.shipped`). Run it after retraining
+``cortex_nb/artifacts/registry.json`` (:mod:`cortex_nb.vqgm.shipped`). Run it after retraining
 (``make all FROM_SCRATCH=1``) when a shipped artifact should change.
 """
 from __future__ import annotations
@@ -21,9 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cortex_nb import load_profile, shipped
-from cortex_nb.config import run_info
-from cortex_nb.files import save_json
+from cortex_nb import load_profile
+from cortex_nb.vqgm import shipped
+from cortex_nb.io.config import run_info
+from cortex_nb.io.files import save_json
 from cortex_nb.pipeline.keys import evaluator_key, evaluators_cache_key
 
 VQGM_FILES = ["config.yaml", "model.ckpt", "report.json", "build.json"]
@@ -39,7 +40,7 @@ def _half_copy(src: Path, name: str, dst: Path) -> None:
 
     import torch
 
-    from cortex_nb.files import save_with_checksum
+    from cortex_nb.io.files import save_with_checksum
 
     blob = torch.load(src / f"{name}.pt", map_location="cpu", weights_only=True)
     blob["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}

@@ -1,12 +1,12 @@
 """The token atlas from a run (issue #15; ``make atlas``, ``python -m cortex_nb atlas``): what
-:func:`cortex_nb.atlas.write_atlas` shows, computed from the cached pipeline.
+:func:`cortex_nb.browser.atlas.write_atlas` shows, computed from the cached pipeline.
 
 - the concept tokens of every class for one source (section 06's ranking: eq. 6 over the train split's TSV);
 - per concept token: its decoded image, up to ``per_token`` gallery images holding it (its best-ranked class
   first) with its patches boxed, its usage by class, its TSV values against all positions', the change of
   every evaluator's P(true) when its patches are masked in the gallery images of its best-ranked class that
   hold it (the profile's headline fill; all (token, image) pairs in one batched call), and, in the toy world,
-  its precision and recall on the head over real toy images (:mod:`cortex_nb.token_search`).
+  its precision and recall on the head over real toy images (:mod:`cortex_nb.method.token_search`).
 
 The site goes to ``results/<profile>/atlas/`` (not committed; regenerate it with ``make atlas``).
 """
@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from ..atlas import AtlasData, AtlasToken, write_atlas
-from ..masking import scaled_n
-from ..saliency import token_class_usage
+from ..browser.atlas import AtlasData, AtlasToken, write_atlas
+from ..method.masking import scaled_n
+from ..method.saliency import token_class_usage
 from .run import Run, class_names, compose, display_name, setup
-from .s04_concept_level import fill_of, score_masked
+from .scoring import fill_of, score_masked
 from .s06_browser import browser_data, rank_concepts
 
 __all__ = ["atlas_data", "build_atlas", "head_scores"]
@@ -34,8 +34,8 @@ log = logging.getLogger("cortex_nb")
 def head_scores(cfg: DictConfig, vqgm, n_images: int) -> dict[int, tuple[float, float, int]]:
     """{token: (precision, recall, count)} on the head over ``n_images`` real toy images (the 'report'
     stream) encoded to tokens, each position's part the majority part of its patch."""
-    from .. import toyworld
-    from ..token_search import position_parts, search_tokens
+    from ..toy import world as toyworld
+    from ..method.token_search import position_parts, search_tokens
     from .run import real_toy_images
 
     real = real_toy_images(cfg, int(n_images), "report")
@@ -126,7 +126,7 @@ def atlas_data(cfg: DictConfig, composed: Run, source: str = "CE", per_token: in
 
 def _ledger_rows(cfg: DictConfig) -> list[dict]:
     """The recorded claims ledger (``tables/ledger.csv``, written by `make all`) as rows; [] before it exists."""
-    from ..tables import read_table
+    from ..io.tables import read_table
 
     df = read_table(cfg.paths.tables, "ledger")
     if df is None:

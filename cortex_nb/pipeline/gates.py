@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from ..tables import read_table, write_table
+from ..io.tables import read_table, write_table
 
 __all__ = ["Gate", "GATES", "check", "gate_table", "run"]
 

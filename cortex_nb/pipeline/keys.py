@@ -16,25 +16,20 @@ their keys leave the device out.
 from __future__ import annotations
 
 import hashlib
-import weakref
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..files import digest
-from ..store import TokenStore
+from ..io.files import digest, weights_key
+from ..io.store import TokenStore
 
 __all__ = [
     "cache_path", "replicate_seed", "profile_section", "weights_key", "vqgm_key", "evaluators_key", "array_key",
     "store_meta", "store_key", "evaluators_cache_key", "evaluator_key", "quality_key", "extractor_key",
     "tsv_key", "random_baseline_key", "edit_key",
 ]
-
-#: module -> (version counters of its state tensors, digest): see weights_key
-_WEIGHT_KEYS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
 
 def replicate_seed(cfg: DictConfig) -> int:
     """The seed of everything a seed replicate redraws -- the extractors' initialisation and data
@@ -64,34 +59,10 @@ def profile_section(cfg: DictConfig, name: str, drop: tuple[str, ...] = ()) -> d
             if k not in drop and not (k in late and v == late[k])}
 
 
-def weights_key(module: torch.nn.Module) -> str:
-    """Digest of a module's class and every tensor of its state_dict (names, dtypes, shapes, bytes):
-    what a cache computed with the module depends on, whoever trained or loaded it.
-
-    Computed once per module state: the digest is remembered with the tensors' version counters
-    (torch bumps them on every in-place change, ``load_state_dict`` and optimiser steps included),
-    so hashing the same frozen extractor, evaluators or VQGM again for every cache key it enters
-    (a 1.4 B-parameter VQGM takes seconds) costs a dict look-up."""
-    state = module.state_dict()
-    versions = tuple(t._version for t in state.values())
-    hit = _WEIGHT_KEYS.get(module)
-    if hit is not None and hit[0] == versions:
-        return hit[1]
-    h = hashlib.sha256(type(module).__name__.encode())
-    for name, t in sorted(state.items()):
-        t = t.detach().to("cpu").contiguous().reshape(-1)  # (numel,), any dtype
-        h.update(f"\n{name} {t.dtype} {tuple(t.shape)}\n".encode())
-        h.update(t.view(torch.uint8).numpy())  # the buffer itself: no copy of a large tensor
-    key = h.hexdigest()[:16]
-    _WEIGHT_KEYS[module] = (versions, key)
-    return key
-
-
 def vqgm_key(vqgm) -> str:
-    """Digest of the whole VQGM -- its config and all weights (tokenizer, prior, decoder), not only
-    the codebook that :meth:`VQGM.fingerprint` stamps."""
-    config = OmegaConf.to_container(vqgm.config, resolve=True) if vqgm.config is not None else None
-    return digest({"config": config, "weights": weights_key(vqgm.model)})
+    """Digest of the whole VQGM -- its :meth:`~cortex_nb.vqgm.protocol.VQGMProtocol.identity` (taming's: the config
+    and all weights: tokenizer, prior, decoder), not only the codebook that ``fingerprint`` stamps."""
+    return digest(vqgm.identity())
 
 
 def evaluators_key(evaluators: dict) -> str:
@@ -140,7 +111,7 @@ def evaluators_cache_key(cfg: DictConfig) -> str:
 def evaluator_key(cfg: DictConfig, name: str) -> str:
     """Key of ONE toy evaluator: :func:`evaluators_cache_key`'s inputs less the list of names, plus
     the name. Each evaluator trains from its own seed, whatever else is trained beside it (a shipped
-    evaluator, :mod:`cortex_nb.shipped`, is installed when this key matches)."""
+    evaluator, :mod:`cortex_nb.vqgm.shipped`, is installed when this key matches)."""
     return digest({**_evaluator_settings(cfg, drop=("names",)), "name": str(name)})
 
 

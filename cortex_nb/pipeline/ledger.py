@@ -30,7 +30,7 @@ from typing import Callable
 import pandas as pd
 from omegaconf import DictConfig
 
-from ..tables import read_table, write_table
+from ..io.tables import read_table, write_table
 from .verdicts import CLAIMS, Evidence, above, below, fmt_case, replicate_dirs, unpaired
 
 __all__ = ["Check", "CHECKS", "case_verdict", "check_verdict", "ledger_frame", "write_ledger", "verify_ledger",
@@ -189,7 +189,7 @@ def _bias_detected(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
 def _bias_control(statistic: str) -> Callable:
     """The unbiased real world: no flag the measured scenes do not support, every |δ| negligible."""
     def ev(tables: Path, cfg: DictConfig) -> dict[str, Evidence]:
-        from ..bias import NEGLIGIBLE_DELTA
+        from ..method.bias import NEGLIGIBLE_DELTA
 
         r = _bias_row(tables, "real, scene_bias 0.25", statistic)
         if r is None:

@@ -14,9 +14,9 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from ..figures import image_grid, save_figure, to_uint8
-from ..files import load_cache_json, load_json, save_json
-from ..tables import mean_ci, write_table
+from ..io.figures import image_grid, save_figure, to_uint8
+from ..io.files import load_cache_json, load_json, save_json
+from ..io.tables import mean_ci, write_table
 from .keys import cache_path, quality_key
 from .run import (SectionResult, class_names, display_name, get_evaluators, get_vqgm, real_toy_images,
                   setup)
@@ -27,7 +27,7 @@ __all__ = ["toyworld_figure", "vqgm_report", "quality_table", "reconstruction_fi
 
 def toyworld_figure(cfg: DictConfig, per_class: int = 8):
     """Real toy images, a row per species, with the head/body masks of the first row beside."""
-    from .. import toyworld
+    from ..toy import world as toyworld
 
     n = int(cfg.world.n_classes)
     batch = toyworld.render(np.repeat(np.arange(n), per_class), seed=int(cfg.seed) + 99,
@@ -48,8 +48,8 @@ def vqgm_report(cfg: DictConfig, vqgm, evaluators: dict) -> dict:
     codebook usage, and each evaluator's accuracy on the real images vs their reconstructions
     (the gate: reconstructions should be recognised at >= 90 % of the real accuracy), overall
     and within the head-only pairs. Cached under :func:`cortex_nb.pipeline.keys.quality_key`."""
-    from .. import toyworld
-    from ..toy_tokenizer import codebook_usage
+    from ..toy import world as toyworld
+    from ..toy.tokenizer import codebook_usage
 
     key = quality_key(cfg, vqgm, evaluators)
     path = cache_path(cfg, "vqgm", "quality.json")
@@ -101,7 +101,7 @@ def quality_table(cfg: DictConfig, report: dict) -> pd.DataFrame:
 
 def reconstruction_figure(cfg: DictConfig, vqgm, n: int = 10):
     """Real toy images (top row) and their VQGM reconstructions (bottom row)."""
-    from .. import toyworld
+    from ..toy import world as toyworld
 
     real = real_toy_images(cfg, n, "report")
     x = toyworld.to_tensor(real.images).to(vqgm.device)

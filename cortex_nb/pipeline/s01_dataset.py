@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from ..store import TokenStore
-from ..tables import fmt_ci, write_table
+from ..io.store import TokenStore
+from ..io.tables import fmt_ci, write_table
 from .run import Run, SectionResult, compose, get_evaluators, setup
 from .s00_vqgm import evaluator_scores, samples_figure
 

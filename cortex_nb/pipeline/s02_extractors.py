@@ -12,8 +12,8 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from ..figures import save_figure
-from ..tables import mean_ci, write_table
+from ..io.figures import save_figure
+from ..io.tables import mean_ci, write_table
 from .run import Run, SectionResult, compose, embed_fn, load_split, setup
 
 __all__ = ["extractor_accuracy", "table1", "training_curves_figure", "run"]
@@ -23,9 +23,9 @@ EXTRACTOR_NAMES = {"CE": "CNN-based Extractor (CE)", "RE": "ResNet-based Extract
 
 def extractor_accuracy(cfg: DictConfig, results: dict, vqgm, ks=(1, 3, 5, 10)) -> pd.DataFrame:
     """Table 1: top-k accuracy of each extractor on the test split, 95 % bootstrap intervals.
-    Point estimates come from :func:`cortex_nb.inference.topk_accuracy`; intervals resample the
+    Point estimates come from :func:`cortex_nb.engine.inference.topk_accuracy`; intervals resample the
     per-image hits (rank of the true class < k)."""
-    from ..inference import predict_logits, topk_accuracy
+    from ..engine.inference import predict_logits, topk_accuracy
 
     test = load_split(cfg, "test", vqgm)
     labels = torch.from_numpy(test.labels)

@@ -23,16 +23,17 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from .. import masking
-from ..config import ProfileError
-from ..figures import image_grid, save_figure
-from ..files import save_npy
-from ..saliency import top_n_positions
-from ..tables import fmt_ci, mean_ci, paired_ci, write_table
+from ..method import masking
+from ..io.config import ProfileError
+from ..io.figures import image_grid, save_figure
+from ..io.files import save_npy
+from ..method.saliency import top_n_positions
+from ..io.tables import fmt_ci, mean_ci, paired_ci, write_table
 from .keys import cache_path, random_baseline_key, replicate_seed
 from .run import (Run, SectionResult, class_ids, class_names, compose, display_name, get_tsv, load_split, saliency_of,
                   setup, store_tokens)
-from .s04_concept_level import METHOD_LABEL, concept_sets, fill_of, score_masked
+from .s04_concept_level import METHOD_LABEL, concept_sets
+from .scoring import fill_of, score_masked
 
 __all__ = ["COLUMNS", "modal_share", "fill_levels", "random_baseline", "image_level", "fig3", "fills_frame", "fig3_fills",
            "fill_check", "masked_counts", "token_examples", "token_figure",
@@ -65,7 +66,7 @@ def _row(cfg: DictConfig, method: str, evaluator: str, n: int, p: np.ndarray, co
 
 
 def fill_levels(cfg: DictConfig, m: int) -> list[int]:
-    """The n of Fig. 3's grid (:func:`cortex_nb.masking.image_level_grid`) at which the fills other than
+    """The n of Fig. 3's grid (:func:`cortex_nb.method.masking.image_level_grid`) at which the fills other than
     the headline one are measured: ``saliency.fills_n`` intersected with the grid (null: the whole
     grid). Raises ProfileError when none of them is on the grid."""
     grid = masking.image_level_grid(m)

@@ -6,7 +6,7 @@
 - :func:`concept_level` — mask every test patch whose id is in the class's set; ΔA, ΔP per evaluator.
 - :func:`localisation` — on real toy images with known part masks: how many of the top-n TSV
   positions fall on the head (the part that tells a head-only pair apart), against the baselines.
-- :func:`score_masked` — every evaluator on masked images (also Fig. 3, section 03).
+- :func:`~cortex_nb.pipeline.scoring.score_masked` — every evaluator on masked images (also Fig. 3, section 03).
 
 Writes tables/<p>/table2_concept_level and localisation. :func:`run` computes everything the
 notebook shows; ``python -m cortex_nb table2`` calls it.
@@ -18,11 +18,12 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from .. import masking
-from ..saliency import class_vs_rest_baseline, concept_tokens, frequency_baseline, top_n_positions
-from ..tables import cluster_and_unit_ci, cluster_bootstrap_ci, fmt_ci, mean_ci, write_table
+from ..method import masking
+from ..method.saliency import class_vs_rest_baseline, concept_tokens, frequency_baseline, top_n_positions
+from ..io.tables import cluster_and_unit_ci, cluster_bootstrap_ci, fmt_ci, mean_ci, write_table
 from .run import (Run, SectionResult, compose, display_name, embed_fn, get_tsv, load_split, real_toy_images,
                   saliency_of, setup, store_tokens)
+from .scoring import fill_of, masked_images, score_masked
 
 __all__ = ["METHOD_LABEL", "COMPARISONS", "fill_of", "masked_images", "score_masked", "concept_sets", "concept_scores",
            "concept_level", "robust_evaluator", "concept_paired", "area_curve", "area_matched", "fig_area", "table2",
@@ -32,70 +33,6 @@ __all__ = ["METHOD_LABEL", "COMPARISONS", "fill_of", "masked_images", "score_mas
 #: how tables and figures name each token source
 METHOD_LABEL = {"CE": "CORTEX (CE)", "RE": "CORTEX (RE)", "random": "random", "frequency": "frequency baseline",
                 "class-vs-rest": "class-vs-rest baseline"}
-
-
-def fill_of(cfg: DictConfig, fill: str | None = None) -> str:
-    """The fill to use: ``fill`` or the profile's headline ``saliency.fill``."""
-    return str(fill or cfg.saliency.fill)
-
-
-def masked_images(images, masks, fill: str, tokens=None, vqgm=None, batch_size: int = 256):
-    """``images`` (B, H, W, 3) uint8 with the patches of ``masks`` (B, m, m) removed by ``fill``:
-    black / mean / blur replace pixels (:func:`cortex_nb.masking.mask_images`); "token" replaces
-    the masked token ids by each image's most common unmasked id
-    (:func:`~cortex_nb.masking.background_tokens`) and decodes the grid with the VQGM -- the
-    model's own removal (ROAD-style), which needs ``tokens`` (B, m, m) and ``vqgm``."""
-    from ..figures import to_uint8
-
-    masks = torch.as_tensor(masks).bool()
-    if fill != "token":
-        return masking.mask_images(images, masks, fill)
-    if tokens is None or vqgm is None:
-        raise ValueError("the token fill needs the images' tokens and the VQGM that decodes them")
-    out = np.array(images, copy=True)
-    rows = torch.nonzero(masks.flatten(1).any(1)).squeeze(1)            # images with something masked
-    t = torch.as_tensor(tokens).long()
-    for s in range(0, len(rows), batch_size):
-        r = rows[s:s + batch_size]
-        filled = masking.infill_tokens(t[r], masks[r], masking.background_tokens(t[r], masks[r]))
-        with torch.no_grad():
-            out[r.numpy()] = to_uint8(vqgm.decode(filled.to(vqgm.device)))
-    return out
-
-
-def score_masked(cfg: DictConfig, evaluators: dict, images, labels, masks, *, fill: str | None = None,
-                 tokens=None, vqgm=None, batch_size: int = 256, base: dict | None = None) -> dict[str, dict]:
-    """``{evaluator: {"p_true", "correct", "pred", "n_masked"}}`` (each (B,)) on ``images`` (B, H, W, 3)
-    with the patches of ``masks`` (B, m, m) removed by ``fill`` (default: the profile's headline
-    ``saliency.fill``; "token" needs the images' ``tokens`` and the ``vqgm``, see :func:`masked_images`).
-    Batched: each batch is masked (or in-filled and decoded) once and shown to every evaluator.
-
-    ``base``: this function's result on the same images unmasked. With it, only the images the mask
-    changes are shown to the evaluators; an image with nothing masked takes its unmasked result
-    (ΔP exactly 0, as it is: the image is the same). A concept set masks nothing in many images."""
-    fill = fill_of(cfg, fill)
-    masks = torch.as_tensor(masks).bool()
-    labels = np.asarray(labels)
-    n_masked = masks.flatten(1).sum(1).numpy()
-    rows = np.flatnonzero(n_masked > 0) if base is not None else np.arange(len(labels))
-    parts: dict[str, list] = {name: [] for name in evaluators}
-    for s in range(0, len(rows), batch_size):
-        r = rows[s:s + batch_size]
-        shown = masked_images(np.asarray(images)[r], masks[r], fill, None if tokens is None else tokens[r], vqgm)
-        none = torch.zeros_like(masks[r])
-        for name, e in evaluators.items():
-            parts[name].append(masking.evaluate_masked(e.predict_proba, shown, labels[r], none, batch_size=batch_size))
-    out = {}
-    for name, rs in parts.items():
-        if base is None:
-            res = {k: np.concatenate([x[k] for x in rs]) for k in ("p_true", "correct", "pred")}
-        else:
-            res = {k: np.array(base[name][k], copy=True) for k in ("p_true", "correct", "pred")}
-            for k in res:
-                if len(rows):
-                    res[k][rows] = np.concatenate([x[k] for x in rs])
-        out[name] = res | {"n_masked": n_masked}
-    return out
 
 
 def concept_sets(cfg: DictConfig, tsvs_train: dict[str, np.ndarray], vqgm, k: int | None = None) -> dict[str, torch.Tensor]:
@@ -258,7 +195,7 @@ def fig_area(cfg: DictConfig, curve: pd.DataFrame, name: str = "table2_area_curv
     points are the k of ``saliency.area_k``): the concept-level comparison at matched area."""
     import matplotlib.pyplot as plt
 
-    from ..figures import save_figure
+    from ..io.figures import save_figure
 
     evs = list(dict.fromkeys(curve.evaluator))
     fig, axes = plt.subplots(1, len(evs), figsize=(3.1 * len(evs), 2.8), squeeze=False, sharey=True)
@@ -361,7 +298,7 @@ def localisation_batch(cfg: DictConfig, vqgm, n_images: int | None = None) -> di
     real toy images (the 'report' stream) encoded to tokens (B, m, m), their labels (B,), which
     positions are head, ``is_head`` (B, m²) bool (at least ``saliency.head_fraction`` of the patch is
     head pixels), and ``n``, the number of top positions scored (the paper's n scaled to the grid)."""
-    from .. import toyworld
+    from ..toy import world as toyworld
 
     real = real_toy_images(cfg, int(n_images or cfg.saliency.n_localisation), "report")
     m = int(vqgm.m)

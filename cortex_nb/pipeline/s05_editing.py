@@ -27,10 +27,10 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from ..figures import image_grid, save_figure
-from ..files import save_json, save_npy
-from ..optimize import central_region, optimize_embeddings, random_tokens, saliency_region, select_tokens
-from ..tables import cluster_and_unit_ci, fmt_ci, write_table
+from ..io.figures import image_grid, save_figure
+from ..io.files import save_json, save_npy
+from ..method.optimize import central_region, optimize_embeddings, random_tokens, saliency_region, select_tokens
+from ..io.tables import cluster_and_unit_ci, fmt_ci, write_table
 from .keys import cache_path, edit_key, replicate_seed
 from .run import Run, SectionResult, class_names, compose, display_name, get_tsv, load_split, setup
 

@@ -1,16 +1,16 @@
 """Section 06 (notebook 06_token_browser): the data behind the token browser — T*_concept per class
 (CORTEX §3.3, eq. 6), ranked for each source, over the train split, with the test split's
-generated images as the gallery. The app itself is :class:`cortex_nb.widgets.TokenBrowser`.
+generated images as the gallery. The app itself is :class:`cortex_nb.browser.app.TokenBrowser`.
 
-- :func:`browser_data` builds :class:`~cortex_nb.browser_model.BrowserData` (everything the browser shows, as plain
+- :func:`browser_data` builds :class:`~cortex_nb.browser.model.BrowserData` (everything the browser shows, as plain
   arrays) from the pipeline (train TSVs cached on disk); :func:`search_index` the search panel's ground truth.
-- :class:`~cortex_nb.browser_model.BrowserData`, :class:`~cortex_nb.browser_model.Ranking` and
-  :func:`~cortex_nb.browser_model.rank_concepts` live in :mod:`cortex_nb.browser_model` (the app and this
+- :class:`~cortex_nb.browser.model.BrowserData`, :class:`~cortex_nb.browser.model.Ranking` and
+  :func:`~cortex_nb.browser.model.rank_concepts` live in :mod:`cortex_nb.browser.model` (the app and this
   section both read them) and are re-exported here.
 
 The section writes no table or figure (the notebook shows a static snapshot of the app), so it
 has no CLI command; :func:`run` builds what the notebook shows. This module imports the pipeline
-lazily, so ``cortex_nb.widgets`` imports without torch models, stores or caches.
+lazily, so ``cortex_nb.browser.app`` imports without torch models, stores or caches.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..browser_model import BASELINES, BrowserData, Ranking, rank_concepts  # noqa: F401  (public here too)
+from ..browser.model import BASELINES, BrowserData, Ranking, rank_concepts  # noqa: F401  (public here too)
 
 __all__ = ["BASELINES", "BrowserData", "browser_data", "search_index", "Ranking", "rank_concepts", "run"]
 
@@ -33,7 +33,7 @@ def browser_data(cfg, vqgm, extractors: dict) -> BrowserData:
     ``extractors`` maps arch → model (or anything with a ``.model``, as
     :func:`~cortex_nb.pipeline.run.get_extractors` returns). Imports the pipeline when called.
     """
-    from ..figures import to_uint8
+    from ..io.figures import to_uint8
     from . import run
 
     train = run.load_split(cfg, "train", vqgm)
@@ -62,9 +62,9 @@ def browser_data(cfg, vqgm, extractors: dict) -> BrowserData:
 def search_index(cfg, vqgm, n_images: int | None = None) -> dict:
     """The search panel's ground truth: ``n_images`` (default ``saliency.n_localisation``) real toy
     images (the 'report' stream) encoded to tokens, with the part of every position
-    (:func:`cortex_nb.token_search.position_parts`), the species and the scene of every image."""
-    from .. import toyworld
-    from ..token_search import position_parts
+    (:func:`cortex_nb.method.token_search.position_parts`), the species and the scene of every image."""
+    from ..toy import world as toyworld
+    from ..method.token_search import position_parts
     from .run import real_toy_images
 
     real = real_toy_images(cfg, int(n_images or cfg.saliency.n_localisation), "report")
@@ -77,7 +77,7 @@ def run(cfg, composed=None):
     """What notebook 06 shows: the browser on CE (``values["browser"]``), a static snapshot of its
     views (PNG bytes) and its state. ``composed``: a :func:`~cortex_nb.pipeline.run.compose`
     result holding the fits (built here when not given)."""
-    from ..widgets import TokenBrowser
+    from ..browser.app import TokenBrowser
     from . import run as pipeline
 
     pipeline.setup(cfg)

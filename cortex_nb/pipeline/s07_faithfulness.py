@@ -2,9 +2,9 @@
 
 On ``faithfulness.n_per_class`` generated test images per class, every attribution ranks each image's
 m² positions -- the TSV of each extractor, and for the extractors of ``faithfulness.archs`` the rivals
-of :mod:`cortex_nb.attributions` (gradient, gradient x input, Integrated Gradients, leave-one-token-out
+of :mod:`cortex_nb.method.attributions` (gradient, gradient x input, Integrated Gradients, leave-one-token-out
 occlusion with the token in-fill), plus the random and class-vs-rest controls -- and
-:mod:`cortex_nb.faithfulness` draws the deletion and insertion curves (``faithfulness.steps`` steps,
+:mod:`cortex_nb.method.faithfulness` draws the deletion and insertion curves (``faithfulness.steps`` steps,
 the profile's headline fill; the TSV of ``faithfulness.archs`` and random also under every other fill of
 ``faithfulness.fills``)
 under every evaluator. The unit is the image: one area per image, a bootstrap interval over images, and
@@ -19,7 +19,7 @@ each rival paired with its extractor's TSV on the same images.
   known part masks), as the localisation table of section 04 scores the TSV;
 - :func:`sanity_checks`, :func:`sanity_table`, :func:`fig_sanity` (module :mod:`.s07_sanity`, re-exported
   here) -- Adebayo et al.'s checks: cascading
-  and independent randomisation of CE and RE (one step per block, :func:`cortex_nb.sanity.randomisable_blocks`)
+  and independent randomisation of CE and RE (one step per block, :func:`cortex_nb.method.sanity.randomisable_blocks`)
   and extractors retrained on permuted labels (``faithfulness.permuted``), scored by the rank correlation
   of the TSV maps and the Jaccard overlap of T*_concept with the trained extractor's; the frequency
   baseline, which reads no model, is the negative control that must come out unchanged;
@@ -34,16 +34,17 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from .. import attributions as A
-from .. import masking
-from ..faithfulness import auc, default_steps, perturbation_curve, rank_positions
-from ..figures import save_figure
-from ..saliency import class_vs_rest_scores
-from ..tables import fmt_ci, mean_ci, paired_ci, write_table
+from ..method import attributions as A
+from ..method import masking
+from ..method.faithfulness import auc, default_steps, perturbation_curve, rank_positions
+from ..io.figures import save_figure
+from ..method.saliency import class_vs_rest_scores
+from ..io.tables import fmt_ci, mean_ci, paired_ci, write_table
 from .keys import replicate_seed
 from .run import (Run, SectionResult, class_ids, compose, display_name, embed_fn, load_split, saliency_of, setup,
                   store_tokens)
-from .s04_concept_level import fill_of, head_share_rows, localisation_batch, score_masked
+from .s04_concept_level import head_share_rows, localisation_batch
+from .scoring import fill_of, score_masked
 from .s07_sanity import fig_sanity, permuted_extractors, sanity_checks, sanity_table
 
 __all__ = ["RIVALS", "faith_batch", "fill_embeddings", "attribution_maps", "curves", "auc_table", "auc_frame",

@@ -4,7 +4,7 @@ insertion curves and rival attributions), which runs both and re-exports these n
 
 - :func:`permuted_extractors` -- extractors retrained on permuted labels (``faithfulness.permuted``);
 - :func:`sanity_checks` -- cascading and independent randomisation of CE and RE (one step per block,
-  :func:`cortex_nb.sanity.randomisable_blocks`) and the permuted-label extractors, scored by Spearman's ρ of the
+  :func:`cortex_nb.method.sanity.randomisable_blocks`) and the permuted-label extractors, scored by Spearman's ρ of the
   TSV maps and the Jaccard overlap of T*_concept with the trained extractor's; the frequency baseline, which
   reads no model, is the negative control that must come out unchanged;
 - :func:`sanity_table`, :func:`fig_sanity` -- the table in brief and the degradation plot.
@@ -16,10 +16,10 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from ..figures import save_figure
-from ..saliency import concept_tokens, frequency_baseline, top_n_positions
-from ..sanity import cascading_randomisation, independent_randomisation, jaccard, rank_correlation
-from ..tables import mean_ci, write_table
+from ..io.figures import save_figure
+from ..method.saliency import concept_tokens, frequency_baseline, top_n_positions
+from ..method.sanity import cascading_randomisation, independent_randomisation, jaccard, rank_correlation
+from ..io.tables import mean_ci, write_table
 from .keys import replicate_seed
 from .run import embed_fn, get_extractors, saliency_of
 from .s04_concept_level import concept_rank_scores
@@ -45,7 +45,7 @@ def sanity_checks(cfg: DictConfig, extractors: dict, vqgm, batch: dict, permuted
     step, method); step 0 is the trained extractor. For scale: 'two random initialisations' (two fully
     randomised copies against each other: what architecture and input alone make maps share), 'CE vs
     RE' (two trained extractors) and 'random map (floor)' (uniform noise against the first extractor)."""
-    from .. import masking
+    from ..method import masking
 
     dev = cfg.device
     tokens, labels = batch["tokens"], batch["labels"]

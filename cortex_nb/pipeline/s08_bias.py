@@ -40,14 +40,14 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from .. import toyworld
-from ..bias import (detected_scenes, group_deltas, preferred_from_deltas, rates_correlation_ci, scene_onehot,
+from ..toy import world as toyworld
+from ..method.bias import (detected_scenes, group_deltas, preferred_from_deltas, rates_correlation_ci, scene_onehot,
                     scene_rates, scene_token_counts)
-from ..figures import to_uint8
-from ..files import digest
-from ..masking import scaled_n
-from ..saliency import concept_tokens, top_n_positions
-from ..tables import bootstrap_ci, write_table
+from ..io.figures import to_uint8
+from ..io.files import digest
+from ..method.masking import scaled_n
+from ..method.saliency import concept_tokens, top_n_positions
+from ..io.tables import bootstrap_ci, write_table
 from .keys import cache_path, profile_section, replicate_seed, vqgm_key
 from .run import SectionResult, class_names, embed_fn, load_split, saliency_of, setup
 
@@ -77,7 +77,7 @@ def scene_data(cfg: DictConfig, vqgm, part: str, n: int, scene_bias: float) -> d
 
 
 def _fit_config(cfg: DictConfig):
-    from ..train import FitConfig
+    from ..engine.train import FitConfig
 
     e, bias = cfg.extractors, cfg.bias
     return FitConfig(epochs=int(bias.epochs), lr=float(e.lr), weight_decay=float(e.weight_decay),
@@ -94,10 +94,10 @@ def _key(cfg: DictConfig, what: str, vqgm=None, keys=("n_train", "n_val", "epoch
 
 
 def scene_extractor(cfg: DictConfig, vqgm, train: dict, val: dict):
-    """CE (the profile's width) classifying token grids by scene, trained with :func:`cortex_nb.train.fit`
+    """CE (the profile's width) classifying token grids by scene, trained with :func:`cortex_nb.engine.train.fit`
     on ``train`` (validated on ``val``); cached under cache/bias/. Returns the FitResult (model in eval mode)."""
-    from ..extractors import build_extractor
-    from ..train import fit
+    from ..method.extractors import build_extractor
+    from ..engine.train import fit
     from .run import extractor_config
 
     torch.manual_seed(replicate_seed(cfg))
@@ -121,9 +121,9 @@ def scene_pixel_model(image_size: int) -> torch.nn.Module:
 
 
 def scene_classifier(cfg: DictConfig, train: dict, val: dict):
-    """The pixel scene classifier (:func:`scene_pixel_model`) trained with :func:`cortex_nb.train.fit` on real
+    """The pixel scene classifier (:func:`scene_pixel_model`) trained with :func:`cortex_nb.engine.train.fit` on real
     images labelled by scene; cached under cache/bias/. Returns the FitResult."""
-    from ..train import fit
+    from ..engine.train import fit
 
     torch.manual_seed(replicate_seed(cfg))
     res = fit(scene_pixel_model(int(cfg.world.image_size)),
@@ -175,9 +175,7 @@ def control_generator(cfg: DictConfig, vqgm):
     profile's prior recipe (``vqgm.prior``) with ``bias.control_prior_steps`` steps on
     ``bias.control_prior_n`` real toy images rendered at scene_bias 0.25 and encoded by the same tokenizer.
     Resumable and cached under cache/bias/ (the GPT's checkpoint)."""
-    import copy
-
-    from ..toy_prior import PriorConfig, train_prior
+    from ..toy.prior import PriorConfig, train_prior
 
     b = cfg.bias
     prior = PriorConfig(**{**profile_section(cfg.vqgm, "prior"), "n_train": int(b.control_prior_n),
@@ -188,11 +186,7 @@ def control_generator(cfg: DictConfig, vqgm):
                              K=int(vqgm.K), n_classes=int(cfg.world.n_classes), seed=int(cfg.seed),
                              device=cfg.device, ckpt_dir=cache_path(cfg, "bias", f"prior-uniform-{key}"),
                              progress=bool(cfg.progress))
-    control = copy.copy(vqgm)                       # the same tokenizer and Labelator, another GPT
-    control.model = copy.copy(vqgm.model)
-    control.model._modules = dict(vqgm.model._modules)   # a shallow copy shares the dict: the original keeps its GPT
-    control.model.transformer = gpt.to(vqgm.device).eval()
-    return control, stats
+    return vqgm.with_prior(gpt), stats          # the same tokenizer and Labelator, another GPT
 
 
 def sampled_images(cfg: DictConfig, vqgm) -> dict:
@@ -244,7 +238,7 @@ def token_check(cfg: DictConfig, data: dict, scene_sets: np.ndarray, K: int, nam
     """Ground truth for the scene concept tokens themselves, on real images with part masks (``data`` with
     "masks" and "scenes"): per scene, how many positions hold its tokens, the share of them on the background
     (not on the bird) and the share in images of that scene; and how often the token-detected scene is right."""
-    from ..token_search import position_parts
+    from ..method.token_search import position_parts
 
     tokens, scenes = np.asarray(data["tokens"]), np.asarray(data["scenes"])
     parts = position_parts(data["masks"], tokens.shape[-1])                              # (N, m, m)
@@ -344,7 +338,7 @@ def fig_bias(cfg: DictConfig, results: dict, worlds: tuple[str, ...] | None = No
     Cliff's delta of the headline statistic (dots: interval above 0; crosses: the world's preferred scene)."""
     import matplotlib.pyplot as plt
 
-    from ..figures import save_figure
+    from ..io.figures import save_figure
 
     worlds = tuple(worlds or results)
     names, head = class_names(cfg), str(cfg.bias.statistic)

@@ -25,7 +25,7 @@ import logging
 import pandas as pd
 from omegaconf import DictConfig
 
-from ..tables import write_table
+from ..io.tables import write_table
 from .run import compose, get_tsv, setup
 
 __all__ = ["replicate_profiles", "run_replicate", "run"]
@@ -35,7 +35,7 @@ log = logging.getLogger("cortex_nb")
 
 def replicate_profiles(cfg: DictConfig, overrides: dict | None = None) -> list[DictConfig]:
     """The profiles of replicates 1 .. ``replicates`` - 1 of ``cfg``'s profile (same overrides)."""
-    from ..config import load_profile
+    from ..io.config import load_profile
 
     return [load_profile(cfg.name, **{**(overrides or {}), "replicate": r}) for r in range(1, int(cfg.replicates))]
 

@@ -39,7 +39,7 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from ..tables import read_table, write_table
+from ..io.tables import read_table, write_table
 
 log = logging.getLogger("cortex_nb")
 
@@ -219,8 +219,8 @@ def built_in(claim: Claim, cfg: DictConfig) -> str:
     that is not the toy world's."""
     if cfg.vqgm.source != "toy":
         return ""
-    from ..optimize import central_region
-    from ..toy_tokenizer import TokenizerConfig
+    from ..method.optimize import central_region
+    from ..toy.tokenizer import TokenizerConfig
 
     m = TokenizerConfig(**OmegaConf.to_container(cfg.vqgm.tokenizer, resolve=True)).grid
     size = cfg.optimization.region_size
@@ -309,7 +309,7 @@ def _with_defaults(recorded: dict, base: dict) -> dict:
 def _settings(tables: Path) -> dict | None:
     """The profile a tables directory was written with (its profile.yaml beside it, keys added since taken at
     their defaults), less the keys a replicate may change; None when it is not recorded."""
-    from ..config import PROFILE_DIR
+    from ..io.config import PROFILE_DIR
 
     rec = _recorded(tables)
     if rec is None:

@@ -1,5 +1,5 @@
 """Steps shared by the browser tests (Voilà and JupyterLab): a search, then an intervention whose numbers
-are checked against ``cortex_nb.intervene`` computed in the test process."""
+are checked against ``cortex_nb.method.intervene`` computed in the test process."""
 from __future__ import annotations
 
 import re
@@ -81,7 +81,7 @@ def _check_intervention(shown: str, i: int, target_name: str, profile: str = "sm
     import torch
 
     from cortex_nb import browser_data, compose, load_profile
-    from cortex_nb.intervene import edit_image, judge
+    from cortex_nb.method.intervene import edit_image, judge
     from cortex_nb.pipeline.run import display_name
 
     cfg = load_profile(profile)

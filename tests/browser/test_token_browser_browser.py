@@ -11,7 +11,7 @@ are the usual source of flakiness. It installs from PyPI as one wheel (``pip ins
 What it checks: the app renders; changing the class (the ``class`` <select>) changes the gallery
 image; choosing another token (the ``token`` <select>) changes it again; a search for the head lists
 tokens and a click opens the first; an intervention (two cells blacked out, apply) shows the numbers
-``cortex_nb.intervene`` computes for the same edit in this process. The gallery image is
+``cortex_nb.method.intervene`` computes for the same edit in this process. The gallery image is
 compared by the SHA-256 of its PNG bytes (ipywidgets 8 serves ``Image`` as a blob: URL; the page
 fetches the blob and hashes it). A full-page screenshot goes to results/browser/token_browser.png.
 
