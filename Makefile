@@ -26,12 +26,15 @@ help:
 setup: $(STAMP)
 
 # torch/torchvision are pinned to the pair that installs from this machine's disk (see README);
-# everything else comes from pyproject.toml, the one list of dependencies. One pip call (one resolution). pip
-# byte-compiles what it installs (~60 s): with PYTHONDONTWRITEBYTECODE set, as on these machines, nothing else would,
-# and every notebook kernel would compile torch's modules again (+8-11 s each, measured).
+# everything else comes from pyproject.toml, the one list of dependencies. One pip call (one resolution). The
+# installed modules are then byte-compiled on every core (pip would compile them one at a time, ~60 s): with
+# PYTHONDONTWRITEBYTECODE set, as on these machines, nothing else would, and every notebook kernel would compile
+# torch's modules again (+8-11 s each, measured). compileall's exit status is not checked: like pip, it reports
+# and skips the few files of third-party packages that are not valid Python 3.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 -e ".[test]"
+	$(PY) -m pip install -q --no-compile torch==2.14.1 torchvision==0.29.1 -e ".[test]"
+	-$(PY) -m compileall -qq -j 0 $(VENV)/lib
 	touch $@
 
 # GNU time records each stage's wall seconds and peak resident memory (KiB, the largest process:
@@ -51,13 +54,15 @@ CELL_TIMEOUT ?= $(if $(filter imagenet,$(PROFILE)),,7200)
 stage_src = $(if $(wildcard $(DEPS)/$(1).mk),,$(SRC))
 -include $(wildcard $(DEPS)/*.mk)
 .SECONDEXPANSION:
-# After the notebooks: the toy world's science gates, the claims ledger (tables/ledger), README's results block
+# After the notebooks: the toy world's science gates, the verdict table over every claim (tables/verdicts: only
+# now are all the tables it reads written), the claims ledger (tables/ledger), README's results block
 # (toy) and, last, results/<profile>/MANIFEST.json over every table and figure (`make verify` checks it). A failed
 # gate still gets its ledger and manifest written; `make all` then exits with the gates' status.
 all: | $(STAMP)
 	@$(MAKE) --no-print-directory --output-sync=line -j$(JOBS) notebooks
 	@rc=0; \
 	if [ "$(PROFILE)" = toy ]; then $(PY) -m cortex_nb gates --profile toy || rc=$$?; fi; \
+	$(PY) -m cortex_nb verdicts --profile $(PROFILE) > /dev/null || exit $$?; \
 	$(PY) -m cortex_nb ledger --profile $(PROFILE) || exit $$?; \
 	if [ "$(PROFILE)" = toy ]; then $(PY) tools/readme.py toy || exit $$?; fi; \
 	$(PY) -m cortex_nb manifest --profile $(PROFILE) || exit $$?; \
@@ -97,14 +102,15 @@ $(EXEC)/%.ipynb: notebooks/%.ipynb cortex_nb/profiles/_base.yaml cortex_nb/profi
 	  && awk '{printf "   %s took %.0f s, peak memory %.0f MiB\n", $$1, $$2, $$3 / 1024}' results/$(PROFILE)/timings/$*.txt \
 	  || { rc=$$?; rm -f "$$tmp"; exit $$rc; }
 
-# The stage graph, not a chain: 01 samples from 00's VQGM and 02 trains on 01's stores; after 02, notebooks 03, 05,
-# 07 and 08 read only the caches of 00-02 (each builds what else it needs: 05 and 07 their own TSVs of the test
-# split if 03 has not written them yet), 04 reuses 03's TSVs of the train split and 06 04's concept sets. `make all`
-# runs the stages after 02 JOBS at a time (default 2), each with CORTEX_THREADS=1: on the 2-core CPU two
-# single-thread processes do ~1.4x the work of one two-thread process on these small models (optimize.py's
-# measurement). A stage's numbers depend on its own thread count only, never on what runs beside it; JOBS=1 runs
-# every stage alone on the profile's threads, the default for imagenet (one GPU: two stages would share its memory)
-# and paper-dry (12.5 GB a stage on a 24 GB machine).
+# The stage graph, not a chain: 01 samples from 00's VQGM and 02 trains on 01's stores; 08 reads only 00's VQGM and
+# 01's stores (its scene models are its own), so it runs beside 02; after 02, notebooks 03, 05 and 07 read only the
+# caches of 00-02 (each builds what else it needs: 05 and 07 their own TSVs of the test split if 03 has not written
+# them yet), 04 reuses 03's TSVs of the train split and 06 04's concept sets. `make all` runs the stages JOBS at a
+# time (default 2), those after 01 with CORTEX_THREADS=1 (02, alone in its window but for 08, keeps the profile's
+# threads): on the 2-core CPU two single-thread processes do ~1.4x the work of one two-thread process on these small
+# models (optimize.py's measurement). A stage's numbers depend on its own thread count only, never on what runs
+# beside it; JOBS=1 runs every stage alone on the profile's threads, the default for imagenet (one GPU: two stages
+# would share its memory) and paper-dry (12.5 GB a stage on a 24 GB machine).
 JOBS    ?= $(if $(filter imagenet paper-dry,$(PROFILE)),1,2)
 stage    = $(filter $(EXEC)/$(1)_%,$(OUTS))
 AFTER_02 = $(foreach s,03 04 05 06 07 08,$(call stage,$(s)))
@@ -113,17 +119,17 @@ $(AFTER_02): STAGE_ENV := CORTEX_THREADS=1
 endif
 $(call stage,01): $(call stage,00)
 $(call stage,02): $(call stage,01)
-$(call stage,03) $(call stage,05) $(call stage,07) $(call stage,08): $(call stage,02)
+$(call stage,08): $(call stage,01)
+$(call stage,03) $(call stage,05) $(call stage,07): $(call stage,02)
 $(call stage,04): $(call stage,03)
 $(call stage,06): $(call stage,04)
 
-# Two lanes after 02 (order-only prerequisites: an order, not a dependency), so that with JOBS=2 a stage does not
-# wait on its input while the other lane runs out of work: 05 (the longest; its Gumbel runs are two processes of their own), then
-# 08; and 03 -> 04 -> 06 -> 07. Without them make starts whatever is first in its list when a slot frees, and 04
-# (which needs 03) ran last, alone on one thread (measured: ~200 s of one idle core).
+# Two lanes after 02 (order-only prerequisites: an order, not a dependency), so that with JOBS=2 neither core idles
+# while the other runs the long chain: 05 (the longest; its Gumbel runs are two processes of their own), then 06; and
+# 03 -> 04 -> 07 (make's list order starts 05 before 03, and 04 before 07, when a slot frees). Without an order 04
+# (which needs 03) once ran last, alone on one thread (measured: ~200 s of one idle core).
 ifneq ($(JOBS),1)
-$(call stage,08): | $(call stage,05)
-$(call stage,07): | $(call stage,06)
+$(call stage,06): | $(call stage,05)
 endif
 
 # the notebooks alone (`make all` runs this with -j)
@@ -140,9 +146,12 @@ seeds: $(OUTS)
 	$(PY) -m cortex_nb manifest --profile $(PROFILE)
 
 # `make test`: the unit tests but the slow ones, in two single-thread processes (pytest-xdist; a test module stays in
-# one process, so its module fixtures are built once), then nbval. `make test-slow`: the tests marked slow (the
-# paper-dry slice at the real shapes: ~6 min, 12.5 GB); CI (.ci/run) runs both.
-test: unit nbval
+# one process, so its module fixtures are built once), and nbval beside them (the unit tests write only under
+# their own temporary directories, nbval under results/smoke and figures/smoke: the two never share a file; each
+# prints its report when it ends). `make test-slow`: the tests marked slow (the paper-dry slice at the real shapes:
+# ~6 min, 12.5 GB); CI (.ci/run) runs both.
+test: $(STAMP)
+	@$(MAKE) --no-print-directory --output-sync=target -j2 unit nbval
 
 unit: $(STAMP)
 	CORTEX_PROFILE=smoke $(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile tests
