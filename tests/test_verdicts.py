@@ -80,6 +80,25 @@ def test_verdict_frame_on_hand_written_replicates(tmp_path):
     assert set(two.verdict) == {"inconclusive"}
 
 
+def test_notebook_05_judges_only_its_own_claims_and_writes_nothing(tmp_path):
+    """Notebook 05 runs beside 03 and 04 under `make all`: it judges the Table 3 claims alone (the others read tables
+    that may still be being written) and writes no table; `make all` writes the full table after every notebook."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.merge(load_profile("smoke"), {"paths": {"tables": str(tmp_path / "out")}})
+    dirs = {}
+    for r, (f3, t2, t3) in enumerate(((-0.05, -0.01, 0.02), (-0.02, 0.03, 0.01), (-0.07, -0.02, 0.04))):
+        dirs[r] = tmp_path / f"r{r}" / "tables"
+        _write_replicate(dirs[r], f3, t2, t3)
+    full = V.verdict_frame(cfg, dirs)
+    own = V.verdict_frame(cfg, dirs, prefix="table3")
+    assert set(own.claim) == {c for c in full.claim if c.startswith("table3")} and len(own) < len(full)
+    pd.testing.assert_frame_equal(own.reset_index(drop=True),
+                                  full[full.claim.str.startswith("table3")].reset_index(drop=True))
+    disp = V.verdict_table(cfg, own, dirs, write=False)
+    assert len(disp) == own.claim.nunique() and not (tmp_path / "out").exists()
+
+
 def test_a_settings_variant_is_shown_beside_the_verdict_and_never_counted(tmp_path, monkeypatch):
     """results/<p>/variants/<name>: one run under other settings gets its own column (each case judged on
     its own interval), the caption names the settings it differs in, and the verdicts do not move."""

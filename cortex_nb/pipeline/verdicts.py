@@ -349,14 +349,18 @@ def judge(evidence: list[Evidence], needed: int) -> str:
     return "inconclusive"
 
 
-def verdict_frame(cfg: DictConfig, dirs: dict[int, Path] | None = None, needed: int | None = None) -> pd.DataFrame:
+def verdict_frame(cfg: DictConfig, dirs: dict[int, Path] | None = None, needed: int | None = None,
+                  prefix: str = "") -> pd.DataFrame:
     """A row per (claim, evaluator): verdict, the replicates it rests on, the headline replicate's
     paired estimate and interval (its least favourable case), and the estimate's range over replicates.
-    ``needed``: replicates a verdict needs (default ``replicates``; 1 judges a single run)."""
+    ``needed``: replicates a verdict needs (default ``replicates``; 1 judges a single run); ``prefix``: only the
+    claims whose key starts with it (notebook 05: "table3", the claims of its own tables)."""
     dirs = replicate_dirs(cfg) if dirs is None else dirs
     needed = int(cfg.replicates) if needed is None else int(needed)
     rows = []
     for claim in CLAIMS:
+        if not claim.key.startswith(prefix):
+            continue
         per_rep = {r: claim.evidence(d, cfg) for r, d in dirs.items()}
         evaluators = list(dict.fromkeys(e for ev in per_rep.values() for e in ev))
         for evn in evaluators:
@@ -382,10 +386,12 @@ def _overall(g: pd.DataFrame) -> str:
     return "mixed: " + "; ".join(parts)
 
 
-def verdict_table(cfg: DictConfig, df: pd.DataFrame, dirs: dict[int, Path] | None = None) -> pd.DataFrame:
+def verdict_table(cfg: DictConfig, df: pd.DataFrame, dirs: dict[int, Path] | None = None,
+                  write: bool = True) -> pd.DataFrame:
     """README's table: a row per claim -- the verdict (per evaluator where they differ), the headline
-    replicate's paired intervals, the spread over replicates, what the toy world builds in. Writes
-    verdicts (the compact table) and verdicts_detail (a row per claim and evaluator)."""
+    replicate's paired intervals, the spread over replicates, what the toy world builds in. With ``write``, writes
+    verdicts (the compact table) and verdicts_detail (a row per claim and evaluator): `make all` does, after every
+    notebook has written its tables (a notebook reading another's tables while it runs would race it)."""
     dirs = replicate_dirs(cfg) if dirs is None else dirs
     rows = []
     for key, g in df.groupby("claim", sort=False):
@@ -408,8 +414,9 @@ def verdict_table(cfg: DictConfig, df: pd.DataFrame, dirs: dict[int, Path] | Non
     head = dirs.get(0)
     for name, d in variants.items():
         cap += f" Variant {name} (one run, not counted): " + (settings_diff(d, head) if head else "") + "."
-    write_table(df.drop(columns=["text", "built_in"]), cfg.paths.tables, "verdicts_detail", caption=cap)
-    write_table(pd.DataFrame(rows), cfg.paths.tables, "verdicts", display=disp, caption=cap)
+    if write:
+        write_table(df.drop(columns=["text", "built_in"]), cfg.paths.tables, "verdicts_detail", caption=cap)
+        write_table(pd.DataFrame(rows), cfg.paths.tables, "verdicts", display=disp, caption=cap)
     return disp
 
 
