@@ -145,3 +145,41 @@ def test_a_factory_that_returns_no_vqgm_is_one_line_naming_what_is_missing(resul
     assert "cannot be imported" in capsys.readouterr().err
     assert main(["vqgm", "--profile", "smoke", "--set", "vqgm.family=python"]) == 2
     assert "vqgm.factory" in capsys.readouterr().err
+
+
+def _guide_code() -> str:
+    """The Python block of docs/your-model.md (the worked example of the guide)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "your-model.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 1
+    return blocks[0]
+
+
+def test_the_guides_example_is_under_60_lines_and_runs_fig3_through_the_cli(results, tmp_path, monkeypatch, capsys):
+    code = _guide_code()
+    assert len(code.strip().splitlines()) < 60
+    (tmp_path / "my_vqgm.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_vqgm
+
+    assert isinstance(my_vqgm.MyVQGM(), VQGMProtocol)
+    sets = [a for s in [*TINY, "vqgm.family=python", "vqgm.factory=my_vqgm:load"] for a in ("--set", s)]
+    assert main(["fig3", "--profile", "smoke", *sets]) == 0, capsys.readouterr().err
+    assert (results / "results" / "smoke" / "tables" / "fig3_image_level.csv").stat().st_size > 0
+
+
+def test_a_model_of_another_image_size_is_refused_by_name(results, capsys):
+    sets = [a for s in [*TINY, "vqgm.family=python", f"vqgm.factory={__name__}:tiny_vqgm", "world.image_size=64"]
+            for a in ("--set", s)]
+    assert main(["generate", "--profile", "smoke", *sets]) == 0     # the factory follows the profile: 64 px
+    sets = [a for s in [*TINY, "vqgm.family=python", f"vqgm.factory={__name__}:fixed_32px"] for a in ("--set", s)]
+    assert main(["generate", "--profile", "smoke", *sets, "--set", "world.image_size=64"]) == 2
+    err = capsys.readouterr().err
+    assert "world.image_size = 64" in err and "images of 32" in err
+
+
+def fixed_32px(cfg):
+    return TinyVQGM(image_size=32, n_classes=int(cfg.world.n_classes))

@@ -109,10 +109,17 @@ def _install_shipped_vqgm(cfg: DictConfig, tok, prior) -> None:
 
 def check_n_classes(cfg: DictConfig, vqgm):
     """``vqgm`` when its class-conditional prior knows exactly ``world.n_classes`` classes (the
-    Labelator's n_classes); else a ConfigMismatchError that names both numbers, before any
-    sampling fails with a bare 'class label out of range'."""
+    Labelator's n_classes) and, in the toy world, makes images of ``world.image_size`` pixels; else a
+    ConfigMismatchError that names both numbers, before any sampling fails with a bare 'class label out of
+    range' (or an evaluator with a shape error)."""
     from ..vqgm.taming_config import ConfigMismatchError
 
+    if cfg.vqgm.source == "toy" and int(vqgm.image_size) != int(cfg.world.image_size):
+        raise ConfigMismatchError(
+            f"profile {cfg.name!r} renders toy images of world.image_size = {int(cfg.world.image_size)} pixels, but "
+            f"the VQGM makes images of {int(vqgm.image_size)}",
+            fix=f"--set world.image_size={int(vqgm.image_size)}, or build the VQGM for {int(cfg.world.image_size)} "
+                f"pixels")
     want, have = int(cfg.world.n_classes), int(vqgm.n_classes)
     if want != have:
         ckpt = getattr(vqgm, "ckpt_path", None) or cfg.vqgm.ckpt or "the loaded VQGM"
