@@ -61,7 +61,7 @@ stage_src = $(if $(wildcard $(DEPS)/$(1).mk),,$(SRC))
 all: | $(STAMP)
 	@$(MAKE) --no-print-directory --output-sync=line -j$(JOBS) notebooks
 	@rc=0; \
-	if [ "$(PROFILE)" = toy ]; then $(PY) -m cortex_nb gates --profile toy || rc=$$?; fi; \
+	case "$(PROFILE)" in toy|toy-maskgit) $(PY) -m cortex_nb gates --profile $(PROFILE) || rc=$$?;; esac; \
 	$(PY) -m cortex_nb verdicts --profile $(PROFILE) > /dev/null || exit $$?; \
 	$(PY) -m cortex_nb ledger --profile $(PROFILE) || exit $$?; \
 	if [ "$(PROFILE)" = toy ]; then $(PY) tools/readme.py toy || exit $$?; fi; \

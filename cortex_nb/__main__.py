@@ -184,7 +184,7 @@ def _run(args, cfg) -> str:
             return ""
         from .pipeline import gates
 
-        df = gates.check(cfg.paths.tables)
+        df = gates.check(cfg.paths.tables, gates.science(cfg))
         print(gates.gate_table(cfg, df).to_string(index=False), flush=True)
         failed = list(df.gate[~df.passed])
         if failed:

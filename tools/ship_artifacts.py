@@ -4,6 +4,8 @@
 
 - ``vqgm``: the finished toy VQGM build of ``cache/vqgm`` (taming config.yaml + model.ckpt, its
   report.json and build.json) into ``cortex_nb/artifacts/toy-vqgm/``;
+- ``maskgit`` (with PROFILE toy-maskgit): the finished toy MaskGIT build of ``cache/vqgm-maskgit`` into
+  ``cortex_nb/artifacts/toy-maskgit/``;
 - an evaluator name (default: all four): ``cache/evaluators/<name>.pt`` with its .sha256 sidecar and
   its line of the training report into ``cortex_nb/artifacts/toy-evaluator-<name>/``. The two ViTs
   ship as trained (2.2 MB each); the ResNets (45 / 85 MB in float32) ship their floating-point
@@ -28,6 +30,7 @@ from cortex_nb.io.files import save_json
 from cortex_nb.pipeline.keys import evaluator_key, evaluators_cache_key
 
 VQGM_FILES = ["config.yaml", "model.ckpt", "report.json", "build.json"]
+MASKGIT_FILES = ["config.json", "model.pt", "model.pt.sha256", "report.json", "build.json"]
 SMALL_EVALUATORS = ["vit_p4", "vit_p8"]
 #: shipped with their floating-point tensors in float16 (the float32 files would take the artifacts past the cap)
 HALF_EVALUATORS = ["resnet18", "resnet34"]
@@ -59,6 +62,12 @@ def main(profile: str = "toy", *what: str) -> int:
             build = json.loads(open(f"{src}/build.json").read())
             entry = shipped.register("toy-vqgm", src, VQGM_FILES, build["hash"], trained_on=machine,
                                      what="the toy profile's VQGM: taming VQModel tokenizer + class-conditional GPT prior")
+        elif item == "maskgit":
+            src = Path(cfg.paths.cache) / "vqgm-maskgit"
+            build = json.loads((src / "build.json").read_text())
+            entry = shipped.register("toy-maskgit", src, MASKGIT_FILES, build["hash"], trained_on=machine,
+                                     what="the toy-maskgit profile's VQGM: taming Encoder / Decoder around "
+                                          "vector-quantize-pytorch's VectorQuantize + bidirectional MaskGIT prior")
         else:
             src = Path(cfg.paths.cache) / "evaluators"
             report = json.loads((src / "report.json").read_text())

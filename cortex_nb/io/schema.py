@@ -135,7 +135,8 @@ SCHEMA: dict[str, Check] = {
     "world.scene_bias": Check("float", lo=0, hi=1),
     "world.classes": Check("ints", lo=0, optional=True),
     "vqgm.source": _choice("toy", "taming"),
-    "vqgm.family": _choice("taming", "python"),
+    "vqgm.family": _choice("taming", "maskgit", "python"),
+    "vqgm.maskgit": Check("section"),
     "vqgm.factory": Check("str", optional=True),
     "vqgm.config": Check("str", optional=True),
     "vqgm.ckpt": Check("str", optional=True),
@@ -226,11 +227,13 @@ _POSITIVE = {"lr", "gamma"}
 
 
 def _section_dataclasses() -> dict[str, type]:
+    from ..engine.train import FitConfig
+    from ..toy.maskgit import MaskGITConfig
     from ..toy.prior import PriorConfig
     from ..toy.tokenizer import TokenizerConfig
-    from ..engine.train import FitConfig
 
-    return {"vqgm.tokenizer": TokenizerConfig, "vqgm.prior": PriorConfig, "evaluators.fit": FitConfig}
+    return {"vqgm.tokenizer": TokenizerConfig, "vqgm.prior": PriorConfig, "vqgm.maskgit": MaskGITConfig,
+            "evaluators.fit": FitConfig}
 
 
 def _field_check(name: str, annotation: str) -> Check | None:
@@ -292,6 +295,11 @@ def validate(tree: Mapping, refuse: Callable[[str, Any, str], Exception]) -> Non
     if tree["vqgm"]["family"] == "python" and not tree["vqgm"]["factory"]:
         raise refuse("vqgm.factory", tree["vqgm"]["factory"],
                      "'package.module:function' returning the VQGM (vqgm.family is python)")
+    if tree["vqgm"]["family"] == "maskgit":
+        if tree["vqgm"]["source"] != "toy":
+            raise refuse("vqgm.family", "maskgit", "taming or python: the toy MaskGIT is trained on the toy world "
+                         "(vqgm.source toy)")
+        _validate_sections(tree, refuse, ("vqgm.maskgit",))
     if tree["vqgm"]["source"] == "toy":
         _validate_sections(tree, refuse, ("vqgm.tokenizer", "vqgm.prior"))
     if tree["evaluators"]["source"] == "toy":

@@ -23,22 +23,23 @@ from ..vqgm import shipped
 from .context import setup
 from .keys import cache_path, evaluator_key, evaluators_cache_key
 
-__all__ = ["get_vqgm", "factory_vqgm", "check_n_classes", "class_ids", "real_toy_images", "get_evaluators"]
+__all__ = ["get_vqgm", "factory_vqgm", "toy_maskgit", "check_n_classes", "class_ids", "real_toy_images", "get_evaluators"]
 
 log = logging.getLogger("cortex_nb")
 
 
 def get_vqgm(cfg: DictConfig):
-    """The VQGM of the profile, loaded through the one loader :func:`cortex_nb.vqgm.load_vqgm`.
+    """The VQGM of the profile, a :class:`~cortex_nb.vqgm.protocol.VQGMProtocol`.
 
-    toy/smoke: trains the toy tokenizer + prior on first use (resumable, cached in
-    ``cache/vqgm``) and saves them in taming's format; imagenet: reads ``vqgm.config`` and
-    ``vqgm.ckpt`` (or $CORTEX_VQGM_CONFIG / $CORTEX_VQGM_CKPT).
+    ``vqgm.family: taming`` -- toy/smoke: the toy tokenizer + prior, shipped or trained on first use (resumable,
+    cached in ``cache/vqgm``) and saved in taming's format; imagenet: ``vqgm.config`` and ``vqgm.ckpt`` (or
+    $CORTEX_VQGM_CONFIG / $CORTEX_VQGM_CKPT); both read back through :func:`cortex_nb.vqgm.load_vqgm`.
+    ``maskgit``: the toy MaskGIT (:func:`toy_maskgit`). ``python``: what ``vqgm.factory`` returns.
     """
     from ..errors import CheckpointError
     from ..vqgm import load_vqgm
 
-    if cfg.vqgm.source == "toy" and distributed.active():  # torchrun: rank 0 trains, the others load
+    if cfg.vqgm.source == "toy" and cfg.vqgm.family != "python" and distributed.active():  # rank 0 trains
         return distributed.main_first(lambda: get_vqgm(cfg))
     setup(cfg)
     if bool(cfg.dry_run):                      # paper-dry: the released shapes, random weights, the same loader
@@ -49,6 +50,8 @@ def get_vqgm(cfg: DictConfig):
         return check_n_classes(cfg, load_vqgm(paths["config"], paths["ckpt"], device=cfg.device))
     if cfg.vqgm.family == "python":
         return check_n_classes(cfg, factory_vqgm(cfg))
+    if cfg.vqgm.family == "maskgit":
+        return check_n_classes(cfg, toy_maskgit(cfg))
     if cfg.vqgm.source == "toy":
         from ..toy.prior import PriorConfig
         from ..toy.tokenizer import TokenizerConfig
@@ -91,6 +94,26 @@ def factory_vqgm(cfg: DictConfig):
         raise UserError(f"vqgm.factory {spec!r} cannot be imported: {exc}",
                         fix="put the module on PYTHONPATH (or install it) and name a function in it") from exc
     return check_vqgm(fn(cfg), f"vqgm.factory {spec!r}")
+
+
+def toy_maskgit(cfg: DictConfig):
+    """The toy MaskGIT of the profile (``vqgm.maskgit``): the shipped one when its settings are the profile's (and
+    not CORTEX_FROM_SCRATCH), else trained here on first use (resumable, cached in ``cache/vqgm-maskgit``)."""
+    from ..toy.maskgit import MaskGITConfig
+    from ..toy.maskgit_training import build_key, build_toy_maskgit, is_built, load_maskgit
+
+    try:
+        mcfg = MaskGITConfig(**OmegaConf.to_container(cfg.vqgm.maskgit, resolve=True))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"profile {cfg.name!r}: vqgm.maskgit: {exc}") from None
+    settings = dict(seed=int(cfg.seed), n_classes=int(cfg.world.n_classes), scene_bias=float(cfg.world.scene_bias))
+    out = cache_path(cfg, "vqgm-maskgit")
+    key = build_key(mcfg, **settings)
+    if not is_built(out, key) and shipped.install("toy-maskgit", out, key):
+        log.info("toy MaskGIT: the shipped one (cortex_nb/artifacts/toy-maskgit, settings %s; "
+                 "CORTEX_FROM_SCRATCH=1 retrains it)", key)
+    build_toy_maskgit(out, mcfg, device=cfg.device, progress=bool(cfg.progress), **settings)
+    return load_maskgit(out, device=cfg.device)
 
 
 def _install_shipped_vqgm(cfg: DictConfig, tok, prior) -> None:

@@ -172,21 +172,29 @@ def generated_images(cfg: DictConfig, vqgm) -> dict:
 
 def control_generator(cfg: DictConfig, vqgm):
     """The VQGM with its prior retrained on an unbiased world (opt-in control, ``bias.generator_control``): the
-    profile's prior recipe (``vqgm.prior``) with ``bias.control_prior_steps`` steps on
-    ``bias.control_prior_n`` real toy images rendered at scene_bias 0.25 and encoded by the same tokenizer.
-    Resumable and cached under cache/bias/ (the GPT's checkpoint)."""
-    from ..toy.prior import PriorConfig, train_prior
-
+    profile's prior recipe (``vqgm.prior``, or the MaskGIT family's ``vqgm.maskgit``) with
+    ``bias.control_prior_steps`` steps on ``bias.control_prior_n`` real toy images rendered at scene_bias 0.25 and
+    encoded by the same tokenizer. Resumable and cached under cache/bias/ (the prior's checkpoint)."""
     b = cfg.bias
-    prior = PriorConfig(**{**profile_section(cfg.vqgm, "prior"), "n_train": int(b.control_prior_n),
-                           "steps": int(b.control_prior_steps)})
     data = scene_data(cfg, vqgm, "prior-uniform", int(b.control_prior_n), UNIFORM)
     key = _key(cfg, "prior-uniform", vqgm, keys=("control_prior_n", "control_prior_steps"))
-    gpt, stats = train_prior(prior, torch.from_numpy(data["tokens"]), torch.from_numpy(data["labels"]),
-                             K=int(vqgm.K), n_classes=int(cfg.world.n_classes), seed=int(cfg.seed),
-                             device=cfg.device, ckpt_dir=cache_path(cfg, "bias", f"prior-uniform-{key}"),
-                             progress=bool(cfg.progress))
-    return vqgm.with_prior(gpt), stats          # the same tokenizer and Labelator, another GPT
+    tokens, labels = torch.from_numpy(data["tokens"]), torch.from_numpy(data["labels"])
+    common = dict(n_classes=int(cfg.world.n_classes), seed=int(cfg.seed), device=cfg.device,
+                  ckpt_dir=cache_path(cfg, "bias", f"prior-uniform-{key}"), progress=bool(cfg.progress))
+    if cfg.vqgm.family == "maskgit":
+        from ..toy.maskgit import MaskGITConfig
+        from ..toy.maskgit_training import train_prior as train_maskgit_prior
+
+        recipe = MaskGITConfig(**{**profile_section(cfg.vqgm, "maskgit"), "prior_n_train": int(b.control_prior_n),
+                                  "prior_steps": int(b.control_prior_steps)})
+        prior, stats = train_maskgit_prior(recipe, tokens, labels, **common)
+    else:
+        from ..toy.prior import PriorConfig, train_prior
+
+        recipe = PriorConfig(**{**profile_section(cfg.vqgm, "prior"), "n_train": int(b.control_prior_n),
+                                "steps": int(b.control_prior_steps)})
+        prior, stats = train_prior(recipe, tokens, labels, K=int(vqgm.K), **common)
+    return vqgm.with_prior(prior), stats        # the same tokenizer, another prior
 
 
 def sampled_images(cfg: DictConfig, vqgm) -> dict:

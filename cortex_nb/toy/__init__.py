@@ -1,2 +1,3 @@
-"""The embedded toy world (ToyBirds) and the small models trained on it: the toy VQGM's tokenizer and prior, their
-training, the build in taming's format, and the toy evaluators."""
+"""The embedded toy world (ToyBirds) and the small models trained on it: the taming-family toy VQGM (tokenizer,
+autoregressive prior, their training, the build in taming's format), the MaskGIT-family toy VQGM (maskgit,
+maskgit_training), and the toy evaluators."""
