@@ -64,6 +64,8 @@ all: | $(STAMP)
 	case "$(PROFILE)" in toy|toy-maskgit) $(PY) -m cortex_nb gates --profile $(PROFILE) || rc=$$?;; esac; \
 	$(PY) -m cortex_nb verdicts --profile $(PROFILE) > /dev/null || exit $$?; \
 	$(PY) -m cortex_nb ledger --profile $(PROFILE) || exit $$?; \
+	if [ "$(PROFILE)" = toy-maskgit ] && [ -f results/toy/tables/ledger.csv ]; then \
+	  $(PY) -m cortex_nb families --profile $(PROFILE) > /dev/null || exit $$?; fi; \
 	if [ "$(PROFILE)" = toy ]; then $(PY) tools/readme.py toy || exit $$?; fi; \
 	$(PY) -m cortex_nb manifest --profile $(PROFILE) || exit $$?; \
 	exit $$rc

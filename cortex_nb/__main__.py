@@ -28,11 +28,14 @@ GPU run needs no Jupyter. Commands:
   verdicts          judge each of the paper's claims over the replicates found (holds / fails /
                     inconclusive): results/P/tables/verdicts.{csv,md,tex}
   gates             check the run's tables against the toy world's science gates (tokenizer, prior
-                    samples, Fig. 3, Table 2, localisation): results/P/tables/gates; exit status 1
-                    when one fails (`make all` runs it last on the toy profile)
+                    samples, Fig. 3, Table 2, localisation; another VQGM family than taming's: the
+                    model gates alone): results/P/tables/gates; exit status 1 when one fails (`make
+                    all` runs it last on the toy profiles)
   ledger            the claims ledger: each claim of the paper and of notebooks 07-08 as a named check
                     over the run's tables and its replicates (holds / fails / inconclusive, with the
                     numbers): results/P/tables/ledger.{csv,md,tex} (`make all` writes it)
+  families          P's claims ledger beside the taming toy model's (profile toy), check by check: where
+                    each claim holds, both families, one or neither: results/P/tables/families
   manifest          results/P/MANIFEST.json: each table's and figure's SHA-256, the notebook cell or
                     command that wrote it, commit, profile hash, versions, CPU (`make all` ends with it)
   verify            recompute the manifest's hashes and evaluate the ledger again; exit status 1 naming
@@ -78,7 +81,8 @@ NOT_IN_ALL: tuple[str, ...] = ()
 #: the splits whose TSVs a section reads (computed on every rank before rank 0 runs the section)
 TSV_SPLITS = {"fig3": ("test", "train"), "table2": ("train",), "table3": ("test",)}
 STAGES = ("vqgm", "evaluators", "vqgm-report", "generate", "train-extractors", "tsv", "fig3", "table2", "table3",
-          "faithfulness", "bias", "all", "seeds", "verdicts", "gates", "ledger", "manifest", "verify", "atlas")
+          "faithfulness", "bias", "all", "seeds", "verdicts", "gates", "ledger", "families", "manifest", "verify",
+          "atlas")
 SPLITS = ("train", "val", "test")
 
 
@@ -190,6 +194,14 @@ def _run(args, cfg) -> str:
         if failed:
             raise GateFailure(failed)
         return f"gates: {len(df)} passed"
+    if args.stage == "families":
+        if not main:
+            return ""
+        from .pipeline import families
+
+        disp = families.run(cfg)
+        print(disp.to_string(index=False), flush=True)
+        return "families: " + ", ".join(f"{k} {v}" for k, v in disp["Holds in"].value_counts().items())
     if args.stage in ("ledger", "manifest", "verify"):
         return _provenance(args.stage, cfg) if main else ""
     if args.stage == "atlas":

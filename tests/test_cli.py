@@ -119,8 +119,8 @@ def test_help_lists_every_section_command():
     from cortex_nb.__main__ import SECTIONS, STAGES, parser
 
     text = parser().format_help()
-    assert set(SECTIONS) | {"vqgm", "evaluators", "tsv", "all", "seeds", "verdicts", "gates", "ledger", "manifest",
-                            "verify", "atlas"} == set(STAGES)
+    assert set(SECTIONS) | {"vqgm", "evaluators", "tsv", "all", "seeds", "verdicts", "gates", "ledger", "families",
+                            "manifest", "verify", "atlas"} == set(STAGES)
     for command in STAGES:
         assert f"\n  {command} " in text, command
 
