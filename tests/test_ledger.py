@@ -136,3 +136,13 @@ def test_a_dry_run_ledger_says_its_numbers_are_meaningless(tmp_path, monkeypatch
     assert provenance.dry_run()
     main(["ledger", "--profile", "toy"])
     assert not provenance.dry_run()                                            # reset by the next profile
+
+
+def test_a_notebooks_own_checks_are_the_whole_ledgers_rows_for_it():
+    """Notebook 05 shows ledger_frame(cfg, notebook="05"): the same rows the whole ledger has for its tables."""
+    cfg = load_profile("toy")
+    whole = ledger.ledger_frame(cfg)
+    own = ledger.ledger_frame(cfg, notebook="05")
+    assert len(own) and set(own.notebook) == {"05"} and len(own) < len(whole)
+    pd.testing.assert_frame_equal(own.reset_index(drop=True), whole[whole.notebook == "05"].reset_index(drop=True))
+    assert list(ledger.ledger_view(own).columns)[:4] == ["Check", "Claim", "NB", "Verdict"]

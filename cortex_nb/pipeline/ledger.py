@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from ..io.tables import read_table, write_table
 from .verdicts import CLAIMS, Evidence, above, below, fmt_case, replicate_dirs, unpaired
 
-__all__ = ["Check", "CHECKS", "case_verdict", "check_verdict", "ledger_frame", "write_ledger", "verify_ledger",
+__all__ = ["Check", "CHECKS", "case_verdict", "check_verdict", "ledger_frame", "ledger_view", "write_ledger", "verify_ledger",
            "seed_sensitivity"]
 
 
@@ -274,11 +274,14 @@ def seed_sensitivity(per_rep: dict) -> str:
     return "differ: " + "; ".join(f"{v} in {', '.join(rs)}" for v, rs in groups.items())
 
 
-def ledger_frame(cfg: DictConfig, dirs: dict | None = None) -> pd.DataFrame:
-    """A row per check: its verdict, the headline run's verdict and numbers, each replicate's verdict."""
+def ledger_frame(cfg: DictConfig, dirs: dict | None = None, notebook: str | None = None) -> pd.DataFrame:
+    """A row per check: its verdict, the headline run's verdict and numbers, each replicate's verdict. ``notebook``:
+    only the checks of that notebook's tables (notebook 05 shows its own while the others may still be running)."""
     dirs = replicate_dirs(cfg) if dirs is None else dirs
     rows = []
     for check in CHECKS:
+        if notebook is not None and check.notebook != notebook:
+            continue
         per_rep = {}
         head_cases: dict[str, Evidence] = {}
         for r, d in dirs.items():
@@ -297,12 +300,18 @@ def ledger_frame(cfg: DictConfig, dirs: dict | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def ledger_view(df: pd.DataFrame) -> pd.DataFrame:
+    """The ledger as people read it (README, notebook 05): check, claim, notebook, verdict, the headline run's
+    estimates and intervals, what the seeds and machines say."""
+    return pd.DataFrame({"Check": df.check, "Claim": df.claim, "NB": df.notebook, "Verdict": df.verdict,
+                         "This run: estimate [95% interval] per case": df.numbers, "Seeds and machines": df.seeds})
+
+
 def write_ledger(cfg: DictConfig, df: pd.DataFrame | None = None) -> pd.DataFrame:
     """Write ``tables/ledger`` (CSV: every column; Markdown: the README's view); returns the frame."""
     dirs = replicate_dirs(cfg)
     df = ledger_frame(cfg, dirs) if df is None else df
-    disp = pd.DataFrame({"Check": df.check, "Claim": df.claim, "NB": df.notebook, "Verdict": df.verdict,
-                         "This run: estimate [95% interval] per case": df.numbers, "Seeds and machines": df.seeds})
+    disp = ledger_view(df)
     counts = df.verdict.value_counts()
     cap = (f"The claims ledger: {len(df)} checks over this run's tables and the replicates that have them "
            f"({', '.join(map(str, dirs))}). " + ", ".join(f"{v}: {n}" for v, n in counts.items()) + ". A case holds "
