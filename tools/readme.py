@@ -1,8 +1,10 @@
-"""Keep README.md's results section equal to the committed tables (make tooling, not the package).
+"""Keep README.md's headline and docs/results.md equal to the committed tables (make tooling, not the package).
 
-``python tools/readme.py [PROFILE]`` rewrites the block between the two markers below from
-``results/<profile>/tables/*.md`` and the key figures; ``make all`` runs it at the end, and a test
-checks that the README holds exactly what the tables say.
+``python tools/readme.py [PROFILE]`` rewrites, from ``results/<profile>/tables/*.md`` and the key figures, the block
+between the two results markers in ``docs/results.md`` (every table and figure) and the block between the two
+headline markers in ``README.md`` (the claims ledger's counts, every check that does not hold, and the two VQGM
+families side by side when ``results/toy-maskgit/tables/families.md`` exists); ``make all`` runs it at the end, and a
+test checks that both hold exactly what the tables say.
 """
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ from pathlib import Path
 from cortex_nb.io.config import repo_root
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+HEAD_START, HEAD_END = "<!-- headline:start -->", "<!-- headline:end -->"
+RESULTS_PAGE = Path("docs") / "results.md"
 
 # (table file stem, heading) in the order the paper presents them
 TABLES = [
     ("ledger", "The claims ledger: each claim of the paper and of notebooks 07-08 as a check over this run and its "
                "replicates (`make all`; `make verify` re-evaluates it)"),
-    ("verdicts", "Verdicts: which of the paper's claims hold in the toy world (notebook 05; `make seeds`)"),
     ("gates", "Science gates of this run (`python -m cortex_nb gates`; `make all` ends with it)"),
     ("vqgm_quality", "The toy VQGM (notebook 00)"),
     ("toy_evaluators", "The toy evaluators (notebook 00)"),
@@ -51,33 +54,59 @@ FIGURES = [
 
 
 def results_block(profile: str = "toy", root: Path | None = None) -> str:
-    """The README's results section, built from the committed tables and figures."""
+    """docs/results.md's block, built from the committed tables and figures (links relative to docs/)."""
     root = root or repo_root()
     tables = root / "results" / profile / "tables"
     parts = [START, "", f"Measured with `make all PROFILE={profile}` (tables: `results/{profile}/tables/`).", ""]
     for stem, heading in TABLES:
         path = tables / f"{stem}.md"
         if path.exists():
-            parts += [f"#### {heading}", "", path.read_text().strip(), ""]
+            parts += [f"## {heading}", "", path.read_text().strip(), ""]
     for stem, caption in FIGURES:
         if (root / "figures" / profile / f"{stem}.png").exists():
-            parts += [f"![{caption}](figures/{profile}/{stem}.png)", ""]
+            parts += [f"![{caption}](../figures/{profile}/{stem}.png)", ""]
     parts.append(END)
     return "\n".join(parts)
 
 
-def update_readme(profile: str = "toy", root: Path | None = None) -> bool:
-    """Rewrite the results block of README.md; returns whether it changed."""
+def headline_block(profile: str = "toy", root: Path | None = None) -> str:
+    """README's headline: the ledger's counts, each check that does not hold (one line), the families table."""
+    import pandas as pd
+
     root = root or repo_root()
-    readme = root / "README.md"
-    text = readme.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{readme} has no {START} ... {END} block")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = head + results_block(profile, root) + tail
-    readme.write_text(new)
+    led = pd.read_csv(root / "results" / profile / "tables" / "ledger.csv")
+    counts = ", ".join(f"**{n} {v}**" for v, n in led.verdict.value_counts().items())
+    reps = sorted({r for x in led.replicates.astype(str) for r in x.split() if r != "nan"})
+    parts = [HEAD_START, "",
+             f"The claims ledger of `make all PROFILE={profile}` judges {len(led)} checks (the paper's claims and this "
+             f"companion's controls) over replicates {', '.join(reps)}: {counts}. Those that do not hold:", ""]
+    for r in led[led.verdict != "holds"].itertuples():
+        parts.append(f"- **{r.verdict}** `{r.check}` (notebook {int(r.notebook):02d}): {r.claim}")
+    fam = root / "results" / "toy-maskgit" / "tables" / "families.md"
+    if fam.exists():
+        parts += ["", "Two VQGM families on the same toy world, every check under the same rules (`make all "
+                  "PROFILE=toy-maskgit`; `results/toy-maskgit/tables/families`):", "", fam.read_text().strip()]
+    parts += ["", HEAD_END]
+    return "\n".join(parts)
+
+
+def _replace(path: Path, start: str, end: str, block: str) -> bool:
+    text = path.read_text()
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = head + block + tail
+    path.write_text(new)
     return new != text
+
+
+def update_readme(profile: str = "toy", root: Path | None = None) -> bool:
+    """Rewrite README.md's headline block and docs/results.md's results block; returns whether either changed."""
+    root = root or repo_root()
+    a = _replace(root / "README.md", HEAD_START, HEAD_END, headline_block(profile, root))
+    b = _replace(root / RESULTS_PAGE, START, END, results_block(profile, root))
+    return a or b
 
 
 if __name__ == "__main__":
