@@ -54,6 +54,10 @@ def test_table1_checks_against_chance_and_between_extractors(toy):
     assert row(df, "table1_above_chance").verdict == "holds"
     assert row(df, "table1_ce_vs_re").verdict == "inconclusive"               # the intervals overlap
     assert row(df, "fig3_CE").verdict == "no data" and row(df, "fig3_CE").seeds == "no data"
+    # every test image right: a one-point interval still shows its value (it used to print the case alone)
+    table1(res / "tables", ce=(0.996, 0.99, 1.0), re=(1.0, 1.0, 1.0))
+    numbers = row(ledger.ledger_frame(cfg), "table1_above_chance").numbers
+    assert "RE: top-1 1.000 on every resample, chance 0.100" in numbers and "CE: +0.996 [+0.990, +1.000]" in numbers
 
 
 def test_a_verdict_that_differs_between_seeds_is_inconclusive(toy):
