@@ -29,12 +29,12 @@ setup: $(STAMP)
 # everything else comes from pyproject.toml, the one list of dependencies. One pip call (one resolution). The
 # installed modules are then byte-compiled on every core (pip would compile them one at a time, ~60 s): with
 # PYTHONDONTWRITEBYTECODE set, as on these machines, nothing else would, and every notebook kernel would compile
-# torch's modules again (+8-11 s each, measured). compileall's exit status is not checked: like pip, it reports
-# and skips the few files of third-party packages that are not valid Python 3.
+# torch's modules again (+8-11 s each, measured). compileall's exit status and warnings are not shown: like pip, it
+# skips the few files of third-party packages that are not valid Python 3.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile torch==2.14.1 torchvision==0.29.1 -e ".[test]"
-	-$(PY) -m compileall -qq -j 0 $(VENV)/lib
+	$(PY) -W ignore -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $@
 
 # GNU time records each stage's wall seconds and peak resident memory (KiB, the largest process:
