@@ -55,8 +55,8 @@ stage_src = $(if $(wildcard $(DEPS)/$(1).mk),,$(SRC))
 -include $(wildcard $(DEPS)/*.mk)
 .SECONDEXPANSION:
 # After the notebooks: the toy world's science gates, the verdict table over every claim (tables/verdicts: only
-# now are all the tables it reads written), the claims ledger (tables/ledger), README's results block
-# (toy) and, last, results/<profile>/MANIFEST.json over every table and figure (`make verify` checks it). A failed
+# now are all the tables it reads written), the claims ledger (tables/ledger), the two families side by side
+# (toy-maskgit), README's headline and docs/results.md (toy) and, last, results/<profile>/MANIFEST.json over every table and figure (`make verify` checks it). A failed
 # gate still gets its ledger and manifest written; `make all` then exits with the gates' status.
 all: | $(STAMP)
 	@$(MAKE) --no-print-directory --output-sync=line -j$(JOBS) notebooks
@@ -128,8 +128,8 @@ $(call stage,06): $(call stage,04)
 
 # Two lanes after 02 (order-only prerequisites: an order, not a dependency), so that with JOBS=2 neither core idles
 # while the other runs the long chain: 05 (the longest; its Gumbel runs are two processes of their own), then 06; and
-# 03 -> 04 -> 07 (make's list order starts 05 before 03, and 04 before 07, when a slot frees). Without an order 04
-# (which needs 03) once ran last, alone on one thread (measured: ~200 s of one idle core).
+# 03, then 04 and 07 in whichever order make picks when 03 ends (measured: 07 first). Without an order 04 (which needs
+# 03) once ran last, alone on one thread (measured: ~200 s of one idle core).
 ifneq ($(JOBS),1)
 $(call stage,06): | $(call stage,05)
 endif
