@@ -155,14 +155,15 @@ seeds: $(OUTS)
 test: $(STAMP)
 	@$(MAKE) --no-print-directory --output-sync=target -j2 unit nbval
 
+# CORTEX_STRICT_FIGURES: a figure with text over text or a wide empty band fails the test that saves it (cortex_nb.io.figures)
 unit: $(STAMP)
-	CORTEX_PROFILE=smoke $(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile tests
+	CORTEX_STRICT_FIGURES=1 CORTEX_PROFILE=smoke $(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile tests
 
 test-slow: $(STAMP)
-	CORTEX_PROFILE=smoke $(PY) -m pytest -q -m slow tests
+	CORTEX_STRICT_FIGURES=1 CORTEX_PROFILE=smoke $(PY) -m pytest -q -m slow tests
 
 nbval: $(STAMP)
-	CORTEX_PROFILE=smoke $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --current-env $(NBS)
+	CORTEX_STRICT_FIGURES=1 CORTEX_PROFILE=smoke $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --current-env $(NBS)
 
 # JupyterLab rooted at the checkout (so results/ and figures/ are in its file browser), opening notebooks/.
 lab: $(STAMP)

@@ -17,3 +17,6 @@ def _seed_and_threads():
     np.random.seed(0)
     torch.set_num_threads(THREADS)
     yield
+
+# a figure with text over text or a wide empty band fails the test that saves it (cortex_nb.io.figures.save_figure)
+os.environ.setdefault("CORTEX_STRICT_FIGURES", "1")

@@ -288,7 +288,8 @@ def token_examples(cfg: DictConfig, tsv: np.ndarray, concept: torch.Tensor, vqgm
             flat = int(top[i, j])
             pos.append((flat // m, flat % m))
         out.append({"class": int(c), "token": tok, "images": chosen.tolist(), "positions": pos})
-    return out
+    # a class none of whose images has a concept token among its top n has nothing to show (tiny runs)
+    return [ex for ex in out if ex["images"]] or out
 
 
 def token_figure(cfg: DictConfig, examples: list[dict], vqgm, name: str = "fig2_token_visualisation", per_row: int = 6):
@@ -296,11 +297,21 @@ def token_figure(cfg: DictConfig, examples: list[dict], vqgm, name: str = "fig2_
     test_images = np.asarray(load_split(cfg, "test", vqgm).images)     # (N, H, W, 3) uint8
     p = test_images.shape[1] // vqgm.m
     blank = np.full_like(test_images[0], 255)
+    if not any(ex["images"] for ex in examples):    # a tiny run: say so rather than draw empty rows
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=(6, 0.6))
+        fig.text(0.5, 0.5, "No image of these classes has one of its class's concept tokens among its top n "
+                           "(a run too small to show one)", ha="center", va="center", fontsize=9)
+        save_figure(fig, cfg.paths.figures, name)
+        return fig
+    per_row = max(1, min(per_row, max(len(ex["images"]) for ex in examples)))  # no column empty in every row
     imgs, boxes, labels = [], [], []
     names = class_names(cfg)
     for ex in examples:
-        row = [test_images[i] for i in ex["images"]] + [blank] * (per_row - len(ex["images"]))
-        bx = [[(c * p, r * p, p, p)] for r, c in ex["positions"]] + [[]] * (per_row - len(ex["images"]))
+        shown = ex["images"][:per_row]
+        row = [test_images[i] for i in shown] + [blank] * (per_row - len(shown))
+        bx = [[(c * p, r * p, p, p)] for r, c in ex["positions"][:per_row]] + [[]] * (per_row - len(shown))
         imgs += row
         boxes += bx
         labels.append(f"{names[ex['class']]}\ntoken {ex['token']}")

@@ -236,6 +236,7 @@ def fig_curves(cfg: DictConfig, frame: pd.DataFrame, arch: str = "CE", name: str
                                                                       else "revealed"))
     axes[0, 0].set_ylabel("mean P(true)")
     axes[1, 0].set_ylabel("mean P(true)")
+    axes[0, 0].set_ylim(-0.02, 1.02)         # a probability: one scale for every run (shared by every panel)
     axes[0, -1].legend(fontsize=6)
     fig.suptitle(f"Deletion and insertion curves, {arch}'s attributions ({fill_of(cfg)} fill)", fontsize=9)
     fig.tight_layout()
