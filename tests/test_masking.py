@@ -326,3 +326,43 @@ def test_edit_scoring_shows_only_the_images_an_edit_changed():
     np.testing.assert_array_equal(fast["e"][1], full["e"][1])
     assert fast["e"][0][1] != before["e"][0][1]
     np.testing.assert_array_equal(fast["e"][0][[0, 2]], before["e"][0][[0, 2]])
+
+
+def test_checkpoints_are_scored_against_the_one_before_and_equal_scoring_each_alone():
+    """s05's score_checkpoints: the probabilities of every checkpoint equal scoring that checkpoint's images
+    from scratch, and an image is decoded again only at the checkpoints where its tokens changed."""
+    from cortex_nb.pipeline.s05_editing import _probs, score_checkpoints
+
+    class Decoder:
+        device = torch.device("cpu")
+        decoded = 0
+
+        def decode(self, t):
+            Decoder.decoded += len(t)
+            x = t.float().repeat_interleave(2, 1).repeat_interleave(2, 2) / 10 - 1
+            return x[:, None].expand(-1, 3, -1, -1)
+
+    class Ev(_Counting):
+        def predict_proba(self, x):
+            return super().predict_proba((torch.as_tensor(x) + 1) * 127.5)
+
+    g = torch.Generator().manual_seed(0)
+    original = torch.randint(0, 10, (6, 2, 2), generator=g)
+    cks, t = [], original.clone()
+    changes = [[0, 1], [], [1], [4, 5], []]                 # which images each step changes
+    for step in changes:
+        t = t.clone()
+        for i in step:
+            t[i, 0, 0] = (t[i, 0, 0] + 3) % 10
+        cks.append(t)
+    src, tgt = torch.arange(6) % 3, (torch.arange(6) + 1) % 3
+    ev = Ev()
+    unedited = _probs({"e": ev}, Decoder(), original, src, tgt)
+    before = {"e": (unedited["e"][0], unedited["e"][1], None)}
+    Decoder.decoded = 0
+    chained = score_checkpoints({"e": ev}, Decoder(), torch.stack(cks), src, tgt, original, before)
+    assert Decoder.decoded == sum(len(c) for c in changes)
+    for c, got in zip(cks, chained):
+        alone = _probs({"e": ev}, Decoder(), c, src, tgt)
+        np.testing.assert_array_equal(got["e"][0], alone["e"][0])
+        np.testing.assert_array_equal(got["e"][1], alone["e"][1])

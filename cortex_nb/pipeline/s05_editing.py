@@ -180,9 +180,10 @@ def _ordered(out: dict, extractors: dict, regions, methods: dict) -> dict:
 def _probs(evaluators: dict, vqgm, tokens: torch.Tensor, source, target, original: torch.Tensor | None = None,
            before: dict | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Decode tokens once and score: {evaluator: (P(source) (B,), P(target) (B,))}. With ``original``
-    (the unedited tokens) and ``before`` ({evaluator: (P(source), P(target), ...)} of the unedited
-    images), only the images whose tokens the edit changed are decoded and shown to the evaluators;
-    an unchanged image keeps its unedited probabilities (ΔP exactly 0: the image is the same)."""
+    (tokens already scored: the unedited ones, or the previous checkpoint's) and ``before``
+    ({evaluator: (P(source), P(target), ...)} of those), only the images whose tokens differ from
+    ``original`` are decoded and shown to the evaluators; an unchanged image keeps its probabilities
+    (against the unedited images: ΔP exactly 0, the image is the same)."""
     rows = torch.arange(len(tokens)) if original is None else \
         torch.nonzero((tokens != original).flatten(1).any(1)).squeeze(1)
     images = vqgm.decode(tokens[rows].to(vqgm.device)).cpu() if len(rows) else None
@@ -195,6 +196,19 @@ def _probs(evaluators: dict, vqgm, tokens: torch.Tensor, source, target, origina
             ps[rows.numpy()] = p.gather(1, source[rows][:, None]).squeeze(1).numpy()
             pt[rows.numpy()] = p.gather(1, target[rows][:, None]).squeeze(1).numpy()
         out[name] = (ps, pt)
+    return out
+
+
+def score_checkpoints(evaluators: dict, vqgm, checkpoints, source, target, original: torch.Tensor,
+                      before: dict) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """:func:`_probs` of each checkpoint (S, B, m, m) in order, each scored against the one before it (the first
+    against ``original`` with ``before``): an image whose tokens did not change since keeps its probabilities (it
+    is the same image), so only the images an optimisation step changed are decoded and shown again."""
+    out, prev, prev_p = [], original, before
+    for t in checkpoints:
+        prev_p = _probs(evaluators, vqgm, t, source, target, prev, prev_p)
+        prev = t
+        out.append(prev_p)
     return out
 
 
@@ -236,7 +250,7 @@ def _edit_deltas(cfg: DictConfig, edits: dict, evaluators: dict, vqgm) -> tuple[
     deltas, original = {}, batch["tokens"]
     for (arch, method, region), r in edits.items():
         # best-of-checkpoints is the reference's protocol for the paper's (central) region only
-        ck = ([_probs(evaluators, vqgm, t, src, tgt, original, before) for t in r["checkpoints"]]
+        ck = (score_checkpoints(evaluators, vqgm, r["checkpoints"], src, tgt, original, before)
               if region == "central" and "checkpoints" in r else [])
         # the last checkpoint is the final state when steps is a multiple of record_every: score it once
         same = len(ck) > 0 and torch.equal(r["checkpoints"][-1], r["final"])
