@@ -18,10 +18,10 @@ export OMP_WAIT_POLICY := PASSIVE
 FROM_SCRATCH ?=
 export CORTEX_FROM_SCRATCH := $(FROM_SCRATCH)
 
-.PHONY: setup all verify seeds test test-slow unit nbval lab bench atlas bias-control gpu-check clean help
+.PHONY: setup all verify seeds test test-slow unit nbval lab bench atlas book bias-control gpu-check clean help
 
 help:
-	@echo "make setup | all [PROFILE=toy|smoke|imagenet] [JOBS=2] [CELL_TIMEOUT=seconds] [FROM_SCRATCH=1] | verify | seeds | test | test-slow | lab | atlas | bias-control | gpu-check | bench | clean"
+	@echo "make setup | all [PROFILE=toy|smoke|imagenet] [JOBS=2] [CELL_TIMEOUT=seconds] [FROM_SCRATCH=1] | verify | seeds | test | test-slow | lab | atlas | book | bias-control | gpu-check | bench | clean"
 
 setup: $(STAMP)
 
@@ -33,7 +33,7 @@ setup: $(STAMP)
 # skips the few files of third-party packages that are not valid Python 3.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile torch==2.14.1 torchvision==0.29.1 -e ".[test]"
+	$(PY) -m pip install -q --no-compile torch==2.14.1 torchvision==0.29.1 -e ".[test,book]"
 	$(PY) -W ignore -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $@
 
@@ -170,7 +170,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks
 
 clean:
-	rm -rf results/*/cache results/*/executed results/*/timings results/*/deps results/smoke figures/smoke
+	rm -rf results/*/cache results/*/executed results/*/book results/*/timings results/*/deps results/smoke figures/smoke
 
 bench: $(STAMP)
 	@start=$$(date +%s); \
@@ -184,6 +184,12 @@ bench: $(STAMP)
 # from file://, offline). Needs `make all` first (its caches); takes about a minute on the toy profile.
 atlas: $(STAMP)
 	$(PY) -m cortex_nb atlas --profile $(PROFILE)
+
+# The companion as a static site (Jupyter Book) from the executed notebooks of `make all` (nothing runs again), the
+# docs pages, the claims ledger and, when `make atlas` wrote it, the token atlas: results/<profile>/book/html/index.html
+# (opens from file://, no network request at view time).
+book: $(STAMP)
+	$(PY) -m cortex_nb book --profile $(PROFILE)
 
 # The GPU check (issue #17): on a CUDA machine with nothing downloaded, the paper's models at their real shapes with
 # random weights (cortex_nb.vqgm.paper_dry) -- sampling with the KV cache, masked evaluation at 224 px, CE / RE training,

@@ -43,6 +43,9 @@ GPU run needs no Jupyter. Commands:
                     holds (`make verify`)
   atlas             the token atlas (`make atlas`): a static HTML site of CE's concept tokens, a
                     page per class and per token, in results/P/atlas (opens from file://, offline)
+  book              the companion as a static site (`make book`): Jupyter Book over the executed notebooks
+                    of `make all` (nothing runs again), the docs, the ledger and the atlas, in
+                    results/P/book/html (opens from file://, no network request at view time)
 
 Data parallel, N processes on one machine (gloo on CPU, nccl with one GPU per process on CUDA):
 
@@ -82,7 +85,7 @@ NOT_IN_ALL: tuple[str, ...] = ()
 TSV_SPLITS = {"fig3": ("test", "train"), "table2": ("train",), "table3": ("test",)}
 STAGES = ("vqgm", "evaluators", "vqgm-report", "generate", "train-extractors", "tsv", "fig3", "table2", "table3",
           "faithfulness", "bias", "all", "seeds", "verdicts", "gates", "ledger", "families", "manifest", "verify",
-          "atlas")
+          "atlas", "book")
 SPLITS = ("train", "val", "test")
 
 
@@ -212,6 +215,14 @@ def _run(args, cfg) -> str:
         index = build_atlas(cfg)
         size = sum(f.stat().st_size for f in index.parent.rglob("*") if f.is_file())
         return f"atlas: {index} ({size / 1e6:.1f} MB)"
+    if args.stage == "book":
+        if not main:
+            return ""
+        from .pipeline.book import build
+
+        index = build(str(cfg.name))
+        size = sum(f.stat().st_size for f in index.parent.rglob("*") if f.is_file())
+        return f"book: {index} ({size / 1e6:.1f} MB)"
     if args.stage in ("vqgm", "evaluators", "vqgm-report"):  # one process builds, the others wait
         summary = ""
         if main:

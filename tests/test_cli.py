@@ -120,7 +120,7 @@ def test_help_lists_every_section_command():
 
     text = parser().format_help()
     assert set(SECTIONS) | {"vqgm", "evaluators", "tsv", "all", "seeds", "verdicts", "gates", "ledger", "families",
-                            "manifest", "verify", "atlas"} == set(STAGES)
+                            "manifest", "verify", "atlas", "book"} == set(STAGES)
     for command in STAGES:
         assert f"\n  {command} " in text, command
 
