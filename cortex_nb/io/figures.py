@@ -51,24 +51,32 @@ def save_figure(fig, directory: str | Path, name: str, *, pdf: bool = True) -> P
     :class:`FigureDefectError` instead and nothing is written.
     Under the paper-dry profile (:func:`cortex_nb.io.provenance.dry_run`) a red banner at the top says the numbers are
     meaningless."""
+    if provenance.dry_run() and not getattr(fig, "_cortex_dry", False):
+        fig.text(0.5, 0.999, DRY_TITLE, ha="center", va="top", color="red", fontsize=9, weight="bold")
+        fig._cortex_dry = True
+    import io
+
+    # render first, check after: the check draws the figure again (a constrained layout may settle differently on a
+    # second draw), so the saved bytes are the same whether it runs or not
+    rendered = {}
+    for ext in (("png", "pdf") if pdf else ("png",)):
+        buf = io.BytesIO()
+        # no creation date in the PDF: the same figure gives the same bytes (and SHA-256 in MANIFEST.json) every run
+        fig.savefig(buf, format=ext, **({"metadata": {"CreationDate": None}} if ext == "pdf" else {}))
+        rendered[ext] = buf.getvalue()
     defects = layout_defects(fig)
     if defects:
         msg = f"figure {name}: " + "; ".join(defects)
         if os.environ.get("CORTEX_STRICT_FIGURES", "").strip().lower() in ("1", "true", "yes"):
             raise FigureDefectError(msg)
         warnings.warn(msg, FigureDefectWarning, stacklevel=2)
-    if provenance.dry_run() and not getattr(fig, "_cortex_dry", False):
-        fig.text(0.5, 0.999, DRY_TITLE, ha="center", va="top", color="red", fontsize=9, weight="bold")
-        fig._cortex_dry = True
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    out = directory / f"{name}.png"
-    for ext in (("png", "pdf") if pdf else ("png",)):
+    for ext, data in rendered.items():
         with atomic_path(directory / f"{name}.{ext}") as tmp:
-            # no creation date in the PDF: the same figure gives the same bytes (and SHA-256 in MANIFEST.json) every run
-            fig.savefig(tmp, format=ext, **({"metadata": {"CreationDate": None}} if ext == "pdf" else {}))
+            tmp.write_bytes(data)
         provenance.record(directory / f"{name}.{ext}")
-    return out
+    return directory / f"{name}.png"
 
 
 def to_uint8(images) -> np.ndarray:

@@ -116,7 +116,9 @@ def write_table(df: pd.DataFrame, directory: str | Path, name: str, *, caption: 
     paths = {ext: directory / f"{name}.{ext}" for ext in ("csv", "md", "tex")}
     with atomic_path(paths["csv"]) as tmp:
         df.to_csv(tmp, index=index)
-    md = display.to_markdown(index=index) if _has_tabulate() else _markdown(display, index)
+    # our own Markdown, never pandas' to_markdown: that one needs tabulate and, when a package brings it in (Jupyter
+    # Book does), writes another layout, so the same run would give other bytes on another environment
+    md = _markdown(display, index)
     save_text(paths["md"], (f"{caption}\n\n" if caption else "") + md + "\n")
     tex = display.to_latex(index=index, escape=True, caption=caption or None, label=f"tab:{name}")
     save_text(paths["tex"], tex)
@@ -130,14 +132,6 @@ def read_table(directory: str | Path, name: str) -> pd.DataFrame | None:
     that did not produce that table)."""
     p = Path(directory) / f"{name}.csv"
     return pd.read_csv(p) if p.is_file() else None
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-        return True
-    except ImportError:
-        return False
 
 
 def _markdown(df: pd.DataFrame, index: bool) -> str:
