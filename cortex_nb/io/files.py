@@ -18,6 +18,7 @@ import os
 import re
 import tempfile
 import weakref
+import struct
 import zipfile
 import zlib
 from pathlib import Path
@@ -266,7 +267,9 @@ def _check_zip_crcs(path: Path, damaged_fix: str) -> bool:
                 with zf.open(info) as fh:
                     while fh.read(_CHUNK):
                         pass
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+    # a damaged header can fail in zipfile's own parsing too: a file name that is not UTF-8 any more (ValueError),
+    # a short structure (struct.error), a read error (OSError)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError, struct.error, OSError) as exc:
         raise CheckpointError(
             f"{path} is damaged: {where} fails the zip CRC-32 check "
             f"({type(exc).__name__}: {exc})", fix=damaged_fix) from exc

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..io.files import progress as progress_bar, weights_key
-from ..vqgm.taming import TokenRangeError
+from ..vqgm.taming import TokenRangeError, as_index_tensor
 from ..vqgm.taming_compat import filter_top_k_top_p
 from ..vqgm.taming_config import instantiate
 from .training import config_dict
@@ -120,18 +120,6 @@ class MaskGITConfig:
         names = {"tokenizer": {f.name for f in fields(self)} - prior - sampler - {"n_report"},
                  "prior": prior | shared, "sampler": sampler}[part]
         return {k: v for k, v in config_dict(self).items() if k in names}
-
-
-def _as_index_tensor(x: Any, what: str) -> torch.Tensor:
-    """Any integer array / tensor (uint16 numpy, int32 ...) -> int64 tensor; floats and bools refused (as taming's)."""
-    if not isinstance(x, torch.Tensor):
-        x = np.asarray(x)
-        if x.dtype.kind not in "iu":
-            raise TypeError(f"{what} must be integers, got dtype {x.dtype}")
-        x = torch.from_numpy(x.astype(np.int64))
-    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-        raise TypeError(f"{what} must be an integer tensor, got dtype {x.dtype}")
-    return x.to(torch.int64)
 
 
 def _check_knobs(temperature, top_k, top_p, steps, choice_temperature) -> None:
@@ -347,7 +335,7 @@ class MaskGITVQGM:
     # -- validation (taming's rules and messages) --------------------------------------------
 
     def _tokens(self, tokens: Any) -> torch.Tensor:
-        t = _as_index_tensor(tokens, "tokens")
+        t = as_index_tensor(tokens, "tokens")
         if t.dim() != 3 or tuple(t.shape[1:]) != (self.m, self.m):
             raise TokenRangeError(f"tokens must have shape (B, {self.m}, {self.m}) for this VQGM's {self.m} x "
                                   f"{self.m} grid, got {tuple(t.shape)}")
@@ -374,7 +362,7 @@ class MaskGITVQGM:
         return E.to(self.device)
 
     def _labels(self, labels: Any) -> torch.Tensor:
-        y = _as_index_tensor(labels, "labels").reshape(-1)
+        y = as_index_tensor(labels, "labels").reshape(-1)
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
             raise ValueError(f"class label {int(y.max()) if int(y.max()) >= self.n_classes else int(y.min())} "
                              f"out of range 0..{self.n_classes - 1}")

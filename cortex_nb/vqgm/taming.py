@@ -57,6 +57,10 @@ class TokenRangeError(UserError, ValueError):
     """Token ids outside [0, K), or a token grid that is not (B, m, m)."""
 
 
+class TokenDtypeError(UserError, TypeError):
+    """Token ids (or class labels) given as floats, complex numbers or bools."""
+
+
 # --------------------------------------------------------------------------------------------
 # loading
 
@@ -182,15 +186,18 @@ def load_vqgm(
 # the model seen by CORTEX
 
 
-def _as_index_tensor(x: Any, what: str) -> torch.Tensor:
-    """Any integer array/tensor (uint16 numpy, int16, int32 ...) -> int64 tensor."""
+def as_index_tensor(x: Any, what: str) -> torch.Tensor:
+    """Any integer array / tensor (uint16 numpy, int16, int32 ...) -> int64 tensor; floats, complex numbers and
+    bools are refused (:class:`TokenDtypeError`): ids are never rounded."""
     if isinstance(x, torch.Tensor):
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-            raise TypeError(f"{what} must be an integer tensor, got dtype {x.dtype}")
+            raise TokenDtypeError(f"{what} must be an integer tensor, got dtype {x.dtype}",
+                                  fix=f"pass {what} as integer ids (e.g. .long())")
         return x.to(torch.int64)
     arr = np.asarray(x)
     if arr.dtype.kind not in "iu":
-        raise TypeError(f"{what} must be integers, got dtype {arr.dtype}")
+        raise TokenDtypeError(f"{what} must be integers, got dtype {arr.dtype}",
+                              fix=f"pass {what} as integer ids (e.g. .astype(np.int64))")
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
 
 
@@ -278,7 +285,7 @@ class VQGM:
     # -- validation --------------------------------------------------------------------------
 
     def _tokens(self, tokens: Any) -> torch.Tensor:
-        t = _as_index_tensor(tokens, "tokens")
+        t = as_index_tensor(tokens, "tokens")
         if t.dim() != 3 or tuple(t.shape[1:]) != (self.m, self.m):
             raise TokenRangeError(
                 f"tokens must have shape (B, {self.m}, {self.m}) for this VQGM's {self.m} x "
@@ -370,7 +377,7 @@ class VQGM:
     # -- class-conditional sampling ----------------------------------------------------------
 
     def _labels(self, labels: Any) -> torch.Tensor:
-        y = _as_index_tensor(labels, "labels").reshape(-1)
+        y = as_index_tensor(labels, "labels").reshape(-1)
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
             bad = int(y.max()) if int(y.max()) >= self.n_classes else int(y.min())
             raise ValueError(f"class label {bad} out of range 0..{self.n_classes - 1}")
