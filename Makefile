@@ -168,8 +168,10 @@ test: $(STAMP)
 unit: $(STAMP)
 	CORTEX_STRICT_FIGURES=1 CORTEX_PROFILE=smoke $(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile tests
 
+# the slow tests, and the property tests (tests/test_properties.py) with Hypothesis's thorough profile: 2000 examples
+# each instead of make test's 25
 test-slow: $(STAMP)
-	CORTEX_STRICT_FIGURES=1 CORTEX_PROFILE=smoke $(PY) -m pytest -q -m slow tests
+	CORTEX_STRICT_FIGURES=1 CORTEX_PROFILE=smoke HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q -m "slow or property" tests
 
 nbval: $(STAMP)
 	CORTEX_STRICT_FIGURES=1 CORTEX_PROFILE=smoke $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --current-env $(NBS)
