@@ -1,0 +1,242 @@
+"""Does a `make all` survive crashes? The whole pipeline under faults, compared byte for byte with an undisturbed run.
+
+    python tools/chaos.py [--profile smoke] [--kills 30] [--seed 0] [--out results/chaos]
+
+From the checkout it runs in (committed state: a `git clone` of HEAD), with the checkout's own .venv:
+
+1. reference: `make all` in a fresh clone, undisturbed; every table, figure and token store hashed;
+2. crashes: in a second fresh clone whose path holds spaces and non-ASCII characters, `make all` is started and
+   its whole process group killed with SIGKILL (as a crash or an out-of-memory kill would) at a random moment
+   (``--spread``), then started again (it resumes from what the killed run left), killed again, ... until a run
+   finishes; its end state is compared, the results emptied, and the next series starts, until ``--kills``
+   interruptions; every fifth is a SIGINT (Ctrl-C) to the group instead;
+3. concurrency: two `make all` started at the same moment in a third fresh clone;
+4. the end states of 2 and 3 are compared file by file with 1.
+
+Files that no run reproduces byte for byte (their bytes hold timings or the run's own identity) are listed in
+:data:`VOLATILE` and compared by presence only. The report (Markdown and JSON under ``--out``): kills per stage,
+what survived, every file that differs. Exit status 1 when a file differs or a run failed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+#: outputs whose bytes differ between two undisturbed runs on one machine: timings, the run's own record
+VOLATILE = ("tables/faithfulness_cost.", "MANIFEST.json", "profile.yaml")
+
+
+def _env(cwd: Path) -> dict:
+    env = dict(os.environ)
+    env.pop("CORTEX_PROFILE", None)
+    # the clone's own package first: the shared .venv's editable install points at this checkout
+    env["PYTHONPATH"] = str(cwd) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def clone(dest: Path) -> Path:
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
+    return dest
+
+
+def make_all(cwd: Path, profile: str, venv: Path, log) -> subprocess.Popen:
+    return subprocess.Popen(["make", "all", f"PROFILE={profile}", f"VENV={venv}"], cwd=cwd, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True, env=_env(cwd),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def outputs(cwd: Path, profile: str) -> dict[str, str]:
+    """SHA-256 of every table, figure, manifest and token store file of the profile's run."""
+    out = {}
+    roots = [cwd / "results" / profile, cwd / "figures" / profile]
+    for r in roots:
+        for p in sorted(r.rglob("*")):
+            rel = p.relative_to(cwd).as_posix()
+            if not p.is_file() or "/executed/" in rel or "/timings/" in rel or "/deps/" in rel:
+                continue
+            if "/cache/" in rel and not re.search(r"/(tokens|labels|images)\.npy$", rel):
+                continue      # caches: the token stores (what every later stage reads); weights are checked by their users
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def compare(ref: dict, got: dict) -> list[str]:
+    diffs = []
+    for rel in sorted(set(ref) | set(got)):
+        if rel not in got:
+            diffs.append(f"missing: {rel}")
+        elif rel not in ref:
+            if ".tmp" in rel or rel.endswith(".lock"):
+                diffs.append(f"left behind: {rel}")
+            else:
+                diffs.append(f"extra: {rel}")
+        elif ref[rel] != got[rel] and not any(v in rel for v in VOLATILE):
+            diffs.append(f"differs: {rel}")
+    return diffs
+
+
+def reset(cwd: Path, profile: str) -> None:
+    """The clone as a fresh one: the profile's results and figures as committed, nothing else."""
+    for d in ("results/" + profile, "figures/" + profile):
+        subprocess.run(["git", "checkout", "-q", "--", d], cwd=cwd, capture_output=True)
+        subprocess.run(["git", "clean", "-q", "-fdx", "--", d], cwd=cwd, check=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="smoke")
+    ap.add_argument("--kills", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--spread", type=float, default=0.25,
+                    help="an interruption comes after uniform(0.02, SPREAD) x the reference run's duration "
+                         "(the reruns resume, so the interruptions walk through the stages)")
+    ap.add_argument("--out", default=str(ROOT / "results" / "chaos"))
+    ap.add_argument("--keep", action="store_true", help="keep the clones (under the temporary directory)")
+    args = ap.parse_args(argv)
+    venv = ROOT / ".venv"
+    if not (venv / ".cortex-installed").exists():
+        print("tools/chaos.py: no .venv in this checkout: run `make setup` first", file=sys.stderr)
+        return 2
+    rng = random.Random(args.seed)
+    work = Path(tempfile.mkdtemp(prefix="cortex-chaos-"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"profile": args.profile, "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                                                 capture_output=True, text=True).stdout.strip(),
+              "date": time.strftime("%Y-%m-%d"), "kills": [], "failures": []}
+    try:
+        from cortex_nb.io.machine import cpu_model
+        report["cpu"] = cpu_model()
+    except Exception:  # noqa: BLE001
+        report["cpu"] = "unknown"
+
+    # 1. reference
+    ref_dir = clone(work / "reference")
+    t0 = time.monotonic()
+    with open(work / "reference.log", "wb") as log:
+        rc = make_all(ref_dir, args.profile, venv, log).wait()
+    report["reference_s"] = round(time.monotonic() - t0, 1)
+    if rc != 0:
+        print(f"reference make all failed (rc {rc}): {work / 'reference.log'}", file=sys.stderr)
+        return 1
+    ref = outputs(ref_dir, args.profile)
+    print(f"reference: {len(ref)} files in {report['reference_s']} s", flush=True)
+
+    # 2. kills, in a path with spaces and non-ASCII characters: series of interrupted runs, each series from an empty
+    # results directory until a run finishes undisturbed (its end state then compared), until --kills interruptions
+    chaos_dir = clone(work / "chaos dir — ü ñ")
+    log_path = work / "chaos.log"
+    t0 = time.monotonic()
+    report["series"] = []
+    kills = 0
+    while kills < args.kills:
+        reset(chaos_dir, args.profile)
+        series = {"kills": 0}
+        while True:
+            sig = signal.SIGINT if kills % 5 == 4 else signal.SIGKILL
+            delay = rng.uniform(0.02, args.spread) * report["reference_s"]
+            with open(log_path, "ab") as log:
+                log.write(f"\n##### interruption {kills + 1}: {sig.name} after {delay:.1f} s\n".encode())
+                log.flush()
+                mark = log_path.stat().st_size
+                p = make_all(chaos_dir, args.profile, venv, log)
+                try:
+                    rc = p.wait(timeout=delay if kills < args.kills else None)
+                    series["rc"] = rc
+                    break                                   # the run finished: this series is over
+                except subprocess.TimeoutExpired:
+                    pass
+                tail = log_path.read_bytes()[mark:].decode(errors="replace")
+                started = re.findall(r"^== (\d\d)_", tail, re.M)
+                done = set(re.findall(r"^   (\d\d)_\S+ took", tail, re.M))
+                running = sorted(set(started) - done) or ["setup/00"]
+                os.killpg(p.pid, sig)
+                try:
+                    rc = p.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    report["failures"].append(f"interruption {kills + 1}: make ignored {sig.name} for 120 s")
+                    os.killpg(p.pid, signal.SIGKILL)
+                    rc = p.wait()
+                try:                                        # what a terminal's Ctrl-C leaves running dies with it
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                kills += 1
+                series["kills"] += 1
+                report["kills"].append({"n": kills, "signal": sig.name, "at_s": round(delay, 1),
+                                        "stage": ",".join(running), "rc": rc})
+                print(f"interruption {kills}: {sig.name} at {delay:.0f} s during {','.join(running)}", flush=True)
+        series["diffs"] = compare(ref, outputs(chaos_dir, args.profile)) if series.get("rc") == 0 else ["run failed"]
+        report["series"].append(series)
+        print(f"series {len(report['series'])}: {series['kills']} interruptions, "
+              f"{len(series['diffs'])} difference(s) from the reference", flush=True)
+    report["chaos_s"] = round(time.monotonic() - t0, 1)
+    report["chaos_rc"] = max(s.get("rc", 1) for s in report["series"])
+    report["chaos_diffs"] = [d for s in report["series"] for d in s["diffs"]]
+
+    # 3. two make all at once in one checkout
+    both_dir = clone(work / "concurrent")
+    logs = [open(work / f"concurrent{i}.log", "wb") for i in (1, 2)]
+    procs = [make_all(both_dir, args.profile, venv, log) for log in logs]
+    rcs = [p.wait() for p in procs]
+    for log in logs:
+        log.close()
+    report["concurrent_rcs"] = rcs
+    if any(rc == 0 for rc in rcs):
+        report["concurrent_diffs"] = compare(ref, outputs(both_dir, args.profile))
+    else:
+        report["concurrent_diffs"] = ["neither run finished"]
+
+    ok = report["chaos_rc"] == 0 and not report["chaos_diffs"] and not report["concurrent_diffs"] \
+        and not report["failures"]
+    report["held"] = ok
+    (out / "chaos.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    (out / "chaos.md").write_text(markdown(report))
+    print(markdown(report))
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"clones and logs kept in {work}")
+    return 0 if ok else 1
+
+
+def markdown(r: dict) -> str:
+    kills = r["kills"]
+    by_stage: dict[str, int] = {}
+    for k in kills:
+        for s in k["stage"].split(","):
+            by_stage[s] = by_stage.get(s, 0) + 1
+    lines = [f"# Chaos run ({r['profile']}, {r['date']}, {r['cpu']}, commit {r['commit']})", "",
+             "| case | tried | held | detail |", "|---|---:|---|---|",
+             f"| SIGKILL of the whole `make all` at a random moment, then rerun | "
+             f"{sum(k['signal'] == 'SIGKILL' for k in kills)} | {'yes' if not r['chaos_diffs'] else 'no'} | "
+             f"kills per stage running: {', '.join(f'{s}: {n}' for s, n in sorted(by_stage.items()))} |",
+             f"| Ctrl-C (SIGINT to the group) at a random moment, then rerun | {sum(k['signal'] == 'SIGINT' for k in kills)} | "
+             f"{'yes' if not r['chaos_diffs'] and not r['failures'] else 'no'} | {'; '.join(r['failures']) or 'every one stopped make'} |",
+             f"| checkout path with spaces and non-ASCII (`chaos dir — ü ñ`) | 1 | {'yes' if r['chaos_rc'] == 0 else 'no'} | "
+             "the interrupted runs above ran there |",
+             f"| two `make all` started together in one checkout | 1 | {'yes' if not r['concurrent_diffs'] else 'no'} | "
+             f"exit statuses {r['concurrent_rcs']} |", "",
+             f"End state after the interruptions, against the undisturbed reference ({r['reference_s']} s): "
+             + ("every table, figure and token store byte-identical" if not r["chaos_diffs"] else
+                "; ".join(r["chaos_diffs"][:20])) + f" (files compared by presence only: {', '.join(VOLATILE)}).",
+             "", "Concurrent runs against the reference: " + ("byte-identical" if not r["concurrent_diffs"] else
+                                                            "; ".join(r["concurrent_diffs"][:20])) + ".", "",
+             "Reproduce: `python tools/chaos.py --profile smoke --kills 30`.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
