@@ -11,10 +11,10 @@ Nothing is executed again. :func:`assemble` copies into ``results/<profile>/book
   same relative path, so the links resolve; a link to a folder or to a file that is not there becomes
   plain text naming the path,
 
-then :func:`build` runs Jupyter Book (Sphinx + MyST-NB) into ``results/<profile>/book/html``, with
-MathJax served from the book's own files (``jupyter_server_mathjax``'s copy), so the site opens from
-``file://`` and makes no network request at view time. The token atlas, when ``make atlas`` wrote it,
-is copied in beside the pages (``atlas/index.html``).
+then :func:`build` runs Jupyter Book (Sphinx + MyST-NB) into ``results/<profile>/book/html`` and turns every formula
+into MathML (``latex2mathml``), which browsers draw natively: the site opens from ``file://`` and makes no network
+request at view time (MathJax would come from a CDN, or load web fonts that Chromium refuses from ``file://``).
+The token atlas, when ``make atlas`` wrote it, is copied in beside the pages (``atlas/index.html``).
 """
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ DOCS_ORDER = ("findings", "results", "running", "browser", "imagenet", "performa
 NOTEBOOK_TITLES = "The notebooks (executed by `make all`)"
 _LINK = re.compile(r"(!?)\[([^\]\n]*)\]\(([^)\s]+)\)")
 _SKIP = ("http://", "https://", "mailto:", "#", "data:")
+#: Jupyter Book always loads sphinx-thebe (live code cells on a remote kernel, fetched from unpkg.com when used): a
+#: static companion has no kernel to offer, and the extension's config script, included twice per page, is a
+#: JavaScript error ("THEBE_JS_URL has already been declared"). Its scripts are taken out of every page.
+_THEBE = re.compile(r'\s*<script>const THEBE_JS_URL = [^<]*</script>|\s*<script async="async" src="[^"]*sphinx-thebe\.js[^"]*"></script>'
+                    r'|\s*<script type="text/x-thebe-config">.*?</script>', re.S)
+#: the theme's first script reads the colour mode from localStorage, or "" on a first visit, which its next script
+#: then logs as a console error ("Got invalid theme mode"); the book's pages start in light mode instead
+_MODE = 'document.documentElement.dataset.mode = localStorage.getItem("mode") || "";'
 
 
 def _widget_note(atlas: bool) -> dict:
@@ -164,15 +172,37 @@ def _write_config(src: Path, profile: str, executed: list[Path], docs: list[str]
                            "colab_url": ""},
         "parse": {"myst_enable_extensions": ["dollarmath", "amsmath", "colon_fence"]},
         "sphinx": {"config": {
-            # relative to the site's _static folder, where build() copies jupyter_server_mathjax's MathJax 2
-            "mathjax_path": "mathjax/MathJax.js?config=TeX-AMS_CHTML",
+            # math becomes MathML when the book is built (build()); MathJax would fetch web fonts, which Chromium
+            # refuses to load from file://, or come from a CDN
+            "mathjax_path": "mathjax-not-used.js",
             "suppress_warnings": ["myst.header", "mystnb.unknown_mime_type"],
+            # an explicit mode: from file:// the theme finds no stored one and logs an error before falling back
             "html_theme_options": {"search_bar_text": "Search the companion…", "use_download_button": False,
-                                   "use_fullscreen_button": False},
+                                   "use_fullscreen_button": False, "default_mode": "light"},
         }},
     }
     (src / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
     (src / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False), encoding="utf-8")
+
+
+_MATH = re.compile(r'<(span|div) class="math notranslate nohighlight">\s*\\[(\[](.*?)\\[)\]]\s*</\1>', re.S)
+_MATHJAX = re.compile(r'\s*<script[^>]*>[^<]*MathJax[^<]*</script>|\s*<script[^>]*src="[^"]*mathjax-not-used\.js"[^>]*></script>')
+
+
+def _mathml(page: str) -> str:
+    """Every TeX formula of a built page as MathML (latex2mathml), which browsers draw natively, offline, with the
+    reader's fonts; MathJax's scripts out. A formula latex2mathml cannot read stays as its TeX source."""
+    from html import unescape
+
+    from latex2mathml.converter import convert
+
+    def sub(m: re.Match) -> str:
+        tag, tex = m.group(1), unescape(m.group(2))
+        try:
+            return convert(tex, display="block" if tag == "div" else "inline")
+        except Exception:  # noqa: BLE001 - an unsupported command: show the source rather than nothing
+            return f"<code>{m.group(2)}</code>"
+    return _MATHJAX.sub("", _MATH.sub(sub, page))
 
 
 def build(profile: str, root: Path | None = None) -> Path:
@@ -193,12 +223,14 @@ def build(profile: str, root: Path | None = None) -> Path:
         raise UserError(f"jupyter-book failed building {src}:\n{(proc.stdout + proc.stderr)[-3000:]}",
                         fix="pip install -e '.[book]' (make book does), then make book again")
     html = work / "_build" / "html"
-    import jupyter_server_mathjax
-
-    shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", html / "_static" / "mathjax")
     atlas = root / "results" / profile / "atlas"
     if (atlas / "index.html").is_file():
         shutil.copytree(atlas, html / "atlas")
+    for page in html.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        lean = _mathml(_THEBE.sub("", text).replace(_MODE, _MODE.replace('|| ""', '|| "light"')))
+        if lean != text:
+            page.write_text(lean, encoding="utf-8")
     html.rename(out)
     shutil.rmtree(work)
     return out / "index.html"

@@ -69,6 +69,7 @@ def test_every_page_loads_offline_with_its_images_and_links(site, browser):
                                                                                    "about:")) else None)
     page.on("console", lambda m: errors.append(f"{m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("requestfailed", lambda r: errors.append(f"failed to load {r.url}"))
     for p in pages:
         external.clear(), errors.clear()
         page.goto(p.as_uri(), wait_until="load")
