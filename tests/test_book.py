@@ -2,7 +2,6 @@
 notes, links resolve, and the built pages load nothing from the network."""
 import json
 import re
-from pathlib import Path
 
 import pytest
 

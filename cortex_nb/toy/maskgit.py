@@ -23,13 +23,12 @@ import numbers
 from dataclasses import dataclass, fields
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..io.files import progress as progress_bar, weights_key
-from ..vqgm.taming import TokenRangeError, as_index_tensor
+from ..vqgm.protocol import TokenRangeError, as_index_tensor
 from ..vqgm.taming_compat import filter_top_k_top_p
 from ..vqgm.taming_config import instantiate
 from .training import config_dict

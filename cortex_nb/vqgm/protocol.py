@@ -34,11 +34,12 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from ..errors import UserError
 
-__all__ = ["VQGMProtocol", "SHAPE_ATTRIBUTES", "check_vqgm"]
+__all__ = ["VQGMProtocol", "SHAPE_ATTRIBUTES", "check_vqgm", "TokenRangeError", "TokenDtypeError", "as_index_tensor"]
 
 #: the integer sizes every implementation exposes as attributes
 SHAPE_ATTRIBUTES = ("K", "d", "m", "image_size", "n_classes")
@@ -113,3 +114,27 @@ def check_vqgm(model: Any, where: str) -> Any:
     if shape != (model.K, model.d):
         raise UserError(f"{where}: the codebook has shape {shape}, not (K, d) = ({model.K}, {model.d})")
     return model
+
+
+# ---------------------------------------------------------------------- token ids, as every model checks them
+class TokenRangeError(UserError, ValueError):
+    """Token ids outside [0, K), or a token grid that is not (B, m, m)."""
+
+
+class TokenDtypeError(UserError, TypeError):
+    """Token ids (or class labels) given as floats, complex numbers or bools."""
+
+
+def as_index_tensor(x: Any, what: str) -> torch.Tensor:
+    """Any integer array / tensor (uint16 numpy, int16, int32 ...) -> int64 tensor; floats, complex numbers and
+    bools are refused (:class:`TokenDtypeError`): ids are never rounded."""
+    if isinstance(x, torch.Tensor):
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            raise TokenDtypeError(f"{what} must be an integer tensor, got dtype {x.dtype}",
+                                  fix=f"pass {what} as integer ids (e.g. .long())")
+        return x.to(torch.int64)
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iu":
+        raise TokenDtypeError(f"{what} must be integers, got dtype {arr.dtype}",
+                              fix=f"pass {what} as integer ids (e.g. .astype(np.int64))")
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))

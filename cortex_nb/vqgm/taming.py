@@ -33,32 +33,23 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from ..errors import UserError
 from ..io.files import progress as progress_bar, weights_key
 from .kv_sampler import sample_with_kv_cache
 from .taming_ckpt import (LOSS_PREFIXES, check_against_checkpoint, extract_state_dict,
                           read_checkpoint, resolve_ckpt_path)
 from .taming_compat import import_taming
 from .taming_config import ConfigMismatchError, check_supported, instantiate, sanitize_config
+from .protocol import TokenDtypeError, TokenRangeError, as_index_tensor  # noqa: F401 - also imported from here
 
 __all__ = ["VQGM", "load_vqgm", "TokenRangeError"]
 
 logger = logging.getLogger(__name__)
 
 _QUANTIZE_BUDGET = 1 << 24  # max elements of one (rows x K) distance block in quantize()
-
-
-class TokenRangeError(UserError, ValueError):
-    """Token ids outside [0, K), or a token grid that is not (B, m, m)."""
-
-
-class TokenDtypeError(UserError, TypeError):
-    """Token ids (or class labels) given as floats, complex numbers or bools."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,21 +175,6 @@ def load_vqgm(
 
 # --------------------------------------------------------------------------------------------
 # the model seen by CORTEX
-
-
-def as_index_tensor(x: Any, what: str) -> torch.Tensor:
-    """Any integer array / tensor (uint16 numpy, int16, int32 ...) -> int64 tensor; floats, complex numbers and
-    bools are refused (:class:`TokenDtypeError`): ids are never rounded."""
-    if isinstance(x, torch.Tensor):
-        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-            raise TokenDtypeError(f"{what} must be an integer tensor, got dtype {x.dtype}",
-                                  fix=f"pass {what} as integer ids (e.g. .long())")
-        return x.to(torch.int64)
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "iu":
-        raise TokenDtypeError(f"{what} must be integers, got dtype {arr.dtype}",
-                              fix=f"pass {what} as integer ids (e.g. .astype(np.int64))")
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
 
 
 class VQGM:
