@@ -34,8 +34,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: outputs whose bytes differ between two undisturbed runs on one machine: timings, the run's own record
-VOLATILE = ("tables/faithfulness_cost.", "MANIFEST.json", "profile.yaml")
+#: outputs whose bytes differ between two undisturbed runs on one machine: timings (the cost of each attribution; the
+#: seconds smoke's evaluators took to train), the run's own record (manifest, write times of the provenance log)
+VOLATILE = ("tables/faithfulness_cost.", "tables/toy_evaluators.", "MANIFEST.json", "profile.yaml", ".provenance.jsonl")
 
 
 def _env(cwd: Path) -> dict:
@@ -181,7 +182,8 @@ def main(argv=None) -> int:
         series["diffs"] = compare(ref, outputs(chaos_dir, args.profile)) if series.get("rc") == 0 else ["run failed"]
         report["series"].append(series)
         print(f"series {len(report['series'])}: {series['kills']} interruptions, "
-              f"{len(series['diffs'])} difference(s) from the reference", flush=True)
+              f"{len(series['diffs'])} difference(s) from the reference" + "".join(f"\n  {d}" for d in series["diffs"]),
+              flush=True)
     report["chaos_s"] = round(time.monotonic() - t0, 1)
     report["chaos_rc"] = max(s.get("rc", 1) for s in report["series"])
     report["chaos_diffs"] = [d for s in report["series"] for d in s["diffs"]]
