@@ -134,3 +134,21 @@ def test_rotated_tick_labels_side_by_side_pass_and_on_top_of_each_other_fail():
     assert layout_defects(fig) == []          # their bounding boxes overlap; their letters do not
     ax.set_xticks([0, 0.05, 2, 3, 4], labels, rotation=35, ha="right", fontsize=7)
     assert any("CE gradient" in d and "CE gradient x input" in d for d in layout_defects(fig))
+
+
+def test_the_paper_dry_banner_sits_above_every_title(tmp_path, monkeypatch):
+    """Under paper-dry, save_figure adds a red banner; it used to be drawn at the top inside the figure, over any
+    suptitle, which the strict check (make test-slow's paper-dry slice) refuses."""
+    from cortex_nb.io import provenance
+
+    monkeypatch.setenv("CORTEX_STRICT_FIGURES", "1")
+    monkeypatch.setattr(provenance, "_DRY_RUN", [True])
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax in axes:
+        ax.plot([0, 1], [0, 1])
+    axes[0].set_title("a title")
+    fig.suptitle("A suptitle of the figure", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, tmp_path, "dry", pdf=False)
+    assert any("PAPER-DRY" in t.get_text() for t in fig.texts)
+    save_figure(image_grid(_images(4), 2, title="grid title", col_labels=["a", "b"]), tmp_path, "dry_grid", pdf=False)

@@ -52,7 +52,8 @@ def save_figure(fig, directory: str | Path, name: str, *, pdf: bool = True) -> P
     Under the paper-dry profile (:func:`cortex_nb.io.provenance.dry_run`) a red banner at the top says the numbers are
     meaningless."""
     if provenance.dry_run() and not getattr(fig, "_cortex_dry", False):
-        fig.text(0.5, 0.999, DRY_TITLE, ha="center", va="top", color="red", fontsize=9, weight="bold")
+        # above the top edge (the saved box is tight): never over a title
+        fig.text(0.5, 1.0, DRY_TITLE, ha="center", va="bottom", color="red", fontsize=9, weight="bold")
         fig._cortex_dry = True
     import io
 
