@@ -19,8 +19,9 @@ from ..errors import UserError
 from . import provenance
 from .files import atomic_path
 
-__all__ = ["set_style", "save_figure", "image_grid", "layout_defects", "empty_bands", "FigureDefectWarning", "FigureDefectError", "to_uint8", "PANEL_DPI", "PANEL_RC", "panel_figure",
-           "png_bytes", "message_png", "stack_pngs", "pixel_panel"]
+__all__ = ["set_style", "save_figure", "image_grid", "layout_defects", "empty_bands", "FigureDefectWarning",
+           "FigureDefectError", "to_uint8", "PANEL_DPI", "PANEL_RC", "panel_figure", "png_bytes", "message_png",
+           "stack_pngs", "pixel_panel"]
 
 #: widget panels are drawn at this dpi and shown at their own pixel size (cortex_nb.browser.list_view.show_png):
 #: 100 dpi makes the panels' 7-9 pt text 10-12 px tall, legible on a laptop screen
@@ -51,12 +52,12 @@ def save_figure(fig, directory: str | Path, name: str, *, pdf: bool = True) -> P
     :class:`FigureDefectError` instead and nothing is written.
     Under the paper-dry profile (:func:`cortex_nb.io.provenance.dry_run`) a red banner at the top says the numbers are
     meaningless."""
+    import io
+
     if provenance.dry_run() and not getattr(fig, "_cortex_dry", False):
         # above the top edge (the saved box is tight): never over a title
         fig.text(0.5, 1.0, DRY_TITLE, ha="center", va="bottom", color="red", fontsize=9, weight="bold")
         fig._cortex_dry = True
-    import io
-
     # render first, check after: the check draws the figure again (a constrained layout may settle differently on a
     # second draw), so the saved bytes are the same whether it runs or not
     rendered = {}
