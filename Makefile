@@ -15,9 +15,9 @@ export PYTHONHASHSEED := 0
 # Small models on few cores: busy-waiting OpenMP threads cost 4-8x when the machine is shared.
 export OMP_WAIT_POLICY := PASSIVE
 # glibc's malloc hands every tensor over ~32 MB back to the kernel when it is freed and faults its pages in again at
-# the next one (PyTorch's CPU tuning guide advises another allocator for this). Keeping them (the toy profiles only:
-# imagenet and paper-dry hold many GB a stage): Table 3's scoring 114-121 s -> 105 s, system time 11 -> 0.8 s, page
-# faults 6.7 M -> 0.27 M, peak memory +8 % (Zen 4 as AVX2, one thread); the numbers are the same, byte for byte.
+# the next one (PyTorch's CPU tuning guide advises another allocator for this). Keeping them (every profile but
+# imagenet and paper-dry, which hold many GB a stage): over the toy make all system time 96 -> 23 s, page faults
+# 31.7 M -> 4.1 M, user time 880 -> 761 s, peak memory +0-29 % a stage (Zen 4 as AVX2); the numbers, byte for byte, the same.
 ifeq ($(filter imagenet paper-dry,$(PROFILE)),)
 export MALLOC_MMAP_THRESHOLD_ := 4294967296
 export MALLOC_TRIM_THRESHOLD_ := 17179869184

@@ -16,9 +16,9 @@ import json
 import logging
 import os
 import re
+import struct
 import tempfile
 import weakref
-import struct
 import zipfile
 import zlib
 from pathlib import Path
