@@ -53,7 +53,9 @@ def checkout(tmp_path):
     (root / "README.md").write_text(
         "# Front page\n\nSee [the findings](docs/findings.md), the figure ![a figure](figures/p/fig.png), "
         "[the tables folder](results/p/tables/), [a missing file](results/p/gone.csv), [notebook 00]"
-        "(notebooks/00_zero.ipynb) and [the web](https://example.org).\n")
+        "(notebooks/00_zero.ipynb), [a report](results/report.md) and [the web](https://example.org).\n")
+    (root / "results").mkdir()
+    (root / "results" / "report.md").write_text("# A report\n\nWith ![its figure](../figures/p/fig.png).\n")
     (root / "docs" / "findings.md").write_text("# Findings\n\nBack to [the README](../README.md); "
                                                "[the figure](../figures/p/fig.png).\n")
     ex = root / "results" / "p" / "executed"
@@ -78,6 +80,7 @@ def test_assemble_copies_executed_notebooks_and_what_pages_link_to(checkout):
     assert "fig3_CE | holds" in (src / "ledger.md").read_text()
     toc = (src / "_toc.yml").read_text()
     assert "notebooks/00_zero" in toc and "ledger" in toc and "docs/findings" in toc
+    assert "results/report" in toc and "[a report](results/report.md)" in readme     # a linked report is a page
 
 
 def test_no_executed_notebooks_is_a_user_error(tmp_path):
@@ -96,7 +99,9 @@ def test_built_site_has_every_page_and_no_network_resource(checkout):
         in nb_page and "MathJax" not in nb_page
     pages = [p for p in html.rglob("*.html") if "_static" not in p.relative_to(html).parts]
     assert {p.relative_to(html).as_posix() for p in pages} >= {"index.html", "README.html", "ledger.html",
-                                                                "docs/findings.html", "notebooks/00_zero.html"}
+                                                                "docs/findings.html", "notebooks/00_zero.html",
+                                                                "results/report.html"}
+    assert 'href="results/report.html"' in (html / "README.html").read_text()
     for page in pages:
         text = page.read_text(errors="replace")
         loaded = re.findall(r'<(?:script|link|img|iframe)[^>]+(?:src|href)="(https?:)?//', text)

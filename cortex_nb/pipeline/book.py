@@ -78,7 +78,7 @@ def strip_widgets(nb: dict, atlas: bool) -> int:
     return n
 
 
-def _rewrite_links(text: str, page: Path, root: Path, src: Path) -> str:
+def _rewrite_links(text: str, page: Path, root: Path, src: Path, reports: set | None = None) -> str:
     """Copy what the page's relative links point to into ``src`` (same relative path); a link to a folder or a
     missing file becomes plain text naming its path."""
     def sub(m: re.Match) -> str:
@@ -96,6 +96,8 @@ def _rewrite_links(text: str, page: Path, root: Path, src: Path) -> str:
                 (src / rel).parent.mkdir(parents=True, exist_ok=True)
                 if not (src / rel).exists():
                     shutil.copy2(dest, src / rel)
+            if rel.suffix == ".md" and rel.parts[0] not in ("docs", "README.md") and reports is not None:
+                reports.add(rel.with_suffix("").as_posix())     # a report page (benchmarks, chaos): in the contents
             return m.group(0)
         if rel.suffix == ".ipynb" and (src / rel).exists():      # a notebook: its executed copy is in the book
             return m.group(0)
@@ -141,14 +143,20 @@ def assemble(profile: str, root: Path | None = None) -> Path:
             "# The token atlas\n\nA static site of CE's concept tokens, a page per class and per token (`make atlas`): "
             "<a href=\"atlas/index.html\">open the atlas</a>.\n", encoding="utf-8")
         extra.append("atlas")
+    reports: set = set()
     for page in pages:
         rel = page.relative_to(root)
-        (src / rel).write_text(_rewrite_links(page.read_text(encoding="utf-8"), page, root, src), encoding="utf-8")
-    _write_config(src, profile, executed, [p.stem for p in pages[1:]], extra)
+        (src / rel).write_text(_rewrite_links(page.read_text(encoding="utf-8"), page, root, src, reports),
+                               encoding="utf-8")
+    for rel in sorted(reports):                 # the reports' own links resolve too (their figures, tables)
+        f = src / f"{rel}.md"
+        f.write_text(_rewrite_links(f.read_text(encoding="utf-8"), root / f"{rel}.md", root, src), encoding="utf-8")
+    _write_config(src, profile, executed, [p.stem for p in pages[1:]], extra, sorted(reports))
     return src
 
 
-def _write_config(src: Path, profile: str, executed: list[Path], docs: list[str], extra: list[str]) -> None:
+def _write_config(src: Path, profile: str, executed: list[Path], docs: list[str], extra: list[str],
+                  reports: list[str] = ()) -> None:
     import yaml
 
     order = [d for d in DOCS_ORDER if d in docs] + [d for d in docs if d not in DOCS_ORDER]
@@ -158,7 +166,8 @@ def _write_config(src: Path, profile: str, executed: list[Path], docs: list[str]
          + [{"file": f"docs/{d}"} for d in order if d in ("findings", "results")]},
         {"caption": "Using the companion", "chapters": [{"file": f"docs/{d}"} for d in order
                                                         if d not in ("findings", "results")]
-         + [{"file": e} for e in extra if e == "atlas"]}]}
+         + [{"file": e} for e in extra if e == "atlas"]},
+        {"caption": "Reports the pages link to", "chapters": [{"file": r} for r in reports]}]}
     toc["parts"] = [p for p in toc["parts"] if p["chapters"]]
     config = {
         "title": f"cortex-nb: the CORTEX companion ({profile})",
