@@ -108,7 +108,9 @@ def _parse_sets(items: list[str]) -> dict:
         try:
             out[key] = yaml.safe_load(value)
         except yaml.YAMLError as e:
-            raise UserError(f"--set {item!r}: the value is not valid YAML ({e.problem})",
+            # a ReaderError (a control character) has no .problem
+            why = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise UserError(f"--set {item!r}: the value is not valid YAML ({why})",
                             fix="quote strings, write lists as [1, 2]") from None
     return out
 

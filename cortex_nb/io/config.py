@@ -115,7 +115,7 @@ def _merge_profile(base: DictConfig, own: DictConfig, path: Path) -> DictConfig:
     return OmegaConf.merge(base, own)
 
 
-def load_profile(name: str | None = None, **overrides: Any) -> DictConfig:
+def load_profile(name: str | None = None, /, **overrides: Any) -> DictConfig:
     """Load a profile by name (default: $CORTEX_PROFILE or 'toy') and apply overrides.
 
     Returns a read-only DictConfig with resolved ``paths`` (absolute) and ``device``.
@@ -136,6 +136,10 @@ def load_profile(name: str | None = None, **overrides: Any) -> DictConfig:
     if os.environ.get("CORTEX_ROBUSTNESS", "").strip().lower() in ("1", "true", "yes"):   # `make robustness`
         _set_override(cfg, "robustness", True, name)
     for key, value in overrides.items():
+        if key.replace("__", ".") == "name":      # the results folder is named by it: another profile, not a value
+            raise ProfileError(f"profile {name!r}: 'name' cannot be overridden (it names the profile and its "
+                               "results folder)", fix="choose the profile with --profile (CLI) or load_profile's "
+                                                      "first argument (Python)")
         _set_override(cfg, key, value, name)
     from .schema import validate
 
