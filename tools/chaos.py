@@ -48,7 +48,11 @@ def _env(cwd: Path) -> dict:
 
 
 def clone(dest: Path) -> Path:
+    """A fresh clone of HEAD that runs on this checkout's .venv. Its pyproject.toml is dated back: a clone's file is
+    newer than the venv's install stamp, and make would otherwise reinstall the package into the shared venv,
+    pointing it at the clone (which is deleted at the end)."""
     subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
+    os.utime(dest / "pyproject.toml", (0, 0))
     return dest
 
 
