@@ -292,36 +292,43 @@ def test_fill_levels_keep_the_grid_ns_asked_for():
         fill_levels(cfg([2, 7]), 8)
 
 
+class _GreyDecoder:
+    """2 x 2 grid of ids -> 4 x 4 image, a grey value per patch; counts the images it decodes."""
+    device = torch.device("cpu")
+
+    def __init__(self):
+        self.decoded = 0
+
+    def decode(self, t):
+        self.decoded += len(t)
+        x = t.float().repeat_interleave(2, 1).repeat_interleave(2, 2) / 10 - 1
+        return x[:, None].expand(-1, 3, -1, -1)
+
+
+class _ScaledEv(_Counting):
+    """_Counting on images in [-1, 1] (what a VQGM decodes), as on uint8 pixels."""
+
+    def predict_proba(self, x):
+        return super().predict_proba((torch.as_tensor(x) + 1) * 127.5)
+
+
 def test_edit_scoring_shows_only_the_images_an_edit_changed():
     """s05's _probs with the unedited tokens and their probabilities: an image whose tokens the edit
     left alone keeps its unedited P (ΔP exactly 0) and is neither decoded nor shown; the edited ones
     get what scoring every image gives."""
     from cortex_nb.pipeline.s05_editing import _probs
 
-    class Decoder:  # 2 x 2 grid of ids -> 4 x 4 image, grey value per patch
-        device = torch.device("cpu")
-        decoded = 0
-
-        def decode(self, t):
-            Decoder.decoded += len(t)
-            x = t.float().repeat_interleave(2, 1).repeat_interleave(2, 2) / 10 - 1
-            return x[:, None].expand(-1, 3, -1, -1)
-
-    class Ev(_Counting):
-        def predict_proba(self, x):
-            return super().predict_proba((torch.as_tensor(x) + 1) * 127.5)
-
     original = torch.tensor([[[1, 2], [2, 3]], [[4, 4], [5, 6]], [[7, 7], [7, 7]]])
     edited = original.clone()
     edited[1, 0, 0] = 9                                                     # only image 1 is edited
     src, tgt = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 0])
-    ev = Ev()
-    full = _probs({"e": ev}, Decoder(), edited, src, tgt)
-    unedited = _probs({"e": ev}, Decoder(), original, src, tgt)
+    ev, dec = _ScaledEv(), _GreyDecoder()
+    full = _probs({"e": ev}, dec, edited, src, tgt)
+    unedited = _probs({"e": ev}, dec, original, src, tgt)
     before = {"e": (unedited["e"][0], unedited["e"][1], None)}
-    ev.shown, Decoder.decoded = 0, 0
-    fast = _probs({"e": ev}, Decoder(), edited, src, tgt, original, before)
-    assert ev.shown == 1 and Decoder.decoded == 1
+    ev.shown, dec.decoded = 0, 0
+    fast = _probs({"e": ev}, dec, edited, src, tgt, original, before)
+    assert ev.shown == 1 and dec.decoded == 1
     np.testing.assert_array_equal(fast["e"][0], full["e"][0])
     np.testing.assert_array_equal(fast["e"][1], full["e"][1])
     assert fast["e"][0][1] != before["e"][0][1]
@@ -333,19 +340,6 @@ def test_checkpoints_are_scored_against_the_one_before_and_equal_scoring_each_al
     from scratch, and an image is decoded again only at the checkpoints where its tokens changed."""
     from cortex_nb.pipeline.s05_editing import _probs, score_checkpoints
 
-    class Decoder:
-        device = torch.device("cpu")
-        decoded = 0
-
-        def decode(self, t):
-            Decoder.decoded += len(t)
-            x = t.float().repeat_interleave(2, 1).repeat_interleave(2, 2) / 10 - 1
-            return x[:, None].expand(-1, 3, -1, -1)
-
-    class Ev(_Counting):
-        def predict_proba(self, x):
-            return super().predict_proba((torch.as_tensor(x) + 1) * 127.5)
-
     g = torch.Generator().manual_seed(0)
     original = torch.randint(0, 10, (6, 2, 2), generator=g)
     cks, t = [], original.clone()
@@ -356,13 +350,13 @@ def test_checkpoints_are_scored_against_the_one_before_and_equal_scoring_each_al
             t[i, 0, 0] = (t[i, 0, 0] + 3) % 10
         cks.append(t)
     src, tgt = torch.arange(6) % 3, (torch.arange(6) + 1) % 3
-    ev = Ev()
-    unedited = _probs({"e": ev}, Decoder(), original, src, tgt)
+    ev, dec = _ScaledEv(), _GreyDecoder()
+    unedited = _probs({"e": ev}, dec, original, src, tgt)
     before = {"e": (unedited["e"][0], unedited["e"][1], None)}
-    Decoder.decoded = 0
-    chained = score_checkpoints({"e": ev}, Decoder(), torch.stack(cks), src, tgt, original, before)
-    assert Decoder.decoded == sum(len(c) for c in changes)
+    dec.decoded = 0
+    chained = score_checkpoints({"e": ev}, dec, torch.stack(cks), src, tgt, original, before)
+    assert dec.decoded == sum(len(c) for c in changes)
     for c, got in zip(cks, chained):
-        alone = _probs({"e": ev}, Decoder(), c, src, tgt)
+        alone = _probs({"e": ev}, _GreyDecoder(), c, src, tgt)
         np.testing.assert_array_equal(got["e"][0], alone["e"][0])
         np.testing.assert_array_equal(got["e"][1], alone["e"][1])
