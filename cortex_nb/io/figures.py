@@ -186,10 +186,11 @@ def layout_defects(fig, *, band: float = 0.04, pad_px: float = 1.0) -> list[str]
     # tick labels exist for ticks outside the view too, visible but not drawn: only the drawn ones count
     hidden = set()
     for ax in fig.axes:
-        for axis in ax._axis_map.values():
-            drawn = {id(x) for tick in axis._update_ticks() for x in (tick.label1, tick.label2)}
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            tol = 1e-10 * max(abs(lo), abs(hi), 1.0)        # matplotlib's own closeness for "inside the view"
             hidden |= {id(x) for tick in axis.get_major_ticks() + axis.get_minor_ticks()
-                       for x in (tick.label1, tick.label2) if id(x) not in drawn}
+                       if not lo - tol <= tick.get_loc() <= hi + tol for x in (tick.label1, tick.label2)}
     texts = []
     for t in fig.findobj(Text):
         if id(t) in hidden or not t.get_visible() or not t.get_text().strip() or t.get_alpha() == 0:
@@ -200,8 +201,12 @@ def layout_defects(fig, *, band: float = 0.04, pad_px: float = 1.0) -> list[str]
         if box is not None:
             texts.append((t.get_text().strip().replace("\n", " "), box))
     out = []
-    for i in range(len(texts)):
-        for j in range(i + 1, len(texts)):
+    if texts:
+        # the exact (rotated-rectangle) test only for pairs whose axis-aligned boxes meet, found in one array pass
+        lo = np.array([b.min(0) for _, b in texts])
+        hi = np.array([b.max(0) for _, b in texts])
+        meet = np.triu(((lo[:, None] < hi[None]) & (lo[None] < hi[:, None])).all(-1), 1)
+        for i, j in zip(*np.nonzero(meet)):
             (a, ba), (b, bb) = texts[i], texts[j]
             if _boxes_overlap(ba, bb):
                 out.append(f"text overlaps text: {a[:40]!r} and {b[:40]!r}")
@@ -227,10 +232,7 @@ def empty_bands(pixels: np.ndarray, background=(1.0, 1.0, 1.0), *, band: float =
     for axis, name, side in ((1, "horizontal", "height"), (0, "vertical", "width")):
         blank = empty.all(axis=axis)
         size = len(blank)
-        longest, run = 0, 0
-        for v in _strip_edges(blank):              # the tight box's own margin (pad_inches) lies at the edges
-            run = run + 1 if v else 0
-            longest = max(longest, run)
+        longest = _longest_run(_strip_edges(blank))      # the tight box's own margin (pad_inches) lies at the edges
         if longest / size > band and longest > min_px:
             out.append(f"{name} empty band of {longest / size:.0%} of the figure's {side} ({longest} of {size} px)")
     return out
@@ -271,6 +273,12 @@ def _boxes_overlap(a: np.ndarray, b: np.ndarray) -> bool:
             if pa.max() <= pb.min() or pb.max() <= pa.min():
                 return False
     return True
+
+
+def _longest_run(flags: np.ndarray) -> int:
+    """The length of the longest run of True in a 1-D bool array."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return int((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max(initial=0))
 
 
 def _strip_edges(blank: np.ndarray) -> np.ndarray:
