@@ -63,15 +63,14 @@ CELL_TIMEOUT ?= $(if $(filter imagenet,$(PROFILE)),,7200)
 stage_src = $(if $(wildcard $(DEPS)/$(1).mk),,$(SRC))
 -include $(wildcard $(DEPS)/*.mk)
 .SECONDEXPANSION:
-# After the notebooks: the toy world's science gates, the verdict table over every claim (tables/verdicts: only
-# now are all the tables it reads written), the claims ledger (tables/ledger), the two families side by side
+# After the notebooks: the toy world's science gates, the claims ledger (tables/ledger, the one verdict table: only
+# now are all the tables it reads written), the two families side by side
 # (toy-maskgit), README's headline and docs/results.md (toy) and, last, results/<profile>/MANIFEST.json over every table and figure (`make verify` checks it). A failed
 # gate still gets its ledger and manifest written; `make all` then exits with the gates' status.
 all: | $(STAMP)
 	@$(MAKE) --no-print-directory --output-sync=line -j$(JOBS) notebooks
 	@rc=0; \
 	case "$(PROFILE)" in toy|toy-maskgit) $(PY) -m cortex_nb gates --profile $(PROFILE) || rc=$$?;; esac; \
-	$(PY) -m cortex_nb verdicts --profile $(PROFILE) > /dev/null || exit $$?; \
 	$(PY) -m cortex_nb ledger --profile $(PROFILE) || exit $$?; \
 	if [ "$(PROFILE)" = toy-maskgit ] && [ -f results/toy/tables/ledger.csv ]; then \
 	  $(PY) -m cortex_nb families --profile $(PROFILE) > /dev/null || exit $$?; fi; \
@@ -148,11 +147,10 @@ endif
 notebooks: $(foreach s,00 01 02 05 03 04 06 07 08,$(call stage,$(s)))
 
 # The seed replicates every verdict rests on (replicates 1 .. replicates - 1: retrained extractors,
-# redrawn noise; results/<profile>/seeds/r<r>/tables), then the verdict table and the README block.
+# redrawn noise; results/<profile>/seeds/r<r>/tables), then the claims ledger over them and the README block.
 # Needs `make all` first (replicate 0 is its run); cached and resumable like it.
 seeds: $(OUTS)
 	$(PY) -m cortex_nb seeds --profile $(PROFILE)
-	$(PY) -m cortex_nb ledger --profile $(PROFILE)
 	@if [ "$(PROFILE)" = toy ]; then $(PY) tools/readme.py toy; fi
 	$(PY) -m cortex_nb manifest --profile $(PROFILE)
 

@@ -43,7 +43,6 @@ if TYPE_CHECKING:  # the lazy names below, for linters and editors
                                              localisation, localisation_table, paired_table, table2)
     from .pipeline.s05_editing import (controls_table, edit_batch, fig4, fig6, pairs_of, regions_of, run_edits,
                                        score_edits, table3, table3_frame, with_controls)
-    from .pipeline.verdicts import verdict_frame, verdict_table
     from .pipeline.ledger import ledger_frame, ledger_view
     from .pipeline.s06_browser import BrowserData, browser_data
     from .pipeline.s07_faithfulness import (attribution_maps, auc_display, auc_table, cost_table, curves,
@@ -70,7 +69,6 @@ _LAZY = {
                                    "fig_area", "fills_table", "localisation", "localisation_table"),
     "pipeline.s05_editing": ("pairs_of", "regions_of", "edit_batch", "run_edits", "with_controls", "score_edits",
                              "table3", "controls_table", "table3_frame", "fig4", "fig6"),
-    "pipeline.verdicts": ("verdict_frame", "verdict_table"),
     "pipeline.ledger": ("ledger_frame", "ledger_view"),
     "pipeline.s06_browser": ("BrowserData", "browser_data"),
     "pipeline.s07_faithfulness": ("faith_batch", "attribution_maps", "curves", "auc_table", "auc_display",
@@ -104,9 +102,9 @@ __all__ = [
     "token_examples", "token_figure", "fig2", "fig5",
     "concept_sets", "concept_level", "concept_frames", "table2", "paired_table", "fig_area", "fills_table",
     "localisation", "localisation_table",
-    # 05 Table 3, Fig. 4, 6, the verdicts; 06 the token browser
+    # 05 Table 3, Fig. 4, 6, the claims ledger; 06 the token browser
     "pairs_of", "regions_of", "edit_batch", "run_edits", "with_controls", "score_edits", "table3", "controls_table",
-    "table3_frame", "fig4", "fig6", "verdict_frame", "verdict_table", "ledger_frame", "ledger_view",
+    "table3_frame", "fig4", "fig6", "ledger_frame", "ledger_view",
     "BrowserData", "browser_data", "TokenBrowser", "Intervention", "intervention_for",
     # 07 faithfulness beyond the paper
     "faith_batch", "attribution_maps", "curves", "auc_table", "auc_display", "cost_table", "fig_curves", "fig_auc",

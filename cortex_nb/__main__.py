@@ -21,12 +21,10 @@ GPU run needs no Jupyter. Commands:
   bias              notebook 08 (toy world): does the generator inherit each species' preferred scene, and do
                     scene concept tokens detect it? Cliff's delta with intervals, pixel-measured ground truth,
                     an unbiased control (--set bias.generator_control=true: also a prior retrained unbiased)
-  all               every section above in notebook order (00 to 05, 07, 08 on the toy world), then the verdicts,
-                    the claims ledger and the manifest
+  all               every section above in notebook order (00 to 05, 07, 08 on the toy world), then the claims
+                    ledger and the manifest
   seeds             the seed replicates r = 1 .. replicates - 1 (retrained extractors, redrawn
-                    noise; results/P/seeds/r<r>/tables), then the verdicts (`make seeds`)
-  verdicts          judge each of the paper's claims over the replicates found (holds / fails /
-                    inconclusive): results/P/tables/verdicts.{csv,md,tex}
+                    noise; results/P/seeds/r<r>/tables), then the claims ledger over them (`make seeds`)
   gates             check the run's tables against the toy world's science gates (tokenizer, prior
                     samples, Fig. 3, Table 2, localisation; another VQGM family than taming's: the
                     model gates alone): results/P/tables/gates; exit status 1 when one fails (`make
@@ -84,7 +82,7 @@ NOT_IN_ALL: tuple[str, ...] = ()
 #: the splits whose TSVs a section reads (computed on every rank before rank 0 runs the section)
 TSV_SPLITS = {"fig3": ("test", "train"), "table2": ("train",), "table3": ("test",)}
 STAGES = ("vqgm", "evaluators", "vqgm-report", "generate", "train-extractors", "tsv", "fig3", "table2", "table3",
-          "faithfulness", "bias", "all", "seeds", "verdicts", "gates", "ledger", "families", "manifest", "verify",
+          "faithfulness", "bias", "all", "seeds", "gates", "ledger", "families", "manifest", "verify",
           "atlas", "book")
 SPLITS = ("train", "val", "test")
 
@@ -177,16 +175,14 @@ def _run(args, cfg) -> str:
     from .pipeline import run
 
     main = distributed.is_main()
-    if args.stage in ("seeds", "verdicts"):  # one process: the replicates run one after another
+    if args.stage == "seeds":  # one process: the replicates run one after another
         summary = ""
         if main:
             with distributed.local():
-                if args.stage == "seeds":
-                    from .pipeline import seeds
+                from .pipeline import seeds
 
-                    done = seeds.run(cfg, _parse_sets(args.set))
-                    summary = f"{len(done)} replicate(s) in " + ", ".join(done) + "; "
-                summary += _verdicts(cfg)
+                done = seeds.run(cfg, _parse_sets(args.set))
+                summary = f"{len(done)} replicate(s) in " + ", ".join(done) + "; " + _provenance("ledger", cfg)
         return summary
     if args.stage == "gates":
         if not main:
@@ -258,7 +254,6 @@ def _run(args, cfg) -> str:
             summaries += [_section(name, cfg, composed) for name in sections]
     if args.stage == "all" and main:
         with distributed.local():
-            summaries.append(_verdicts(cfg))
             summaries += [_provenance("ledger", cfg), _provenance("manifest", cfg)]   # as `make all` ends
     if args.stage == "generate":
         return "token stores " + ", ".join(f"{k} {len(v)}" for k, v in composed.stores.items())
@@ -313,15 +308,6 @@ def _provenance(stage: str, cfg) -> str:
     if problems:
         raise VerifyFailure(problems)
     return f"verify: {n_files} files match the manifest; every claim recorded as holding still holds"
-
-
-def _verdicts(cfg) -> str:
-    """Write and print the verdict table over the replicates found."""
-    from .pipeline import verdicts
-
-    disp = verdicts.run(cfg)
-    print(f"\nverdicts:\n{disp.to_string(index=False)}", flush=True)
-    return f"verdicts: {len(disp)} claims"
 
 
 def _section(name: str, cfg, composed=None) -> str:

@@ -119,7 +119,7 @@ def test_help_lists_every_section_command():
     from cortex_nb.__main__ import SECTIONS, STAGES, parser
 
     text = parser().format_help()
-    assert set(SECTIONS) | {"vqgm", "evaluators", "tsv", "all", "seeds", "verdicts", "gates", "ledger", "families",
+    assert set(SECTIONS) | {"vqgm", "evaluators", "tsv", "all", "seeds", "gates", "ledger", "families",
                             "manifest", "verify", "atlas", "book"} == set(STAGES)
     for command in STAGES:
         assert f"\n  {command} " in text, command
@@ -161,7 +161,7 @@ def test_fig3_table2_table3_run_headless_and_write_their_outputs(results, tiny_v
         assert (tables / f"{name}.csv").read_bytes() == data, name
     assert before["fig3_image_level"].split(b"\n")[0] == (b"method,evaluator,n,p,p_lo,p_hi,acc,n_masked,d_random,"
                                                           b"d_random_lo,d_random_hi,modal_share,masked_fraction,mode,fill")
-    # a seed replicate (retrained extractors, redrawn noise) and the verdict table over both
+    # a seed replicate (retrained extractors, redrawn noise) and the claims ledger over both
     assert main(["seeds", "--profile", "smoke", *sets, "--set", "replicates=2"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     r1 = results / "results" / "smoke" / "seeds" / "r1" / "tables"
@@ -171,6 +171,9 @@ def test_fig3_table2_table3_run_headless_and_write_their_outputs(results, tiny_v
     auc = pd.read_csv(r1 / "faithfulness_auc.csv")
     assert set(auc.method) == {"TSV", "random", "class-vs-rest"}                # no captum rivals in a replicate
     assert not list((r1.parent / "figures").glob("*.png"))               # frames only, no figures
-    detail = pd.read_csv(tables / "verdicts_detail.csv")
-    assert set(detail.replicates) == {"0 1"} and "verdicts:" in out
-    assert set(detail.verdict) <= {"holds", "fails", "fails (reversed)", "inconclusive"}
+    led = pd.read_csv(tables / "ledger.csv", keep_default_na=False).set_index("check")
+    assert "ledger:" in out and not (tables / "verdicts.csv").exists()
+    for check in ("fig3_CE", "table2_frequency", "table3_orig", "faith_deletion"):
+        assert led.loc[check, "replicates"] == "0 1", check                   # the replicate's frames are read
+    assert led.loc["table1_above_chance", "replicates"] == "1"                # the headline ran no Table 1 here
+    assert set(led.verdict) <= {"holds", "fails", "inconclusive", "inconclusive (seed-sensitive)", "no data"}

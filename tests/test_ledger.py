@@ -1,10 +1,10 @@
-"""The claims ledger (issue #18): interval semantics, seed sensitivity, the checks beyond the verdict table."""
+"""The claims ledger (issue #18): interval semantics, seed sensitivity, the checks beyond the paper's comparisons."""
 import pandas as pd
 import pytest
 
 from cortex_nb.io.config import load_profile
 from cortex_nb.pipeline import ledger
-from cortex_nb.pipeline.verdicts import Evidence
+from cortex_nb.pipeline.claims import Evidence
 
 
 def ev(mean, lo, hi, below=False):

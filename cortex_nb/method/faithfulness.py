@@ -6,7 +6,7 @@ fall fast) and the **insertion** curve starts from the image with every position
 back in that order (a faithful attribution makes P(true) rise fast); Samek et al. 2017 (region
 perturbation), Petsiuk et al. 2018 (RISE). Removing a position means what it means everywhere in this
 project: its patch replaced by the profile's fill (``cortex_nb.pipeline.s04_concept_level.score_masked``),
-so the curves inherit the fill check of the verdicts.
+so the curves inherit the fill check the other masking results rest on.
 
 Everything is batched: one step of a curve is one masked batch shown to the evaluator, whatever B, where
 the per-image loops of the evaluation libraries make one forward pass per image and step. The unit of

@@ -1,8 +1,9 @@
 """The claims ledger (issue #18): each quantitative claim of the paper, and of the sections this companion
-adds, as a named check over a run's tables, with the numbers it used.
+adds, as a named check over a run's tables, with the numbers it used. It is the companion's one verdict table:
+notebook 05, README, the atlas, the book and `make verify` read it, and no other rule set judges a claim.
 
 A check reads one run's tables and gives, for each of its cases (an evaluator, an extractor, a rival), an
-estimate and its 95 % interval (:class:`~cortex_nb.pipeline.verdicts.Evidence`: paired where the tables
+estimate and its 95 % interval (:class:`~cortex_nb.pipeline.claims.Evidence`: paired where the tables
 pair, conservative where they cannot). A case
 
 - **holds** when its interval lies wholly on the claimed side (of zero, of chance, inside a margin),
@@ -12,10 +13,12 @@ pair, conservative where they cannot). A case
 a check holds when every case holds, fails when any case fails, and is inconclusive otherwise.
 
 The same check runs on every seed and machine replicate that has its tables
-(:func:`~cortex_nb.pipeline.verdicts.replicate_dirs`). The ledger's verdict is the headline run's when every
+(:func:`~cortex_nb.pipeline.claims.replicate_dirs`). The ledger's verdict is the headline run's when every
 replicate gives the same, and **inconclusive (seed-sensitive)** when they differ: a verdict that depends
 on the seed or the machine is not a result. A check whose tables only the headline run has says so
-("seeds: untested").
+("seeds: untested"). Beside the verdict: each case's estimate across the replicates (min … max), what the toy
+world builds in, and what each settings variant (``results/<p>/variants/<name>``: one run under other settings,
+never counted) says on its own under the same rule.
 
 ``python -m cortex_nb ledger`` writes ``tables/ledger`` (README's first table; a page of the token
 atlas); `make all` runs it before the manifest. `make verify` evaluates the ledger again
@@ -31,7 +34,8 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from ..io.tables import read_table, write_table
-from .verdicts import CLAIMS, Evidence, above, below, fmt_case, replicate_dirs, unpaired
+from .claims import (CLAIMS, Evidence, above, below, built_in, fmt_case, machine, replicate_dirs, settings_diff,
+                     unpaired, variant_dirs)
 
 __all__ = ["Check", "CHECKS", "case_verdict", "check_verdict", "ledger_frame", "ledger_view", "write_ledger", "verify_ledger",
            "seed_sensitivity"]
@@ -39,13 +43,15 @@ __all__ = ["Check", "CHECKS", "case_verdict", "check_verdict", "ledger_frame", "
 
 @dataclass(frozen=True)
 class Check:
-    """A named claim: the notebook whose tables it reads, the claim in words, those tables, and how to read
-    its cases off a tables directory (``evidence``: (tables dir, cfg) -> {case: Evidence}, {} without data)."""
+    """A named claim: the notebook whose tables it reads, the claim in words, those tables, how to read
+    its cases off a tables directory (``evidence``: (tables dir, cfg) -> {case: Evidence}, {} without data), and
+    what the toy world builds in for it (a template :func:`~cortex_nb.pipeline.claims.built_in` fills in)."""
     key: str
     notebook: str
     text: str
     tables: tuple[str, ...]
     evidence: Callable[[Path, DictConfig], dict[str, Evidence]]
+    built_in: str = ""
 
 
 def case_verdict(e: Evidence) -> str:
@@ -61,7 +67,7 @@ def check_verdict(cases: dict[str, Evidence]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# the checks the verdict table does not have
+# the checks beyond the paper's comparisons (claims.CLAIMS has those)
 
 
 def _extractor_rows(df: pd.DataFrame) -> dict[str, pd.Series]:
@@ -205,12 +211,12 @@ def _bias_control(statistic: str) -> Callable:
     return ev
 
 
-_VERDICT = {c.key: c for c in CLAIMS}
+_CLAIM = {c.key: c for c in CLAIMS}
 
 
-def _from_verdicts(key: str, notebook: str, tables: tuple[str, ...]) -> Check:
-    c = _VERDICT[key]
-    return Check(key, notebook, c.text, tables, c.evidence)
+def _from_claim(key: str, notebook: str, tables: tuple[str, ...]) -> Check:
+    c = _CLAIM[key]
+    return Check(key, notebook, c.text, tables, c.evidence, c.built_in)
 
 
 #: the checks, in the paper's order, then the sections beyond it
@@ -219,19 +225,19 @@ CHECKS: tuple[Check, ...] = (
           "token embeddings above chance (top-1)", ("table1_extractor_accuracy",), _table1_chance),
     Check("table1_ce_vs_re", "02", "Table 1: CE is more accurate than RE (paper: 53.07 vs 51.43 % top-1)",
           ("table1_extractor_accuracy",), _table1_ce_re),
-    _from_verdicts("fig3_CE", "03", ("fig3_image_level",)),
-    _from_verdicts("fig3_RE", "03", ("fig3_image_level",)),
-    _from_verdicts("fig3_n1", "03", ("fig3_image_level",)),
-    _from_verdicts("table2_fewer", "04", ("table2_concept_level",)),
-    _from_verdicts("table2_frequency", "04", ("table2_paired",)),
-    _from_verdicts("table2_frequency_area", "04", ("table2_paired",)),
-    _from_verdicts("table2_class_vs_rest", "04", ("table2_paired",)),
-    _from_verdicts("robust_vit", "04", ("table2_paired",)),
-    _from_verdicts("ce_re", "04", ("table2_paired",)),
-    _from_verdicts("table3_orig", "05", ("table3_paired",)),
-    _from_verdicts("table3_targ", "05", ("table3_paired",)),
-    _from_verdicts("table3_orig_control", "05", ("table3_paired",)),
-    _from_verdicts("table3_targ_control", "05", ("table3_paired",)),
+    _from_claim("fig3_CE", "03", ("fig3_image_level",)),
+    _from_claim("fig3_RE", "03", ("fig3_image_level",)),
+    _from_claim("fig3_n1", "03", ("fig3_image_level",)),
+    _from_claim("table2_fewer", "04", ("table2_concept_level",)),
+    _from_claim("table2_frequency", "04", ("table2_paired",)),
+    _from_claim("table2_frequency_area", "04", ("table2_paired",)),
+    _from_claim("table2_class_vs_rest", "04", ("table2_paired",)),
+    _from_claim("robust_vit", "04", ("table2_paired",)),
+    _from_claim("ce_re", "04", ("table2_paired",)),
+    _from_claim("table3_orig", "05", ("table3_paired",)),
+    _from_claim("table3_targ", "05", ("table3_paired",)),
+    _from_claim("table3_orig_control", "05", ("table3_paired",)),
+    _from_claim("table3_targ_control", "05", ("table3_paired",)),
     Check("localisation", "04", "Beyond the paper: CE's and RE's top-n positions fall on the head (ground truth) "
           "more often than random, frequency and class-vs-rest positions", ("localisation",), _localisation),
     Check("faith_deletion", "07", "Faithfulness: deleting the TSV's most salient positions first lowers P(true) "
@@ -278,51 +284,82 @@ def seed_sensitivity(per_rep: dict) -> str:
     return "differ: " + "; ".join(f"{v} in {', '.join(rs)}" for v, rs in groups.items())
 
 
-def ledger_frame(cfg: DictConfig, dirs: dict | None = None, notebook: str | None = None) -> pd.DataFrame:
-    """A row per check: its verdict, the headline run's verdict and numbers, each replicate's verdict. ``notebook``:
-    only the checks of that notebook's tables (notebook 05 shows its own while the others may still be running)."""
+def _spread(per_rep_cases: dict) -> str:
+    """Each case's point estimate across the replicates that have it, 'case: min … max'; '' with one replicate."""
+    if len(per_rep_cases) < 2:
+        return ""
+    names = list(dict.fromkeys(n for cases in per_rep_cases.values() for n in cases))
+    parts = []
+    for n in names:
+        means = [cases[n].mean for cases in per_rep_cases.values() if n in cases]
+        parts.append(f"{n}: {min(means):+.3f} … {max(means):+.3f}")
+    return "; ".join(parts)
+
+
+def ledger_frame(cfg: DictConfig, dirs: dict | None = None, notebook: str | None = None,
+                 variants: dict | None = None) -> pd.DataFrame:
+    """A row per check: its verdict, the headline run's verdict and numbers, each replicate's verdict, each case's
+    estimate across the replicates, what the toy world builds in, and a column ``variant:<name>`` per settings
+    variant (what that run alone says, by the same rule; never counted). ``notebook``: only the checks of that
+    notebook's tables (notebook 05 shows its own while the others may still be running); ``variants``: {name: tables
+    dir}, default the profile's (:func:`~cortex_nb.pipeline.claims.variant_dirs`)."""
     dirs = replicate_dirs(cfg) if dirs is None else dirs
+    variants = variant_dirs(cfg) if variants is None else variants
     rows = []
     for check in CHECKS:
         if notebook is not None and check.notebook != notebook:
             continue
-        per_rep = {}
-        head_cases: dict[str, Evidence] = {}
-        for r, d in dirs.items():
-            cases = check.evidence(d, cfg)
-            if cases:
-                per_rep[r] = check_verdict(cases)
-                if r == 0:
-                    head_cases = cases
+        per_rep_cases = {r: c for r, d in dirs.items() if (c := check.evidence(d, cfg))}
+        per_rep = {r: check_verdict(c) for r, c in per_rep_cases.items()}
+        head_cases: dict[str, Evidence] = per_rep_cases.get(0, {})
         this_run = check_verdict(head_cases)
         verdict = this_run if len(set(per_rep.values())) <= 1 else "inconclusive (seed-sensitive)"
-        rows.append({"check": check.key, "notebook": check.notebook, "claim": check.text, "verdict": verdict,
-                     "this_run": this_run, "numbers": "; ".join(_fmt(n, e) for n, e in head_cases.items()),
-                     "cases_holding": f"{sum(e.supports for e in head_cases.values())}/{len(head_cases)}",
-                     "seeds": seed_sensitivity(per_rep) if per_rep else "no data",
-                     "replicates": " ".join(str(r) for r in per_rep), "tables": " ".join(check.tables)})
+        row = {"check": check.key, "notebook": check.notebook, "claim": check.text, "verdict": verdict,
+               "this_run": this_run, "numbers": "; ".join(_fmt(n, e) for n, e in head_cases.items()),
+               "cases_holding": f"{sum(e.supports for e in head_cases.values())}/{len(head_cases)}",
+               "seeds": seed_sensitivity(per_rep) if per_rep else "no data",
+               "replicates": " ".join(str(r) for r in per_rep), "across_replicates": _spread(per_rep_cases),
+               "built_in": built_in(check.built_in, cfg), "tables": " ".join(check.tables)}
+        for name, d in variants.items():
+            row[f"variant:{name}"] = check_verdict(check.evidence(d, cfg))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
 def ledger_view(df: pd.DataFrame) -> pd.DataFrame:
-    """The ledger as people read it (README, notebook 05): check, claim, notebook, verdict, the headline run's
-    estimates and intervals, what the seeds and machines say."""
-    return pd.DataFrame({"Check": df.check, "Claim": df.claim, "NB": df.notebook, "Verdict": df.verdict,
+    """The ledger as people read it (README, notebook 05, the book): check, claim, notebook, verdict, the headline
+    run's estimates and intervals, what the seeds and machines say and how far each estimate moves across them; what
+    the toy world builds in and what each settings variant says on its own, where the frame has them."""
+    view = pd.DataFrame({"Check": df.check, "Claim": df.claim, "NB": df.notebook, "Verdict": df.verdict,
                          "This run: estimate [95% interval] per case": df.numbers, "Seeds and machines": df.seeds})
+    if "across_replicates" in df and df.across_replicates.fillna("").astype(str).str.len().any():
+        view["Across replicates (min … max)"] = df.across_replicates.fillna("")
+    if "built_in" in df and df.built_in.fillna("").astype(str).str.len().any():
+        view["Toy world builds in"] = df.built_in.fillna("")
+    variants = [c for c in df.columns if c.startswith("variant:")]
+    if variants:
+        view["Under other settings, not counted"] = [
+            "; ".join(f"{c.split(':', 1)[1]}: {r[c]}" for c in variants) for _, r in df.iterrows()]
+    return view
 
 
 def write_ledger(cfg: DictConfig, df: pd.DataFrame | None = None) -> pd.DataFrame:
     """Write ``tables/ledger`` (CSV: every column; Markdown: the README's view); returns the frame."""
     dirs = replicate_dirs(cfg)
-    df = ledger_frame(cfg, dirs) if df is None else df
+    variants = variant_dirs(cfg)
+    df = ledger_frame(cfg, dirs, variants=variants) if df is None else df
     disp = ledger_view(df)
     counts = df.verdict.value_counts()
     cap = (f"The claims ledger: {len(df)} checks over this run's tables and the replicates that have them "
-           f"({', '.join(map(str, dirs))}). " + ", ".join(f"{v}: {n}" for v, n in counts.items()) + ". A case holds "
+           f"({'; '.join(f'r{r}: {machine(d)}' if isinstance(r, int) else f'{r}: {machine(d)}' for r, d in dirs.items())}). " + ", ".join(f"{v}: {n}" for v, n in counts.items()) + ". A case holds "
            "when its 95 % interval lies wholly on the claimed side, fails when wholly on the other, is inconclusive "
            "when it overlaps; a check holds when every case holds and fails when any fails. A verdict that differs "
            "between replicates is inconclusive (seed-sensitive). `make verify` fails when a check recorded here "
            "as holding no longer holds.")
+    head = dirs.get(0)
+    for name, d in variants.items():
+        diff = settings_diff(d, head) if head is not None else ""
+        cap += f" Variant {name} (one run under other settings, never counted)" + (f": {diff}." if diff else ".")
     write_table(df, cfg.paths.tables, "ledger", display=disp, caption=cap)
     return df
 

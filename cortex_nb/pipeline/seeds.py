@@ -1,5 +1,5 @@
-"""Seed replicates (``make seeds``; ``python -m cortex_nb seeds``): the frames every verdict rests
-on, recomputed with other extractor seeds and other noise.
+"""Seed replicates (``make seeds``; ``python -m cortex_nb seeds``): the frames every verdict of the
+claims ledger rests on, recomputed with other extractor seeds and other noise.
 
 Replicate r (``replicate: r`` in the profile, r = 1 .. ``replicates`` - 1; r = 0 is the headline
 run of notebooks 03-05) retrains CE and RE from ``seed + 7919 r`` and redraws the SmoothGrad noise,
@@ -9,7 +9,7 @@ spread across replicates is what the extractor's training and the noise add -- t
 perturbation a different CPU's float rounding causes in extractor training, which is how verdicts
 flipped between machines.
 
-Each replicate writes only the long frames the verdicts and the claims ledger read (no figures), under
+Each replicate writes only the long frames the claims ledger reads (no figures), under
 ``results/<profile>/seeds/r<r>/tables/``: fig3_image_level (headline fill, equal area),
 table1_extractor_accuracy, table2_concept_level, table2_paired, table3_optimization_all,
 table3_paired (central region, final state; token selection, embedding optimisation and the

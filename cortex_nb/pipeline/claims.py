@@ -1,31 +1,17 @@
-"""The verdict table: each of the paper's claims -> holds / fails / inconclusive, from the paired
-intervals of every seed replicate (``python -m cortex_nb verdicts``; README's verdict block).
+"""The paper's claims as evidence readers, and where a run's replicates are: what the claims ledger
+(:mod:`cortex_nb.pipeline.ledger`, the one verdict table) judges.
 
-A claim is judged per evaluator, in every replicate r (r = 0: the headline run's tables in
-``results/<p>/tables``; r >= 1: ``results/<p>/seeds/r<r>/tables``, :mod:`cortex_nb.pipeline.seeds`),
-on a paired interval -- a method minus its comparison on the same images, resampling the unit
-the result is about (images for Fig. 3 with each image's random seeds averaged; classes for
-Tables 2 and 3). A replicate *supports* a claim when that interval lies wholly on the claimed
-side of zero (for CE ~ RE: inside +-``verdicts.equivalence_margin``); for a claim over several
-cases (every n > 1, both extractors) the least favourable case decides, and it is the one shown.
+A :class:`Claim` reads one replicate's tables and gives, per evaluator, the paired estimate and 95 % interval of its
+least favourable case (:class:`Evidence`): a method minus its comparison on the same images, resampling the unit
+the result is about (images for Fig. 3 with each image's random seeds averaged; classes for Tables 2 and 3). For a
+claim over several cases (every n > 1, both extractors) the least favourable case decides, and it is the one shown.
 
-- **holds**: every replicate supports it, and there are at least ``replicates`` of them;
-- **fails**: no replicate of at least ``replicates`` supports it ("reversed" when every
-  replicate's interval lies wholly on the other side);
-- **inconclusive**: some replicates support it and some do not -- the verdict depends on the seed
-  (and so, through float rounding in extractor training, on the machine) -- or fewer than
-  ``replicates`` replicates have been run (``make seeds``).
-
-Machine replicates (``results/<p>/seeds/machine-<name>/``: the headline run repeated on another CPU,
-its tables and profile.yaml copied there) count like seed replicates. A claim's row says which
-replicates (and on which CPU) it rests on, the headline replicate's
-interval, the spread of the point estimate across replicates, and what the toy world gives the
-claim by construction.
-
-Settings variants (``results/<p>/variants/<name>/``: one run under other settings, e.g. the toy
-profile before a cost cut, its tables and profile.yaml there) never count; the table adds a column
-per variant with what that run alone says (each case judged on its own interval), and the caption
-lists the settings it differs in: a verdict that moves with a setting is visible.
+Replicates (:func:`replicate_dirs`): r = 0 is the headline run's tables in ``results/<p>/tables``; r >= 1 the
+seed replicates in ``results/<p>/seeds/r<r>/tables`` (:mod:`cortex_nb.pipeline.seeds`); machine replicates
+(``results/<p>/seeds/machine-<name>/``: the headline run repeated on another CPU, its tables and profile.yaml copied
+there) count like seed replicates. Settings variants (``results/<p>/variants/<name>/``: one run under other
+settings, e.g. the toy profile before a cost cut) never count; the ledger shows what each says on its own, and
+:func:`settings_diff` the settings it differs in, so a verdict that moves with a setting is visible.
 """
 from __future__ import annotations
 
@@ -34,18 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from ..io.tables import read_table, write_table
+from ..io.tables import read_table
 
 log = logging.getLogger("cortex_nb")
 
-__all__ = ["Evidence", "Claim", "CLAIMS", "below", "above", "unpaired", "fmt_case",
-           "replicate_dirs", "variant_dirs", "settings_diff", "judge", "verdict_frame",
-           "verdict_table", "run"]
+__all__ = ["Evidence", "Claim", "CLAIMS", "below", "above", "unpaired", "fmt_case", "built_in",
+           "replicate_dirs", "variant_dirs", "settings_diff", "machine"]
 
 
 @dataclass(frozen=True)
@@ -86,7 +69,7 @@ def unpaired(a, a_lo, a_hi, b, b_lo, b_hi) -> tuple[float, float, float]:
 
 
 def fmt_case(name: str, mean: float, lo: float, hi: float, case: str = "") -> str:
-    """'name: +0.123 [+0.100, +0.150] (case)': one case of a claim as the verdict table and the ledger show it."""
+    """'name: +0.123 [+0.100, +0.150] (case)': one case of a claim as the ledger shows it."""
     return f"{name}: {mean:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (f" ({case})" if case else "")
 
 
@@ -214,10 +197,10 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 
-def built_in(claim: Claim, cfg: DictConfig) -> str:
-    """What the toy world gives ``claim`` by construction, filled in from the profile; '' for a VQGM
-    that is not the toy world's."""
-    if cfg.vqgm.source != "toy":
+def built_in(template: str, cfg: DictConfig) -> str:
+    """What the toy world gives a claim by construction (``template``: its :attr:`Claim.built_in`), filled in from
+    the profile; '' for a VQGM that is not the toy world's, or a claim without one."""
+    if not template or cfg.vqgm.source != "toy":
         return ""
     from ..method.optimize import central_region
     from ..toy.tokenizer import TokenizerConfig
@@ -226,7 +209,7 @@ def built_in(claim: Claim, cfg: DictConfig) -> str:
     size = cfg.optimization.region_size
     region = central_region(m, None if size is None else int(size))
     share = f"{int(region.sum())} of {m * m} positions"
-    return claim.built_in.format(scene_bias=cfg.world.scene_bias, region=share)
+    return template.format(scene_bias=cfg.world.scene_bias, region=share)
 
 
 def replicate_dirs(cfg: DictConfig) -> dict:
@@ -252,14 +235,14 @@ def replicate_dirs(cfg: DictConfig) -> dict:
     for r, d in out.items():
         mine = _settings(d)
         if r and head is not None and mine is not None and mine != head:
-            log.warning("verdicts: replicate %s (%s) ran with other settings than the headline run; left out "
+            log.warning("ledger: replicate %s (%s) ran with other settings than the headline run; left out "
                         "(rerun `make seeds`)", r, d)
             continue
         keep[r] = d
     return keep
 
 
-#: profile keys that may differ between the replicates of one verdict table: run plumbing, and the
+#: profile keys that may differ between the replicates of one ledger: run plumbing, and the
 #: sections no claim of the table reads (notebook 07's faithfulness tests, notebook 08's bias test, the robustness
 #: reports), so adding or changing them does not orphan the replicates
 _FREE = ("replicate", "replicates", "progress", "threads", "device", "faithfulness", "bias", "robustness")
@@ -268,7 +251,7 @@ _FREE = ("replicate", "replicates", "progress", "threads", "device", "faithfulne
 def variant_dirs(cfg: DictConfig) -> dict[str, Path]:
     """{name: tables dir} of the settings variants in results/<p>/variants/<name>/tables: a run of the
     same claims under OTHER settings (its profile.yaml beside its tables, e.g. the toy profile before a
-    cost cut). They never count towards a verdict; the verdict table shows what each would say, so a
+    cost cut). They never count towards a verdict; the ledger shows what each would say, so a
     verdict that moves with a setting is visible."""
     root = Path(cfg.paths.seeds).parent / "variants"
     return {d.parent.name: d for d in sorted(root.glob("*/tables")) if any(d.glob("*.csv"))}
@@ -325,7 +308,7 @@ def _recorded(tables: Path) -> dict | None:
     return (yaml.safe_load(p.read_text()) or {}) if p.exists() else None
 
 
-def _machine(tables: Path) -> str:
+def machine(tables: Path) -> str:
     """The CPU capability (and model, where recorded) of the run that wrote ``tables``."""
     rec = _recorded(tables)
     if rec is None:
@@ -333,94 +316,3 @@ def _machine(tables: Path) -> str:
     run = rec.get("run", {})
     return " ".join(str(x) for x in (run.get("cpu"), run.get("cpu_capability"), f"{run.get('threads')} threads")
                     if x and x != "None threads")
-
-
-def judge(evidence: list[Evidence], needed: int) -> str:
-    """holds / fails / fails (reversed) / inconclusive from one claim's evidence in each replicate."""
-    if not evidence:
-        return "no data"
-    n_sup = sum(e.supports for e in evidence)
-    if len(evidence) < needed:
-        return "inconclusive"
-    if n_sup == len(evidence):
-        return "holds"
-    if n_sup == 0:
-        return "fails (reversed)" if all(e.against for e in evidence) else "fails"
-    return "inconclusive"
-
-
-def verdict_frame(cfg: DictConfig, dirs: dict[int, Path] | None = None, needed: int | None = None,
-                  prefix: str = "") -> pd.DataFrame:
-    """A row per (claim, evaluator): verdict, the replicates it rests on, the headline replicate's
-    paired estimate and interval (its least favourable case), and the estimate's range over replicates.
-    ``needed``: replicates a verdict needs (default ``replicates``; 1 judges a single run); ``prefix``: only the
-    claims whose key starts with it (notebook 05: "table3", the claims of its own tables)."""
-    dirs = replicate_dirs(cfg) if dirs is None else dirs
-    needed = int(cfg.replicates) if needed is None else int(needed)
-    rows = []
-    for claim in CLAIMS:
-        if not claim.key.startswith(prefix):
-            continue
-        per_rep = {r: claim.evidence(d, cfg) for r, d in dirs.items()}
-        evaluators = list(dict.fromkeys(e for ev in per_rep.values() for e in ev))
-        for evn in evaluators:
-            evs = {r: ev[evn] for r, ev in per_rep.items() if evn in ev}
-            if not evs:
-                continue
-            head = evs.get(0, next(iter(evs.values())))
-            means = [e.mean for e in evs.values()]
-            rows.append({"claim": claim.key, "text": claim.text, "evaluator": evn,
-                         "verdict": judge(list(evs.values()), needed),
-                         "replicates": " ".join(str(r) for r in evs), "supported_in": sum(e.supports for e in evs.values()),
-                         "mean": head.mean, "lo": head.lo, "hi": head.hi, "case": head.case,
-                         "seed_min": float(np.min(means)), "seed_max": float(np.max(means)),
-                         "built_in": built_in(claim, cfg)})
-    return pd.DataFrame(rows)
-
-
-def _overall(g: pd.DataFrame) -> str:
-    v = g.verdict.tolist()
-    if len(set(v)) == 1:
-        return v[0]
-    parts = [f"{verdict} on {', '.join(g[g.verdict == verdict].evaluator)}" for verdict in dict.fromkeys(v)]
-    return "mixed: " + "; ".join(parts)
-
-
-def verdict_table(cfg: DictConfig, df: pd.DataFrame, dirs: dict[int, Path] | None = None,
-                  write: bool = True) -> pd.DataFrame:
-    """README's table: a row per claim -- the verdict (per evaluator where they differ), the headline
-    replicate's paired intervals, the spread over replicates, what the toy world builds in. With ``write``, writes
-    verdicts (the compact table) and verdicts_detail (a row per claim and evaluator): `make all` does, after every
-    notebook has written its tables (a notebook reading another's tables while it runs would race it)."""
-    dirs = replicate_dirs(cfg) if dirs is None else dirs
-    rows = []
-    for key, g in df.groupby("claim", sort=False):
-        ev = "; ".join(fmt_case(r.evaluator, r.mean, r.lo, r.hi, r.case) for r in g.itertuples())
-        rows.append({"Claim": g.text.iloc[0], "Verdict": _overall(g), "Replicate 0: paired estimate [95% interval]": ev,
-                     "Across replicates (min … max)": "; ".join(f"{r.evaluator}: {r.seed_min:+.3f} … {r.seed_max:+.3f}"
-                                                              for r in g.itertuples()),
-                     "Toy world builds in": g.built_in.iloc[0]})
-    variants = variant_dirs(cfg)
-    for name, d in variants.items():   # what the claim's paired intervals say under other settings (not counted)
-        alone = verdict_frame(cfg, {name: d}, needed=1)
-        col = f"Under other settings, not counted: {name}"
-        for row in rows:
-            g = alone[alone.text == row["Claim"]]
-            row[col] = _overall(g) if len(g) else "no data"
-    disp = pd.DataFrame(rows)
-    machines = "; ".join(f"r{r}: {_machine(d)}" for r, d in dirs.items())
-    cap = (f"Verdicts over seed replicates {', '.join(map(str, dirs))} (of {int(cfg.replicates)} required; {machines}). "
-           "holds: every replicate's paired interval supports the claim; fails: none does; inconclusive: some do.")
-    head = dirs.get(0)
-    for name, d in variants.items():
-        cap += f" Variant {name} (one run, not counted): " + (settings_diff(d, head) if head else "") + "."
-    if write:
-        write_table(df.drop(columns=["text", "built_in"]), cfg.paths.tables, "verdicts_detail", caption=cap)
-        write_table(pd.DataFrame(rows), cfg.paths.tables, "verdicts", display=disp, caption=cap)
-    return disp
-
-
-def run(cfg: DictConfig) -> pd.DataFrame:
-    """Judge every claim over the replicates found and write the verdict tables; returns the compact one."""
-    dirs = replicate_dirs(cfg)
-    return verdict_table(cfg, verdict_frame(cfg, dirs), dirs)

@@ -1,6 +1,7 @@
-"""Verdicts (cortex_nb.pipeline.verdicts) and seed replicates: the three-way rule on hand-made
-evidence, the whole table read off hand-written replicate tables with known answers, the
-area-matched choice of k, and what a replicate changes (seeds, keys, paths) and what it keeps."""
+"""The claims the ledger judges (cortex_nb.pipeline.claims) and seed replicates: the least favourable case of a
+claim, the ledger read off hand-written replicate tables with known answers (one rule, seed sensitivity, the spread
+across replicates, settings variants beside it and never counted), the area-matched choice of k, and what a
+replicate changes (seeds, keys, paths) and what it keeps."""
 from pathlib import Path
 
 import numpy as np
@@ -8,23 +9,14 @@ import pandas as pd
 import pytest
 
 from cortex_nb import load_profile
-from cortex_nb.pipeline import verdicts as V
+from cortex_nb.pipeline import claims as V
+from cortex_nb.pipeline import ledger as L
 from cortex_nb.pipeline.keys import replicate_seed
 
 
 def ev(lo, hi, mean=None):
     mean = (lo + hi) / 2 if mean is None else mean
     return V.below(mean, lo, hi)
-
-
-def test_judge_three_ways():
-    sup, neutral, against = ev(-0.3, -0.1), ev(-0.1, 0.05), ev(0.1, 0.2)
-    assert V.judge([sup, sup, sup], needed=3) == "holds"
-    assert V.judge([sup, neutral, sup], needed=3) == "inconclusive"      # depends on the seed
-    assert V.judge([neutral, neutral, against], needed=3) == "fails"
-    assert V.judge([against, against, against], needed=3) == "fails (reversed)"
-    assert V.judge([sup], needed=3) == "inconclusive"                    # too few replicates to say
-    assert V.judge([], needed=3) == "no data"
 
 
 def test_worst_case_decides_a_claim_over_several_cases():
@@ -57,80 +49,75 @@ def _write_replicate(d: Path, fig3_hi: float, t2_hi: float, t3_orig_hi: float):
     ]).to_csv(d / "table3_paired.csv", index=False)
 
 
-def test_verdict_frame_on_hand_written_replicates(tmp_path):
-    cfg = load_profile("smoke")
-    dirs = {}
-    # Fig. 3 (n > 1): supported in all three; Table 2 vs frequency: in two of three; Table 3 ΔP_Orig: in none
-    for r, (f3, t2, t3) in enumerate(((-0.05, -0.01, 0.02), (-0.02, 0.03, 0.01), (-0.07, -0.02, 0.04))):
-        dirs[r] = tmp_path / f"r{r}" / "tables"
-        _write_replicate(dirs[r], f3, t2, t3)
-    df = V.verdict_frame(cfg, dirs).set_index("claim")
-    assert df.loc["fig3_CE", "verdict"] == "holds"
-    assert df.loc["fig3_CE", "case"] == "n = 3"                       # the least favourable n > 1 decides
-    assert df.loc["fig3_n1", "verdict"] == "fails"                    # n = 1: hi = +0.01 everywhere
-    assert df.loc["table2_frequency", "verdict"] == "inconclusive"
-    assert df.loc["table2_frequency", "supported_in"] == 2
-    assert df.loc["table3_orig", "verdict"] == "fails"
-    assert df.loc["table3_orig", "case"] == "CE"                      # CE's interval is the less favourable
-    assert df.loc["ce_re", "verdict"] == "holds"                      # [-0.02, 0.03] inside +-0.05
-    np.testing.assert_allclose(df.loc["fig3_CE", ["seed_min", "seed_max"]].to_numpy(float), [-0.17, -0.12])
-    assert df.loc["fig3_CE", "replicates"] == "0 1 2"
-    # with only two replicates, nothing can hold or fail
-    two = V.verdict_frame(cfg, {r: dirs[r] for r in (0, 1)})
-    assert set(two.verdict) == {"inconclusive"}
-
-
-def test_notebook_05_judges_only_its_own_claims_and_writes_nothing(tmp_path):
-    """Notebook 05 runs beside 03 and 04 under `make all`: it judges the Table 3 claims alone (the others read tables
-    that may still be being written) and writes no table; `make all` writes the full table after every notebook."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.merge(load_profile("smoke"), {"paths": {"tables": str(tmp_path / "out")}})
-    dirs = {}
-    for r, (f3, t2, t3) in enumerate(((-0.05, -0.01, 0.02), (-0.02, 0.03, 0.01), (-0.07, -0.02, 0.04))):
-        dirs[r] = tmp_path / f"r{r}" / "tables"
-        _write_replicate(dirs[r], f3, t2, t3)
-    full = V.verdict_frame(cfg, dirs)
-    own = V.verdict_frame(cfg, dirs, prefix="table3")
-    assert set(own.claim) == {c for c in full.claim if c.startswith("table3")} and len(own) < len(full)
-    pd.testing.assert_frame_equal(own.reset_index(drop=True),
-                                  full[full.claim.str.startswith("table3")].reset_index(drop=True))
-    disp = V.verdict_table(cfg, own, dirs, write=False)
-    assert len(disp) == own.claim.nunique() and not (tmp_path / "out").exists()
-
-
-def test_a_settings_variant_is_shown_beside_the_verdict_and_never_counted(tmp_path, monkeypatch):
-    """results/<p>/variants/<name>: one run under other settings gets its own column (each case judged on
-    its own interval), the caption names the settings it differs in, and the verdicts do not move."""
+def _replicates(root: Path, width: int = 32) -> dict:
+    """Three replicates under root (r0 = root/tables, r1, r2 under root/seeds): Fig. 3 (n > 1) supported in all
+    three; Table 2 vs frequency in r0 and r2 only; Table 3 ΔP_Orig: CE's interval overlaps 0 in every one (RE's
+    lies below), each with a profile.yaml of the same settings."""
     import yaml
-    from omegaconf import OmegaConf
 
-    root = tmp_path / "results" / "smoke"
-    cfg = OmegaConf.merge(load_profile("smoke"), {"paths": {"seeds": str(root / "seeds"),
-                                                            "tables": str(tmp_path / "out")}})
     dirs = {}
     for r, (f3, t2, t3) in enumerate(((-0.05, -0.01, 0.02), (-0.02, 0.03, 0.01), (-0.07, -0.02, 0.04))):
         dirs[r] = (root / "tables") if r == 0 else (root / "seeds" / f"r{r}" / "tables")
         _write_replicate(dirs[r], f3, t2, t3)
         (dirs[r].parent / "profile.yaml").write_text(yaml.safe_dump({"profile": {"replicate": r,
-                                                                                 "extractors": {"width": 32}}}))
-    before = V.verdict_table(cfg, V.verdict_frame(cfg, dirs), dirs)
+                                                                                 "extractors": {"width": width}}}))
+    return dirs
+
+
+def _smoke(root: Path, tables: Path):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(load_profile("smoke"), {"paths": {"seeds": str(root / "seeds"), "tables": str(tables)}})
+
+
+def test_the_ledger_on_hand_written_replicates(tmp_path):
+    """One rule per replicate (a case holds / fails when its interval lies wholly on one side), a verdict that
+    differs between replicates is seed-sensitive, and each case's estimate is shown across the replicates."""
+    root = tmp_path / "results" / "smoke"
+    dirs = _replicates(root)
+    cfg = _smoke(root, tmp_path / "out")
+    df = L.ledger_frame(cfg, dirs, variants={}).set_index("check")
+    assert df.loc["fig3_CE", "verdict"] == "holds" and df.loc["fig3_CE", "seeds"] == "same in all 3 (r0, r1, r2)"
+    assert df.loc["fig3_CE", "numbers"] == "E: -0.150 [-0.250, -0.050] (n = 3)"    # the least favourable n > 1
+    assert df.loc["fig3_CE", "across_replicates"] == "E: -0.170 … -0.120"
+    # n = 1: [-0.19, +0.01] in every replicate overlaps 0: inconclusive, not "fails" (nothing lies against it)
+    assert df.loc["fig3_n1", "verdict"] == "inconclusive"
+    assert df.loc["table2_frequency", "verdict"] == "inconclusive (seed-sensitive)"
+    assert df.loc["table2_frequency", "seeds"] == "differ: holds in r0, r2; inconclusive in r1"
+    assert df.loc["table3_orig", "verdict"] == "inconclusive"                     # CE overlaps 0, RE holds
+    assert df.loc["ce_re", "verdict"] == "holds"                                   # [-0.02, 0.03] inside +-0.05
+    assert df.loc["fig3_CE", "replicates"] == "0 1 2" and df.loc["localisation", "seeds"] == "no data"
+    # with one replicate nothing is seed-sensitive, and there is no spread to show
+    one = L.ledger_frame(cfg, {0: dirs[0]}, variants={}).set_index("check")
+    assert one.loc["table2_frequency", "verdict"] == "holds" and one.loc["fig3_CE", "across_replicates"] == ""
+    assert one.loc["table2_frequency", "seeds"] == "untested (only this run has the tables)"
+
+
+def test_a_settings_variant_is_shown_beside_the_verdict_and_never_counted(tmp_path):
+    """results/<p>/variants/<name>: one run under other settings gets its own column (judged by the same rule, on
+    its own), the caption names the settings it differs in, and the verdicts do not move."""
+    import yaml
+
+    root = tmp_path / "results" / "smoke"
+    dirs = _replicates(root)
+    cfg = _smoke(root, tmp_path / "out")
     assert V.variant_dirs(cfg) == {}
+    before = L.write_ledger(cfg)
     var = root / "variants" / "wide" / "tables"
-    _write_replicate(var, -0.05, -0.01, -0.01)                        # Table 3 supported in this one run
+    _write_replicate(var, -0.05, -0.01, -0.01)                        # Table 3: CE's interval below 0 here
     (var.parent / "profile.yaml").write_text(yaml.safe_dump({"profile": {"extractors": {"width": 64}}}))
     assert V.variant_dirs(cfg) == {"wide": var}
-    after = V.verdict_table(cfg, V.verdict_frame(cfg, dirs), dirs)
-    col = "Under other settings, not counted: wide"
-    pd.testing.assert_frame_equal(after.drop(columns=[col]), before)         # the verdicts do not move
-    got = dict(zip(after.Claim, after[col]))
-    t3 = next(c for c in got if c.startswith("Table 3 ΔP_Orig: token"))
-    t2 = next(c for c in got if c.startswith("Table 2: CORTEX (CE) lowers"))
-    assert got[t3] == "holds" and dict(zip(before.Claim, before.Verdict))[t3] == "fails"
-    assert got[t2] == "holds"                                         # hi = -0.01 in this run alone
+    after = L.write_ledger(cfg)
+    pd.testing.assert_frame_equal(after.drop(columns=["variant:wide"]), before)   # the verdicts do not move
+    got = after.set_index("check")["variant:wide"]
+    assert got["table3_orig"] == "holds" and before.set_index("check").loc["table3_orig", "verdict"] == "inconclusive"
+    assert got["table2_frequency"] == "holds" and got["localisation"] == "no data"
     assert V.settings_diff(var, dirs[0]) == "extractors.width: 64 (headline: 32)"
-    assert "Variant wide (one run, not counted): extractors.width: 64 (headline: 32)" in \
-        (tmp_path / "out" / "verdicts.md").read_text()
+    md = (tmp_path / "out" / "ledger.md").read_text()
+    assert "Variant wide (one run under other settings, never counted): extractors.width: 64 (headline: 32)." in md
+    view = L.ledger_view(after).set_index("Check")
+    assert view.loc["table3_orig", "Under other settings, not counted"] == "wide: holds"
+    assert "Under other settings, not counted" not in L.ledger_view(before).columns
 
 
 def test_area_matched_picks_the_baseline_k_with_the_closest_area():
