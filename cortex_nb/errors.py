@@ -12,7 +12,7 @@ existing ``except`` clauses keep working.
 """
 from __future__ import annotations
 
-__all__ = ["UserError", "CheckpointError"]
+__all__ = ["UserError", "CheckpointError", "DiskFullError"]
 
 
 class UserError(Exception):
@@ -34,3 +34,8 @@ class UserError(Exception):
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, unreadable, or holds objects we refuse to unpickle."""
+
+
+class DiskFullError(UserError, OSError):
+    """A write found no space left on its device (ENOSPC, or EDQUOT: a quota). The message names the file, what it
+    needed and what is free there; the half-written temporary file is already removed and the target untouched."""

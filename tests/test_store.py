@@ -110,6 +110,105 @@ def test_atomic_path_leaves_target_untouched_on_error(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.npy"]
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_device_is_one_error_naming_the_file_and_the_space_it_needs(tmp_path):
+    """The kernel's own ENOSPC (a write to /dev/full) inside an atomic write: the project's DiskFullError (a
+    UserError and still an OSError) naming the file, the size it needed and what is free; no temporary file left,
+    the previous version of the target untouched."""
+    import re
+    import shutil
+
+    from cortex_nb.errors import DiskFullError, UserError
+
+    target = tmp_path / "a.npy"
+    save_npy(target, np.arange(3))
+    with pytest.raises(DiskFullError) as info:
+        with atomic_path(target, size=3 << 20) as tmp:
+            tmp.write_bytes(b"x" * 1000)
+            with open("/dev/full", "wb") as full:
+                full.write(b"y")
+                full.flush()
+    e = info.value
+    assert isinstance(e, UserError) and isinstance(e, OSError)
+    assert f"no space left on the device holding {tmp_path}" in e.message and "a.npy needs about 3.0 MiB" in e.message
+    said = float(re.search(r"; ([0-9.]+) MiB free there now$", e.message).group(1))
+    assert abs(said - shutil.disk_usage(tmp_path).free / 2**20) < 256     # other processes write to the disk meanwhile
+    assert "run the same command again" in e.fix
+    assert len(e.one_line().splitlines()) == 2                        # message and fix, one line each
+    np.testing.assert_array_equal(np.load(target), np.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["a.npy"]
+
+
+def test_other_write_errors_are_not_called_a_full_disk(tmp_path):
+    """A writer's own RuntimeError on a device with room stays what it was (and an ENOSPC wrapped by a library in
+    its own error type is still found through __cause__)."""
+    from cortex_nb.errors import DiskFullError
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        with atomic_path(tmp_path / "b.bin") as tmp:
+            tmp.write_bytes(b"x")
+            raise RuntimeError("a bug")
+    with pytest.raises(DiskFullError, match="b.bin needs more than the 0.0 MiB it wrote"):
+        with atomic_path(tmp_path / "b.bin") as tmp:
+            tmp.write_bytes(b"x")
+            try:
+                raise OSError(28, "No space left on device")
+            except OSError as cause:
+                raise ValueError("the library's own wrapper") from cause
+    assert list(tmp_path.iterdir()) == []
+
+
+def _tmpfs(path, size: str) -> bool:
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    return os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                                capture_output=True).returncode == 0
+
+
+def test_every_writer_on_a_real_full_filesystem_says_disk_full_and_leaves_nothing(tmp_path):
+    """On a 256 KiB tmpfs (root: mount), each of the project's writers -- text, numpy (its tofile loses the errno),
+    a table (pandas), torch to a path (its zip writer raises a RuntimeError) and to a file with a sidecar, a token
+    store shard -- ends in DiskFullError and leaves no partial file; after the filesystem grows the same writes
+    succeed."""
+    import subprocess
+
+    import pandas as pd
+    import torch
+
+    from cortex_nb.errors import DiskFullError
+    from cortex_nb.io.files import save_text, save_torch, save_with_checksum
+    from cortex_nb.io.tables import write_table
+
+    fs = tmp_path / "fs"
+    if not _tmpfs(fs, "256k"):
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        writers = {
+            "x.txt": lambda: save_text(fs / "x.txt", "y" * 400_000),
+            "a.npy": lambda: save_npy(fs / "a.npy", np.zeros(100_000)),
+            "t.csv": lambda: write_table(pd.DataFrame({"a": np.arange(100_000)}), fs, "t"),
+            "w.pt": lambda: save_torch({"w": torch.zeros(100_000)}, fs / "w.pt"),
+            "c.pt": lambda: save_with_checksum({"w": torch.zeros(100_000)}, fs / "c.pt"),
+            "00000.npz": lambda: TokenStore.generate(
+                fs / "s", np.zeros(64, int), lambda labels, seed: {"images": np.ones((len(labels), 64, 64, 3),
+                                                                                    np.uint8),
+                                                                   "tokens": np.zeros((len(labels), 4, 4), int)},
+                meta=META, shard_size=64, seed=0, split="t", progress=False),
+        }
+        for name, write in writers.items():
+            with pytest.raises(DiskFullError, match=f"no space left on the device holding .*{name}"):
+                write()
+            left = [p for p in fs.rglob("*") if ".tmp" in p.name or p.name == name]   # no partial file, no target
+            assert left == [], (name, left)
+        subprocess.run(["mount", "-o", "remount,size=16m", str(fs)], check=True)
+        for write in writers.values():
+            write()
+        assert np.load(fs / "a.npy").shape == (100_000,) and (fs / "c.pt.sha256").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(fs)], capture_output=True)
+
+
 def test_cached_builds_once_per_key(tmp_path):
     n = []
     build = lambda: n.append(1) or {"v": len(n)}  # noqa: E731

@@ -75,7 +75,7 @@ def save_figure(fig, directory: str | Path, name: str, *, pdf: bool = True) -> P
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for ext, data in rendered.items():
-        with atomic_path(directory / f"{name}.{ext}") as tmp:
+        with atomic_path(directory / f"{name}.{ext}", size=len(data)) as tmp:
             tmp.write_bytes(data)
         provenance.record(directory / f"{name}.{ext}")
     return directory / f"{name}.png"

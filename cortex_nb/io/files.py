@@ -11,11 +11,13 @@ CRCs). :func:`progress` is the one progress bar, switched by ``CORTEX_PROGRESS``
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import struct
 import tempfile
 import weakref
@@ -26,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DiskFullError
 
 __all__ = [
     "atomic_path", "save_npy", "save_json", "load_json", "load_cache_json", "cached", "digest", "weights_key",
@@ -55,34 +57,90 @@ def _current_umask() -> int:
     return mask
 
 
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def disk_full(path: Path, err: OSError, written: int | None = None, need: int | None = None) -> DiskFullError:
+    """The project's error for a write that found its device full: the file, how much it needed (``need``, when the
+    writer knows its size; else at least the ``written`` bytes it got out), what is free there now, and what to do."""
+    free = ""
+    with contextlib.suppress(OSError):
+        free = f"; {_mib(shutil.disk_usage(_existing(path.parent)).free)} free there now"
+    size = (f"needs about {_mib(need)}" if need else
+            f"needs more than the {_mib(written)} it wrote" if written else "could not be written")
+    return DiskFullError(f"no space left on the device holding {path.parent} ({err.strerror}): {path.name} {size}{free}",
+                         "free space on that device (or set CORTEX_RESULTS to a directory on a larger one) and run the "
+                         "same command again: finished stages, shards and caches are kept, the file was not written")
+
+
+def _existing(p: Path) -> Path:
+    while not p.exists() and p.parent != p:
+        p = p.parent
+    return p
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, size: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it into place atomically.
     On error the temporary file is removed and ``path`` is untouched. The final file gets
-    0o666 & ~umask, as with ``open``; mkstemp's 0600 would hide outputs from group/others."""
+    0o666 & ~umask, as with ``open``; mkstemp's 0600 would hide outputs from group/others.
+    A full device (ENOSPC, EDQUOT) becomes :class:`~cortex_nb.errors.DiskFullError` naming ``path``, the space it
+    needs (``size``: the bytes the writer is about to write, when it knows them) and what is free."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_current_umask())  # after the write: a writer may have recreated tmp
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as e:
+        written = free = None
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                written = os.path.getsize(tmp)
+            with contextlib.suppress(OSError):
+                free = shutil.disk_usage(path.parent).free
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        full = None if isinstance(e, DiskFullError) else _full(e, free)
+        if full is not None:
+            raise disk_full(path, full, written, size) from e
         raise
+
+
+#: below this many free bytes a failed write is taken for a full device even when the writer lost the errno
+#: (numpy's ``tofile`` says "N requested and M written", torch's zip writer "unexpected pos")
+NEARLY_FULL = 1 << 20
+
+
+def _full(e: BaseException, free: int | None) -> OSError | None:
+    """The ENOSPC / EDQUOT error ``e`` is or wraps (a library may re-raise it as its own type); for an OSError or
+    RuntimeError without that errno, one standing for it when the device had under :data:`NEARLY_FULL` bytes free
+    as the write failed; else None."""
+    seen, x = set(), e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
+            return x
+        x = x.__cause__ or x.__context__
+    if isinstance(e, (OSError, RuntimeError)) and free is not None and free < NEARLY_FULL:
+        return OSError(errno.ENOSPC, f"{_mib(free)} free as the write failed: {e}")
+    return None
 
 
 def save_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically (tables, JSON, sidecars, records)."""
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
+    data = text.encode()
+    with atomic_path(path, size=len(data)) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """``np.save`` atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, size=np.asarray(array).nbytes) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array)
 

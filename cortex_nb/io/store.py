@@ -189,7 +189,7 @@ class TokenStore:
                       unit="shard"):
             chunk = labels[i * shard_size:(i + 1) * shard_size]
             arrays = _checked_shard(make_shard(chunk, shard_seed(seed, split, i)), chunk, meta, f"shard {i} of {path}")
-            with atomic_path(shard_dir / f"{i:05d}.npz") as tmp:
+            with atomic_path(shard_dir / f"{i:05d}.npz", size=sum(np.asarray(a).nbytes for a in arrays.values())) as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, **arrays)
             distributed.fault_point("shard")
