@@ -11,7 +11,17 @@ From the checkout it runs in (committed state: a `git clone` of HEAD), with the 
    finishes; its end state is compared, the results emptied, and the next series starts, until ``--kills``
    interruptions; every fifth is a SIGINT (Ctrl-C) to the group instead;
 3. concurrency: two `make all` started at the same moment in a third fresh clone;
-4. the end states of 2 and 3 are compared file by file with 1.
+4. a full disk (root only: it mounts a tmpfs): in a fourth fresh clone the profile's results directory is a small
+   filesystem, ``--disk-fraction`` of what the reference run leaves there, so a stage finds it full; that run must
+   stop with the project's one-paragraph error naming the file and the space it needs, and leave no partial file;
+   then the filesystem is grown (as a user frees space) and `make all` run again;
+5. aimed kills (``--stage-kills 01,06``): random moments fall mostly in the long stages, so each stage named here
+   is killed on purpose, at a random point of its own duration in the reference run, then the run is completed;
+6. the end states of 2-5 are compared file by file with 1.
+
+``--cases`` runs a subset (``kills,concurrent,disk-full,stages``; the reference always runs). The interruptions and
+the concurrent runs report in ``chaos.{md,json}``, the full disk in ``disk_full.{md,json}``, the aimed kills in
+``stage_kills.{md,json}``, so a rerun of one case keeps the others' last reports.
 
 Files that no run reproduces byte for byte (their bytes hold timings or the run's own identity) are listed in
 :data:`VOLATILE` and compared by presence only. The report (Markdown and JSON under ``--out``): kills per stage,
@@ -109,7 +119,18 @@ def main(argv=None) -> int:
                          "(the reruns resume, so the interruptions walk through the stages)")
     ap.add_argument("--out", default=str(ROOT / "results" / "chaos"))
     ap.add_argument("--keep", action="store_true", help="keep the clones (under the temporary directory)")
+    ap.add_argument("--cases", default="kills,concurrent,disk-full,stages",
+                    help="which cases to run after the reference (comma-separated: kills, concurrent, disk-full, "
+                         "stages)")
+    ap.add_argument("--stage-kills", default="01,06",
+                    help="the stages the 'stages' case kills on purpose, one SIGKILL each, in this order")
+    ap.add_argument("--disk-fraction", type=float, default=0.5,
+                    help="the full-disk case's filesystem, as a fraction of the reference's results directory")
     args = ap.parse_args(argv)
+    cases = {c.strip() for c in args.cases.split(",") if c.strip()}
+    unknown = cases - {"kills", "concurrent", "disk-full", "stages"}
+    if unknown:
+        ap.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     venv = ROOT / ".venv"
     if not (venv / ".cortex-installed").exists():
         print("tools/chaos.py: no .venv in this checkout: run `make setup` first", file=sys.stderr)
@@ -139,6 +160,26 @@ def main(argv=None) -> int:
     ref = outputs(ref_dir, args.profile)
     print(f"reference: {len(ref)} files in {report['reference_s']} s", flush=True)
 
+    ok = True
+    if "disk-full" in cases:
+        dreport = {k: report[k] for k in ("profile", "commit", "date", "cpu", "reference_s")}
+        dreport.update(disk_full(work, ref_dir, ref, args.profile, venv, args.disk_fraction))
+        (out / "disk_full.json").write_text(json.dumps(dreport, indent=1, ensure_ascii=False) + "\n")
+        (out / "disk_full.md").write_text(disk_full_markdown(dreport))
+        print(disk_full_markdown(dreport), flush=True)
+        ok = ok and dreport["held"]
+    if "stages" in cases:
+        sreport = {k: report[k] for k in ("profile", "commit", "date", "cpu", "reference_s")}
+        sreport.update(stage_kills(work, ref_dir, ref, args.profile, venv, args.stage_kills.split(","), rng))
+        (out / "stage_kills.json").write_text(json.dumps(sreport, indent=1, ensure_ascii=False) + "\n")
+        (out / "stage_kills.md").write_text(stage_kills_markdown(sreport))
+        print(stage_kills_markdown(sreport), flush=True)
+        ok = ok and sreport["held"]
+    if not {"kills", "concurrent"} & cases:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0 if ok else 1
+
     # 2. kills, in a path with spaces and non-ASCII characters: series of interrupted runs, each series from an empty
     # results directory until a run finishes undisturbed (its end state then compared), until --kills interruptions
     chaos_dir = clone(work / "chaos dir — ü ñ")
@@ -146,7 +187,7 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     report["series"] = []
     kills = 0
-    while kills < args.kills:
+    while "kills" in cases and kills < args.kills:
         reset(chaos_dir, args.profile)
         series = {"kills": 0}
         while True:
@@ -189,23 +230,25 @@ def main(argv=None) -> int:
               f"{len(series['diffs'])} difference(s) from the reference" + "".join(f"\n  {d}" for d in series["diffs"]),
               flush=True)
     report["chaos_s"] = round(time.monotonic() - t0, 1)
-    report["chaos_rc"] = max(s.get("rc", 1) for s in report["series"])
+    report["chaos_rc"] = max((s.get("rc", 1) for s in report["series"]), default=0)
     report["chaos_diffs"] = [d for s in report["series"] for d in s["diffs"]]
 
     # 3. two make all at once in one checkout
-    both_dir = clone(work / "concurrent")
-    logs = [open(work / f"concurrent{i}.log", "wb") for i in (1, 2)]
-    procs = [make_all(both_dir, args.profile, venv, log) for log in logs]
-    rcs = [p.wait() for p in procs]
-    for log in logs:
-        log.close()
-    report["concurrent_rcs"] = rcs
-    if any(rc == 0 for rc in rcs):
-        report["concurrent_diffs"] = compare(ref, outputs(both_dir, args.profile))
-    else:
-        report["concurrent_diffs"] = ["neither run finished"]
+    report["concurrent_rcs"], report["concurrent_diffs"] = [], []
+    if "concurrent" in cases:
+        both_dir = clone(work / "concurrent")
+        logs = [open(work / f"concurrent{i}.log", "wb") for i in (1, 2)]
+        procs = [make_all(both_dir, args.profile, venv, log) for log in logs]
+        rcs = [p.wait() for p in procs]
+        for log in logs:
+            log.close()
+        report["concurrent_rcs"] = rcs
+        if any(rc == 0 for rc in rcs):
+            report["concurrent_diffs"] = compare(ref, outputs(both_dir, args.profile))
+        else:
+            report["concurrent_diffs"] = ["neither run finished"]
 
-    ok = report["chaos_rc"] == 0 and not report["chaos_diffs"] and not report["concurrent_diffs"] \
+    ok = ok and report["chaos_rc"] == 0 and not report["chaos_diffs"] and not report["concurrent_diffs"] \
         and not report["failures"]
     report["held"] = ok
     (out / "chaos.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
@@ -216,6 +259,135 @@ def main(argv=None) -> int:
     else:
         print(f"clones and logs kept in {work}")
     return 0 if ok else 1
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def disk_full(work: Path, ref_dir: Path, ref: dict, profile: str, venv: Path, fraction: float) -> dict:
+    """Case 4: the results directory on a tmpfs of ``fraction`` x the reference's results; `make all` must stop with
+    the project's disk-full error (the file, the space needed), leave no partial file; after the tmpfs grows, a rerun
+    must finish and match the reference. Needs root (mount); a machine without it reports the case as not tried."""
+    need = _du(ref_dir / "results" / profile)
+    size = max(1 << 20, int(need * fraction))
+    d = clone(work / "disk-full")
+    res = d / "results" / profile
+    res.mkdir(parents=True, exist_ok=True)
+    r = {"results_bytes": need, "tmpfs_bytes": size, "held": False}
+    m = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(res)], capture_output=True,
+                       text=True)
+    if m.returncode != 0:
+        r["not_tried"] = f"mount failed (needs root): {m.stderr.strip()}"
+        return r
+    try:
+        subprocess.run(["git", "checkout", "-q", "--", f"results/{profile}"], cwd=d, capture_output=True)
+        t0 = time.monotonic()
+        with open(work / "disk-full-1.log", "wb") as log:
+            r["first_rc"] = make_all(d, profile, venv, log).wait()
+        r["first_s"] = round(time.monotonic() - t0, 1)
+        text = (work / "disk-full-1.log").read_text(errors="replace")
+        lines = [ln.strip() for ln in text.splitlines() if "no space left on the device holding" in ln]
+        r["message"] = lines[-1] if lines else ""
+        started = re.findall(r"^== (\d\d)_", text, re.M)
+        done = set(re.findall(r"^   (\d\d)_\S+ took", text, re.M))
+        r["stage"] = ",".join(sorted(set(started) - done)) or "?"
+        r["raw_tracebacks"] = len(re.findall(r"^(?:OSError|RuntimeError): .*(?:No space left|write failed)", text, re.M))
+        r["left_behind"] = sorted(p.relative_to(d).as_posix() for p in res.rglob("*")
+                                  if p.is_file() and (".tmp" in p.name or p.name.endswith(".lock")))
+        r["used_at_failure"] = shutil.disk_usage(res).used
+        # the user frees space: the filesystem grows to twice what the run needs, and make all runs again
+        subprocess.run(["mount", "-o", f"remount,size={2 * need + (64 << 20)}", str(res)], check=True)
+        t0 = time.monotonic()
+        with open(work / "disk-full-2.log", "wb") as log:
+            r["rerun_rc"] = make_all(d, profile, venv, log).wait()
+        r["rerun_s"] = round(time.monotonic() - t0, 1)
+        r["diffs"] = compare(ref, outputs(d, profile)) if r["rerun_rc"] == 0 else ["rerun failed"]
+        r["held"] = (r["first_rc"] != 0 and bool(r["message"]) and not r["left_behind"] and r["rerun_rc"] == 0
+                     and not r["diffs"])
+    finally:
+        subprocess.run(["umount", "-l", str(res)], capture_output=True)
+    return r
+
+
+def stage_kills(work: Path, ref_dir: Path, ref: dict, profile: str, venv: Path, stages: list[str],
+                rng: random.Random) -> dict:
+    """Case 5: for each stage in ``stages``, start `make all` (resuming what the kills before left), wait until that
+    stage starts, SIGKILL the whole group at uniform(0.1, 0.9) x the stage's duration in the reference run; then a run
+    to the end, compared with the reference."""
+    d = clone(work / "stage-kills")
+    ref_s = {}
+    for t in (ref_dir / "results" / profile / "timings").glob("*.txt"):
+        name, secs = t.read_text().split()[:2]
+        ref_s[name[:2]] = float(secs)
+    log_path = work / "stage-kills.log"
+    kills = []
+    for stage in [x.strip() for x in stages if x.strip()]:
+        with open(log_path, "ab") as log:
+            mark = log_path.stat().st_size
+            p = make_all(d, profile, venv, log)
+            started = None
+            while p.poll() is None:
+                tail = log_path.read_bytes()[mark:].decode(errors="replace")
+                if re.search(rf"^== {re.escape(stage)}_", tail, re.M):
+                    started = time.monotonic()
+                    break
+                time.sleep(0.2)
+            if started is None:
+                kills.append({"stage": stage, "killed": False, "why": f"make ended (rc {p.returncode}) before it"})
+                continue
+            delay = rng.uniform(0.1, 0.9) * ref_s.get(stage, 5.0)
+            try:
+                p.wait(timeout=delay)
+                kills.append({"stage": stage, "killed": False, "why": f"make ended (rc {p.returncode}) first"})
+                continue
+            except subprocess.TimeoutExpired:
+                pass
+            tail = log_path.read_bytes()[mark:].decode(errors="replace")
+            running = sorted(set(re.findall(r"^== (\d\d)_", tail, re.M))
+                             - set(re.findall(r"^   (\d\d)_\S+ took", tail, re.M)))
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            kills.append({"stage": stage, "killed": True, "after_s": round(delay, 1),
+                          "of_s": ref_s.get(stage), "running": ",".join(running)})
+            print(f"aimed kill: SIGKILL {delay:.1f} s into {stage} (running: {','.join(running)})", flush=True)
+    with open(log_path, "ab") as log:
+        rc = make_all(d, profile, venv, log).wait()
+    diffs = compare(ref, outputs(d, profile)) if rc == 0 else ["the run after the kills failed"]
+    return {"kills": kills, "rc": rc, "diffs": diffs,
+            "held": rc == 0 and not diffs and all(k["killed"] for k in kills)}
+
+
+def stage_kills_markdown(r: dict) -> str:
+    rows = [f"| {k['stage']} | " + (f"SIGKILL {k['after_s']} s into it (reference: {k['of_s']} s); running: {k['running']}"
+                                    if k["killed"] else f"not killed: {k['why']}") + " |" for k in r["kills"]]
+    return "\n".join([
+        f"# Aimed kills ({r['profile']}, {r['date']}, {r['cpu']}, commit {r['commit']})", "",
+        "| stage | kill |", "|---|---|", *rows, "",
+        f"Then `make all` to the end: exit status {r['rc']}; end state against the undisturbed reference "
+        f"({r['reference_s']} s): " + ("every table, figure and token store byte-identical" if not r["diffs"] else
+                                       "; ".join(r["diffs"][:20])) + f" (by presence only: {', '.join(VOLATILE)}). "
+        f"Held: {'yes' if r['held'] else 'no'}.", "",
+        "Reproduce: `python tools/chaos.py --profile smoke --cases stages --stage-kills 01,06`.", ""])
+
+
+def disk_full_markdown(r: dict) -> str:
+    head = f"# Full disk ({r['profile']}, {r['date']}, {r['cpu']}, commit {r['commit']})"
+    if "not_tried" in r:
+        return f"{head}\n\nNot tried: {r['not_tried']}.\n"
+    mib = lambda n: f"{n / 2**20:.1f} MiB"  # noqa: E731
+    return "\n".join([
+        head, "",
+        f"`results/{r['profile']}` on a tmpfs of {mib(r['tmpfs_bytes'])} (the undisturbed run leaves "
+        f"{mib(r['results_bytes'])} there). `make all` stopped in stage {r['stage']} with exit status {r['first_rc']} "
+        f"after {r['first_s']} s, {mib(r['used_at_failure'])} in use, and said:", "",
+        f"> {r['message'] or '(no disk-full message found in the log)'}", "",
+        f"Partial files left behind: {', '.join(r['left_behind']) or 'none'}; raw OSError / RuntimeError tracebacks "
+        f"about the full disk: {r['raw_tracebacks']}. After the filesystem grew, `make all` again: exit status "
+        f"{r['rerun_rc']} in {r['rerun_s']} s; end state against the reference: "
+        + ("every table, figure and token store byte-identical" if not r["diffs"] else "; ".join(r["diffs"][:20]))
+        + f" (by presence only: {', '.join(VOLATILE)}). Held: {'yes' if r['held'] else 'no'}.", "",
+        "Reproduce (root: it mounts a tmpfs): `python tools/chaos.py --profile smoke --cases disk-full`.", ""])
 
 
 def markdown(r: dict) -> str:
