@@ -96,7 +96,9 @@ robustness: all
 verify: $(STAMP)
 	$(PY) -m cortex_nb verify --profile $(PROFILE)
 
-# The notebook is executed into a temporary file named by the recipe shell's PID ($$$$), moved into
+# The notebook is executed by papermill (cortex_nb.pipeline.notebook: its cell log; a failure that is the project's own
+# error -- a bad profile value, a damaged file, a full disk -- told as its message and fix, not as a traceback) into a
+# temporary file named by the recipe shell's PID ($$$$), moved into
 # place on success and removed on failure or interruption (Ctrl-C), so two `make all` on one
 # checkout never write the same file. Paths that $(abspath) makes absolute are quoted: the
 # checkout's path may contain spaces (GNU make itself cannot take spaces in target names; ours
@@ -106,8 +108,8 @@ $(EXEC)/%.ipynb: notebooks/%.ipynb cortex_nb/profiles/_base.yaml cortex_nb/profi
 	@echo "== $* ($(PROFILE))"
 	@tmp="$@.$$$$.tmp.ipynb"; trap 'rm -f "$$tmp"; exit 130' INT TERM HUP; \
 	$(STAGE_ENV) CORTEX_STAGE_DEPS="$(abspath $(DEPS))/$*.mk:$@" $(TIME) -f "$* %e %M" -o results/$(PROFILE)/timings/$*.txt \
-	  "$(PY)" -m papermill $< "$$tmp" -p profile $(PROFILE) --cwd notebooks \
-	    --kernel python3 $(if $(CELL_TIMEOUT),--execution-timeout $(CELL_TIMEOUT)) --log-output --no-progress-bar \
+	  "$(PY)" -m cortex_nb.pipeline.notebook $< "$$tmp" -p profile $(PROFILE) --cwd notebooks \
+	    --kernel python3 $(if $(CELL_TIMEOUT),--execution-timeout $(CELL_TIMEOUT)) \
 	  && mv "$$tmp" $@ \
 	  && awk '{printf "   %s took %.0f s, peak memory %.0f MiB\n", $$1, $$2, $$3 / 1024}' results/$(PROFILE)/timings/$*.txt \
 	  || { rc=$$?; rm -f "$$tmp"; exit $$rc; }

@@ -79,14 +79,14 @@ def test_a_malformed_variable_is_an_error(monkeypatch):
 # the Makefile's stage recipe, run for real with a stand-in for papermill (issue #19)
 # --------------------------------------------------------------------------------------
 
-# Stands in for the venv's python: `python -m papermill IN OUT ...` writes OUT (a JSON record of
+# Stands in for the venv's python: `python -m cortex_nb.pipeline.notebook IN OUT ...` (papermill) writes OUT (a JSON record of
 # its arguments and environment), optionally waits until every process of a barrier wrote its OUT
 # and checks that OUT is still its own, optionally fails after writing OUT.
 FAKE_PYTHON = '''#!{python}
 import json, os, sys, time
 from pathlib import Path
 args = sys.argv[1:]
-assert args[:2] == ["-m", "papermill"], args
+assert args[:2] == ["-m", "cortex_nb.pipeline.notebook"], args
 out = Path(args[3])
 rec = {{"argv": args, "deps": os.environ.get("CORTEX_STAGE_DEPS"), "path0": os.environ["PATH"].split(":")[0],
        "pid": os.getpid()}}

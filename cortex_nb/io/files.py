@@ -31,7 +31,8 @@ import numpy as np
 from ..errors import CheckpointError, DiskFullError
 
 __all__ = [
-    "atomic_path", "save_npy", "save_json", "load_json", "load_cache_json", "cached", "digest", "weights_key",
+    "atomic_path", "disk_full", "device_full", "NEARLY_FULL", "save_npy", "save_json", "load_json", "load_cache_json",
+    "cached", "digest", "weights_key",
     "checksum_path", "file_sha256", "write_checksum", "rebuild_fix", "verify_file", "save_with_checksum",
     "DAMAGED_FIX", "save_text", "save_torch", "progress",
 ]
@@ -105,7 +106,7 @@ def atomic_path(path: str | os.PathLike, size: int | None = None) -> Iterator[Pa
                 free = shutil.disk_usage(path.parent).free
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        full = None if isinstance(e, DiskFullError) else _full(e, free)
+        full = None if isinstance(e, DiskFullError) else device_full(e, free)
         if full is not None:
             raise disk_full(path, full, written, size) from e
         raise
@@ -116,7 +117,7 @@ def atomic_path(path: str | os.PathLike, size: int | None = None) -> Iterator[Pa
 NEARLY_FULL = 1 << 20
 
 
-def _full(e: BaseException, free: int | None) -> OSError | None:
+def device_full(e: BaseException, free: int | None) -> OSError | None:
     """The ENOSPC / EDQUOT error ``e`` is or wraps (a library may re-raise it as its own type); for an OSError or
     RuntimeError without that errno, one standing for it when the device had under :data:`NEARLY_FULL` bytes free
     as the write failed; else None."""
