@@ -88,7 +88,70 @@ def test_install_copies_only_for_matching_settings_and_not_from_scratch(fake_roo
     monkeypatch.setenv("CORTEX_FROM_SCRATCH", "0")
     assert shipped.install("a", dest, "abc", root=fake_root)
     assert (dest / "w.bin").read_bytes() == b"weights" * 100 and (dest / "m.json").read_text() == '{"x": 1}'
-    assert sorted(p.name for p in dest.iterdir()) == ["m.json", "w.bin"]        # no temporaries left
+    assert sorted(p.name for p in dest.iterdir()) == [".shipped.a", "m.json", "w.bin"]   # no temporaries left
+
+
+def test_reconcile_keeps_the_cache_true_to_the_mode(fake_root, tmp_path, monkeypatch):
+    """Without FROM_SCRATCH a model trained here under the shipped settings gives way to the shipped copy; under it
+    the shipped copy leaves the cache (the caller trains) and a model trained here is kept; other settings: nothing."""
+    monkeypatch.delenv("CORTEX_FROM_SCRATCH", raising=False)
+    dest = tmp_path / "cache"
+    dest.mkdir()
+    (dest / "w.bin").write_bytes(b"trained here")                  # a FROM_SCRATCH run's model, same settings
+    (dest / "m.json").write_text('{"x": 2}')
+    assert shipped.reconcile("a", dest, "other", built=True, root=fake_root) is None
+    assert (dest / "w.bin").read_bytes() == b"trained here"         # other settings: left alone
+    assert shipped.reconcile("a", dest, "abc", built=True, root=fake_root) == "shipped"
+    assert (dest / "w.bin").read_bytes() == b"weights" * 100        # replaced by the shipped bytes
+    before = (dest / "w.bin").stat().st_mtime_ns
+    assert shipped.reconcile("a", dest, "abc", built=True, root=fake_root) == "shipped"
+    assert (dest / "w.bin").stat().st_mtime_ns == before            # already there: not copied again
+    monkeypatch.setenv("CORTEX_FROM_SCRATCH", "1")
+    assert shipped.reconcile("a", dest, "abc", built=True, root=fake_root) == "removed"
+    assert list(dest.iterdir()) == []                               # the shipped copy is gone: the caller trains
+    (dest / "w.bin").write_bytes(b"trained here")
+    assert shipped.reconcile("a", dest, "abc", built=True, root=fake_root) is None
+    assert (dest / "w.bin").read_bytes() == b"trained here"         # FROM_SCRATCH keeps its own model
+
+
+def test_the_evaluators_follow_the_mode_through_get_evaluators(tmp_path, monkeypatch):
+    """The smoke evaluators with one of them 'shipped' (a fake registry whose copy differs from what smoke trains):
+    a plain run uses the shipped copy, FROM_SCRATCH trains it again, and the plain run after that returns to the
+    shipped copy instead of reusing the model FROM_SCRATCH left in the cache under the same key."""
+    from cortex_nb.pipeline import models
+    from cortex_nb.pipeline.keys import evaluator_key
+    from cortex_nb.toy.evaluators import save_evaluator
+
+    monkeypatch.setenv("CORTEX_RESULTS", str(tmp_path / "res"))
+    monkeypatch.delenv("CORTEX_FROM_SCRATCH", raising=False)
+    cfg = load_profile("smoke")
+    name = str(cfg.evaluators.names[0])
+    trained = models.get_evaluators(cfg)[name]                     # trained here (no artifact for smoke)
+    own = {k: v.clone() for k, v in trained.model.state_dict().items()}
+    root = tmp_path / "artifacts"
+    art = root / f"toy-evaluator-{name}"
+    art.mkdir(parents=True)
+    with torch.no_grad():
+        next(iter(trained.model.parameters())).add_(1.0)           # the "shipped" copy: other weights
+    save_evaluator(trained, art / f"{name}.pt")
+    (art / f"{name}.report.json").write_text(json.dumps({"val_acc": 1.0, "seconds": 0.0, "source": "shipped (test)"}))
+    files = [f"{name}.pt", f"{name}.pt.sha256", f"{name}.report.json"]
+    (root / "registry.json").write_text(json.dumps({f"toy-evaluator-{name}": {
+        "settings_hash": evaluator_key(cfg, name), "bytes": 0, "trained_on": "test",
+        "files": {f: file_sha256(art / f) for f in files}}}))
+    monkeypatch.setattr(shipped, "ARTIFACTS", root)
+    monkeypatch.setattr(shipped, "REGISTRY", root / "registry.json")
+
+    def first_param(evs):
+        return next(iter(evs[name].model.state_dict().values()))
+
+    shipped_w = next(iter(torch.load(art / f"{name}.pt", weights_only=True)["state_dict"].values()))
+    own_w = next(iter(own.values()))
+    assert torch.equal(first_param(models.get_evaluators(cfg)), shipped_w)          # plain: the shipped copy
+    monkeypatch.setenv("CORTEX_FROM_SCRATCH", "1")
+    assert torch.equal(first_param(models.get_evaluators(cfg)), own_w)              # retrained: smoke's own
+    monkeypatch.delenv("CORTEX_FROM_SCRATCH")
+    assert torch.equal(first_param(models.get_evaluators(cfg)), shipped_w)          # and back to the shipped one
 
 
 def test_a_damaged_or_missing_shipped_file_is_refused_by_name(fake_root, tmp_path, monkeypatch):

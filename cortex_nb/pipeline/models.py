@@ -109,7 +109,7 @@ def toy_maskgit(cfg: DictConfig):
     settings = dict(seed=int(cfg.seed), n_classes=int(cfg.world.n_classes), scene_bias=float(cfg.world.scene_bias))
     out = cache_path(cfg, "vqgm-maskgit")
     key = build_key(mcfg, **settings)
-    if not is_built(out, key) and shipped.install("toy-maskgit", out, key):
+    if shipped.reconcile("toy-maskgit", out, key, built=is_built(out, key)) == "shipped":
         log.info("toy MaskGIT: the shipped one (cortex_nb/artifacts/toy-maskgit, settings %s; "
                  "CORTEX_FROM_SCRATCH=1 retrains it)", key)
     build_toy_maskgit(out, mcfg, device=cfg.device, progress=bool(cfg.progress), **settings)
@@ -118,14 +118,14 @@ def toy_maskgit(cfg: DictConfig):
 
 def _install_shipped_vqgm(cfg: DictConfig, tok, prior) -> None:
     """Put the shipped toy VQGM (:mod:`cortex_nb.vqgm.shipped`) into the cache when the profile would
-    train exactly it and the cache holds no finished build of these settings; a build of its own
-    (or CORTEX_FROM_SCRATCH=1) is left alone."""
+    train exactly it (:func:`~cortex_nb.vqgm.shipped.reconcile`: a build of these settings trained here gives way to
+    it; under CORTEX_FROM_SCRATCH=1 a shipped copy in the cache is removed, so the VQGM is trained)."""
     from ..toy.vqgm import build_key, is_built
 
     key = build_key(tok, prior, seed=int(cfg.seed), n_classes=int(cfg.world.n_classes),
                     scene_bias=float(cfg.world.scene_bias), n_report=int(cfg.vqgm.n_report))
     out = cache_path(cfg, "vqgm")
-    if not is_built(out, key) and shipped.install("toy-vqgm", out, key):
+    if shipped.reconcile("toy-vqgm", out, key, built=is_built(out, key)) == "shipped":
         log.info("toy VQGM: the shipped one (cortex_nb/artifacts/toy-vqgm, settings %s; "
                  "CORTEX_FROM_SCRATCH=1 retrains it)", key)
 
@@ -200,11 +200,16 @@ def get_evaluators(cfg: DictConfig) -> dict:
     key = evaluators_cache_key(cfg)
     paths = {n: ckpt_dir / f"{n}.pt" for n in names}
     stamp = ckpt_dir / "report.json"
-    if (load_cache_json(stamp) or {}).get("_key") == key and all(p.exists() for p in paths.values()):
+    # shipped evaluators (cortex_nb/artifacts) whose settings are the profile's: installed, or kept, unless
+    # CORTEX_FROM_SCRATCH, which removes a shipped copy from the cache (those are trained below)
+    state = {n: shipped.reconcile(f"toy-evaluator-{n}", ckpt_dir, evaluator_key(cfg, n), built=paths[n].exists())
+             for n in names}
+    stamped = (load_cache_json(stamp) or {})
+    fresh = stamped.get("_key") == key and all(p.exists() for p in paths.values()) and all(
+        (state[n] == "shipped") == str(stamped.get(n, {}).get("source", "")).startswith("shipped") for n in names)
+    if fresh:
         return {n: toy.load_evaluator(p, device=cfg.device) for n, p in paths.items()}
-    # shipped evaluators (cortex_nb/artifacts; not under CORTEX_FROM_SCRATCH) whose settings are the profile's
-    report = {n: load_json(ckpt_dir / f"{n}.report.json")
-              for n in names if shipped.install(f"toy-evaluator-{n}", ckpt_dir, evaluator_key(cfg, n))}
+    report = {n: load_json(ckpt_dir / f"{n}.report.json") for n in names if state[n] == "shipped"}
     if report:
         log.info("toy evaluators: the shipped %s (cortex_nb/artifacts; CORTEX_FROM_SCRATCH=1 retrains them)",
                  ", ".join(report))

@@ -13,6 +13,11 @@ settings trains its own, as before. ``CORTEX_FROM_SCRATCH=1`` (``make all FROM_S
 installs anything and retrains. A shipped file whose bytes do not match the registry is refused
 with the file named, never used.
 
+A cache remembers where its model came from (a ``.shipped.<name>`` marker beside the files :func:`install` copied), and
+:func:`reconcile` keeps it true to the mode: under ``CORTEX_FROM_SCRATCH`` a shipped copy in the cache is removed so
+the model is trained again, and without it a model trained here under the shipped settings (a ``FROM_SCRATCH`` run
+before) gives way to the shipped one -- the same settings, so the same key, but not the same bytes on every machine.
+
 The shipped VQGM is the same on every machine, so everything computed from it -- its cache keys
 included -- no longer starts from a machine-dependent training run. ``tools/ship_artifacts.py``
 refreshes an artifact from a cache and rewrites the registry.
@@ -28,7 +33,7 @@ from ..errors import CheckpointError
 from ..io.files import atomic_path, file_sha256, save_text
 
 __all__ = ["ARTIFACTS", "REGISTRY", "MAX_SHIPPED_BYTES", "from_scratch", "registry", "verify", "install",
-           "register"]
+           "reconcile", "register"]
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 REGISTRY = ARTIFACTS / "registry.json"
@@ -80,10 +85,54 @@ def install(name: str, dest: str | os.PathLike, settings_hash: str, *, root: Pat
     verify(name, root)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    marker = _marker(dest, name)
+    marker.unlink(missing_ok=True)        # until every file is in place, this is not (yet) the shipped model
     for fname in entry["files"]:
         with atomic_path(dest / fname) as tmp:
             shutil.copyfile(root / name / fname, tmp)
+    save_text(marker, json.dumps({"settings_hash": settings_hash, "files": entry["files"]}, sort_keys=True) + "\n")
     return True
+
+
+def _marker(dest: Path, name: str) -> Path:
+    return Path(dest) / f".shipped.{name}"
+
+
+def reconcile(name: str, dest: str | os.PathLike, settings_hash: str, built: bool, *,
+              root: Path | None = None) -> str | None:
+    """Make the cache at ``dest`` agree with the mode before its model is used; ``built``: whether it holds a
+    finished model of ``settings_hash`` (the caller's check). Returns
+
+    - ``"shipped"``: the shipped artifact is there (installed now, or before and untouched since);
+    - ``"removed"``: under ``CORTEX_FROM_SCRATCH`` the cache held the shipped copy; its files are gone, so the
+      caller trains;
+    - ``None``: nothing shipped applies (other settings, no artifact) or, under ``CORTEX_FROM_SCRATCH``, a model
+      trained here is kept.
+
+    Without ``CORTEX_FROM_SCRATCH``, a finished model that is not the shipped copy (trained here by a
+    ``FROM_SCRATCH`` run under the same settings) is replaced by the shipped one."""
+    root = root or ARTIFACTS
+    dest = Path(dest)
+    marker = _marker(dest, name)
+    recorded = None
+    if marker.is_file():
+        try:
+            recorded = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            recorded = None
+    entry = registry(root / "registry.json").get(name)
+    shipped_there = (built and entry is not None and recorded is not None
+                     and recorded.get("settings_hash") == settings_hash and recorded.get("files") == entry["files"])
+    if from_scratch():
+        if recorded is None:
+            return None
+        for fname in (recorded.get("files") or {}):
+            (dest / fname).unlink(missing_ok=True)
+        marker.unlink()
+        return "removed"
+    if shipped_there:
+        return "shipped"
+    return "shipped" if install(name, dest, settings_hash, root=root) else None
 
 
 def register(name: str, src: str | os.PathLike, files: list[str], settings_hash: str, *, trained_on: str,
