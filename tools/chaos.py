@@ -284,7 +284,7 @@ def disk_full(work: Path, ref_dir: Path, ref: dict, profile: str, venv: Path, fr
         subprocess.run(["git", "checkout", "-q", "--", f"results/{profile}"], cwd=d, capture_output=True)
         t0 = time.monotonic()
         with open(work / "disk-full-1.log", "wb") as log:
-            r["first_rc"] = make_all(d, profile, venv, log).wait()
+            r["first_rc"], _ = _watch(make_all(d, profile, venv, log), res)
         r["first_s"] = round(time.monotonic() - t0, 1)
         text = (work / "disk-full-1.log").read_text(errors="replace")
         lines = [ln.strip() for ln in text.splitlines() if "no space left on the device holding" in ln]
@@ -296,11 +296,14 @@ def disk_full(work: Path, ref_dir: Path, ref: dict, profile: str, venv: Path, fr
         r["left_behind"] = sorted(p.relative_to(d).as_posix() for p in res.rglob("*")
                                   if p.is_file() and (".tmp" in p.name or p.name.endswith(".lock")))
         r["used_at_failure"] = shutil.disk_usage(res).used
-        # the user frees space: the filesystem grows to twice what the run needs, and make all runs again
-        subprocess.run(["mount", "-o", f"remount,size={2 * need + (64 << 20)}", str(res)], check=True)
+        # the user frees space: the filesystem grows (the run needs more while it runs than it leaves: training
+        # checkpoints with their optimiser state live until a fit ends), and make all runs again
+        grown = max(1 << 30, 8 * need)
+        subprocess.run(["mount", "-o", f"remount,size={grown}", str(res)], check=True)
+        r["grown_bytes"] = grown
         t0 = time.monotonic()
         with open(work / "disk-full-2.log", "wb") as log:
-            r["rerun_rc"] = make_all(d, profile, venv, log).wait()
+            r["rerun_rc"], r["rerun_peak_bytes"] = _watch(make_all(d, profile, venv, log), res)
         r["rerun_s"] = round(time.monotonic() - t0, 1)
         r["diffs"] = compare(ref, outputs(d, profile)) if r["rerun_rc"] == 0 else ["rerun failed"]
         r["held"] = (r["first_rc"] != 0 and bool(r["message"]) and not r["left_behind"] and r["rerun_rc"] == 0
@@ -371,6 +374,15 @@ def stage_kills_markdown(r: dict) -> str:
         "Reproduce: `python tools/chaos.py --profile smoke --cases stages --stage-kills 01,06`.", ""])
 
 
+def _watch(p: subprocess.Popen, path: Path) -> tuple[int, int]:
+    """Wait for ``p``, sampling the space used on ``path``'s filesystem every 0.2 s: (exit status, peak bytes)."""
+    peak = 0
+    while p.poll() is None:
+        peak = max(peak, shutil.disk_usage(path).used)
+        time.sleep(0.2)
+    return p.returncode, max(peak, shutil.disk_usage(path).used)
+
+
 def disk_full_markdown(r: dict) -> str:
     head = f"# Full disk ({r['profile']}, {r['date']}, {r['cpu']}, commit {r['commit']})"
     if "not_tried" in r:
@@ -383,8 +395,9 @@ def disk_full_markdown(r: dict) -> str:
         f"after {r['first_s']} s, {mib(r['used_at_failure'])} in use, and said:", "",
         f"> {r['message'] or '(no disk-full message found in the log)'}", "",
         f"Partial files left behind: {', '.join(r['left_behind']) or 'none'}; raw OSError / RuntimeError tracebacks "
-        f"about the full disk: {r['raw_tracebacks']}. After the filesystem grew, `make all` again: exit status "
-        f"{r['rerun_rc']} in {r['rerun_s']} s; end state against the reference: "
+        f"about the full disk: {r['raw_tracebacks']}. After the filesystem grew to {mib(r['grown_bytes'])}, `make all` "
+        f"again: exit status {r['rerun_rc']} in {r['rerun_s']} s, at most {mib(r['rerun_peak_bytes'])} in use while it "
+        "ran; end state against the reference: "
         + ("every table, figure and token store byte-identical" if not r["diffs"] else "; ".join(r["diffs"][:20]))
         + f" (by presence only: {', '.join(VOLATILE)}). Held: {'yes' if r['held'] else 'no'}.", "",
         "Reproduce (root: it mounts a tmpfs): `python tools/chaos.py --profile smoke --cases disk-full`.", ""])
