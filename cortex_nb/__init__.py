@@ -14,23 +14,24 @@ Everything is a function of a profile (``load_profile``). Folders by concern (RE
 
 The API is ``__all__`` below: notebooks import only these names, ``from cortex_nb import ...``
 (the section modules themselves are ``cortex_nb.pipeline.sNN_*``, for the CLI and tests).
-Importing the package has no side effects and imports no pipeline module: a pipeline name is
-imported on first use (module ``__getattr__``), so `make all` records for each notebook only the
-modules it used (:mod:`cortex_nb.io.deps`, registered by ``setup``, which every section calls).
+Importing the package has no side effects and imports none of its modules: a name is imported on
+first use (module ``__getattr__``), so `make all` records for each notebook only the modules it used
+(:mod:`cortex_nb.io.deps`, registered by ``setup``, which every section calls), and a process that needs
+one corner of the package does not pay for torch.
 """
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
 
-from .io.config import PROFILES, ProfileError, load_profile
-from .method.extractors import ExtractorConfig, build_extractor, paper_sizes
-from .method.optimize import OptimResult, central_region, optimize_embeddings, select_tokens
-from .method.saliency import TokenSaliency, concept_tokens, frequency_baseline, class_vs_rest_baseline, top_n_positions
-from .vqgm import VQGM, load_vqgm
-from .vqgm.protocol import VQGMProtocol
-
 if TYPE_CHECKING:  # the lazy names below, for linters and editors
+    from .io.config import PROFILES, ProfileError, load_profile
+    from .method.extractors import ExtractorConfig, build_extractor, paper_sizes
+    from .method.optimize import OptimResult, central_region, optimize_embeddings, select_tokens
+    from .method.saliency import (TokenSaliency, class_vs_rest_baseline, concept_tokens, frequency_baseline,
+                                  top_n_positions)
+    from .vqgm import VQGM, load_vqgm
+    from .vqgm.protocol import VQGMProtocol
     from .pipeline.run import (Run, SectionResult, class_names, compose, generate_dataset, get_evaluators,
                                get_extractors, get_tsv, get_vqgm, load_split, saliency_of, setup)
     from .pipeline.s00_vqgm import (evaluator_scores, evaluator_training_table, prior_samples, quality_table,
@@ -54,8 +55,17 @@ if TYPE_CHECKING:  # the lazy names below, for linters and editors
     from .browser.app import TokenBrowser
     from .browser.intervention import Intervention, intervention_for
 
-#: pipeline names -> the module (under cortex_nb) that defines them, imported on first use
+#: public names -> the module (under cortex_nb) that defines them, imported on first use: `import cortex_nb` itself
+#: imports nothing (not even torch), so a process that needs one corner of the package -- a stage's notebook runner,
+#: the ledger or the manifest -- starts without the whole of it
 _LAZY = {
+    "io.config": ("PROFILES", "ProfileError", "load_profile"),
+    "method.extractors": ("ExtractorConfig", "build_extractor", "paper_sizes"),
+    "method.optimize": ("OptimResult", "central_region", "optimize_embeddings", "select_tokens"),
+    "method.saliency": ("TokenSaliency", "concept_tokens", "frequency_baseline", "class_vs_rest_baseline",
+                        "top_n_positions"),
+    "vqgm": ("VQGM", "load_vqgm"),
+    "vqgm.protocol": ("VQGMProtocol",),
     "pipeline.run": ("setup", "compose", "Run", "SectionResult", "get_vqgm", "get_evaluators", "generate_dataset",
                      "load_split", "get_extractors", "saliency_of", "get_tsv", "class_names"),
     "pipeline.s00_vqgm": ("toyworld_figure", "vqgm_report", "quality_table", "reconstruction_figure",
@@ -117,7 +127,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """Import a pipeline name on first use (then it is a plain module attribute)."""
+    """Import a public name on first use (then it is a plain module attribute)."""
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'cortex_nb' has no attribute {name!r}")
