@@ -66,6 +66,17 @@ def clone(dest: Path) -> Path:
     return dest
 
 
+def running(log_text: str) -> list[str]:
+    """The stages a `make all` log shows started ("== NN_...") and not finished ("   NN_... took"), in order."""
+    done = set(re.findall(r"^   (\d\d)_\S+ took", log_text, re.M))
+    return sorted(set(re.findall(r"^== (\d\d)_", log_text, re.M)) - done)
+
+
+def _head(report: dict) -> dict:
+    """What every case's report starts with: the profile, commit, date, CPU and the reference run's seconds."""
+    return {k: report[k] for k in ("profile", "commit", "date", "cpu", "reference_s")}
+
+
 def make_all(cwd: Path, profile: str, venv: Path, log) -> subprocess.Popen:
     return subprocess.Popen(["make", "all", f"PROFILE={profile}", f"VENV={venv}"], cwd=cwd, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True, env=_env(cwd),
@@ -162,14 +173,14 @@ def main(argv=None) -> int:
 
     ok = True
     if "disk-full" in cases:
-        dreport = {k: report[k] for k in ("profile", "commit", "date", "cpu", "reference_s")}
+        dreport = _head(report)
         dreport.update(disk_full(work, ref_dir, ref, args.profile, venv, args.disk_fraction))
         (out / "disk_full.json").write_text(json.dumps(dreport, indent=1, ensure_ascii=False) + "\n")
         (out / "disk_full.md").write_text(disk_full_markdown(dreport))
         print(disk_full_markdown(dreport), flush=True)
         ok = ok and dreport["held"]
     if "stages" in cases:
-        sreport = {k: report[k] for k in ("profile", "commit", "date", "cpu", "reference_s")}
+        sreport = _head(report)
         sreport.update(stage_kills(work, ref_dir, ref, args.profile, venv, args.stage_kills.split(","), rng))
         (out / "stage_kills.json").write_text(json.dumps(sreport, indent=1, ensure_ascii=False) + "\n")
         (out / "stage_kills.md").write_text(stage_kills_markdown(sreport))
@@ -205,9 +216,7 @@ def main(argv=None) -> int:
                 except subprocess.TimeoutExpired:
                     pass
                 tail = log_path.read_bytes()[mark:].decode(errors="replace")
-                started = re.findall(r"^== (\d\d)_", tail, re.M)
-                done = set(re.findall(r"^   (\d\d)_\S+ took", tail, re.M))
-                running = sorted(set(started) - done) or ["setup/00"]
+                now = running(tail) or ["setup/00"]
                 os.killpg(p.pid, sig)
                 try:
                     rc = p.wait(timeout=120)
@@ -222,8 +231,8 @@ def main(argv=None) -> int:
                 kills += 1
                 series["kills"] += 1
                 report["kills"].append({"n": kills, "signal": sig.name, "at_s": round(delay, 1),
-                                        "stage": ",".join(running), "rc": rc})
-                print(f"interruption {kills}: {sig.name} at {delay:.0f} s during {','.join(running)}", flush=True)
+                                        "stage": ",".join(now), "rc": rc})
+                print(f"interruption {kills}: {sig.name} at {delay:.0f} s during {','.join(now)}", flush=True)
         series["diffs"] = compare(ref, outputs(chaos_dir, args.profile)) if series.get("rc") == 0 else ["run failed"]
         report["series"].append(series)
         print(f"series {len(report['series'])}: {series['kills']} interruptions, "
@@ -289,9 +298,7 @@ def disk_full(work: Path, ref_dir: Path, ref: dict, profile: str, venv: Path, fr
         text = (work / "disk-full-1.log").read_text(errors="replace")
         lines = [ln.strip() for ln in text.splitlines() if "no space left on the device holding" in ln]
         r["message"] = lines[-1] if lines else ""
-        started = re.findall(r"^== (\d\d)_", text, re.M)
-        done = set(re.findall(r"^   (\d\d)_\S+ took", text, re.M))
-        r["stage"] = ",".join(sorted(set(started) - done)) or "?"
+        r["stage"] = ",".join(running(text)) or "?"
         r["raw_tracebacks"] = len(re.findall(r"^(?:OSError|RuntimeError): .*(?:No space left|write failed)", text, re.M))
         r["left_behind"] = sorted(p.relative_to(d).as_posix() for p in res.rglob("*")
                                   if p.is_file() and (".tmp" in p.name or p.name.endswith(".lock")))
@@ -347,13 +354,12 @@ def stage_kills(work: Path, ref_dir: Path, ref: dict, profile: str, venv: Path, 
             except subprocess.TimeoutExpired:
                 pass
             tail = log_path.read_bytes()[mark:].decode(errors="replace")
-            running = sorted(set(re.findall(r"^== (\d\d)_", tail, re.M))
-                             - set(re.findall(r"^   (\d\d)_\S+ took", tail, re.M)))
+            now = running(tail)
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
             kills.append({"stage": stage, "killed": True, "after_s": round(delay, 1),
-                          "of_s": ref_s.get(stage), "running": ",".join(running)})
-            print(f"aimed kill: SIGKILL {delay:.1f} s into {stage} (running: {','.join(running)})", flush=True)
+                          "of_s": ref_s.get(stage), "running": ",".join(now)})
+            print(f"aimed kill: SIGKILL {delay:.1f} s into {stage} (running: {','.join(now)})", flush=True)
     with open(log_path, "ab") as log:
         rc = make_all(d, profile, venv, log).wait()
     diffs = compare(ref, outputs(d, profile)) if rc == 0 else ["the run after the kills failed"]
