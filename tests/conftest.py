@@ -20,3 +20,25 @@ def _seed_and_threads():
 
 # a figure with text over text or a wide empty band fails the test that saves it (cortex_nb.io.figures.save_figure)
 os.environ.setdefault("CORTEX_STRICT_FIGURES", "1")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(size)`` -> a directory that is a tmpfs of ``size`` ("64k", "256k", ...; unmounted after the test), for
+    tests of a really full device. Needs root (mount): the test is skipped where it cannot mount."""
+    import subprocess
+
+    mounted = []
+
+    def make(size: str):
+        path = tmp_path / f"tmpfs-{len(mounted)}"
+        path.mkdir()
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                               capture_output=True).returncode != 0:
+            pytest.skip("needs root to mount a tmpfs")
+        mounted.append(path)
+        return path
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

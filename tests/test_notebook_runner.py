@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import nbformat
-import pytest
 
 from cortex_nb.pipeline.notebook import user_error_names
 
@@ -57,18 +56,11 @@ def test_any_other_error_keeps_its_traceback(tmp_path):
     assert "cortex-nb:" not in res.stderr
 
 
-def test_papermill_saving_onto_a_full_disk_is_a_disk_full_error(tmp_path):
+def test_papermill_saving_onto_a_full_disk_is_a_disk_full_error(tmp_path, tmpfs):
     """The executed notebook on a 64 KiB tmpfs (root: mount) and a cell printing 200 KB: papermill's save fails;
     the run says which notebook and what is free, in the project's words."""
-    fs = tmp_path / "fs"
-    fs.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(fs)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("needs root to mount a tmpfs")
-    try:
-        res = _run(_notebook(tmp_path / "07_big.ipynb", "print('y' * 200_000)"), fs / "big.ipynb")
-    finally:
-        subprocess.run(["umount", "-l", str(fs)], capture_output=True)
+    fs = tmpfs("64k")
+    res = _run(_notebook(tmp_path / "07_big.ipynb", "print('y' * 200_000)"), fs / "big.ipynb")
     assert res.returncode == 1, res.stderr[-2000:]
     line = [ln for ln in res.stderr.splitlines() if ln.startswith("cortex-nb: 07_big: ")]
     assert line and f"no space left on the device holding {fs}" in line[0] and "big.ipynb" in line[0], res.stderr[-800:]

@@ -158,15 +158,7 @@ def test_other_write_errors_are_not_called_a_full_disk(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _tmpfs(path, size: str) -> bool:
-    import subprocess
-
-    path.mkdir(parents=True, exist_ok=True)
-    return os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                                                capture_output=True).returncode == 0
-
-
-def test_every_writer_on_a_real_full_filesystem_says_disk_full_and_leaves_nothing(tmp_path):
+def test_every_writer_on_a_real_full_filesystem_says_disk_full_and_leaves_nothing(tmpfs):
     """On a 256 KiB tmpfs (root: mount), each of the project's writers -- text, numpy (its tofile loses the errno),
     a table (pandas), torch to a path (its zip writer raises a RuntimeError) and to a file with a sidecar, a token
     store shard -- ends in DiskFullError and leaves no partial file; after the filesystem grows the same writes
@@ -180,33 +172,28 @@ def test_every_writer_on_a_real_full_filesystem_says_disk_full_and_leaves_nothin
     from cortex_nb.io.files import save_text, save_torch, save_with_checksum
     from cortex_nb.io.tables import write_table
 
-    fs = tmp_path / "fs"
-    if not _tmpfs(fs, "256k"):
-        pytest.skip("needs root to mount a tmpfs")
-    try:
-        writers = {
-            "x.txt": lambda: save_text(fs / "x.txt", "y" * 400_000),
-            "a.npy": lambda: save_npy(fs / "a.npy", np.zeros(100_000)),
-            "t.csv": lambda: write_table(pd.DataFrame({"a": np.arange(100_000)}), fs, "t"),
-            "w.pt": lambda: save_torch({"w": torch.zeros(100_000)}, fs / "w.pt"),
-            "c.pt": lambda: save_with_checksum({"w": torch.zeros(100_000)}, fs / "c.pt"),
-            "00000.npz": lambda: TokenStore.generate(
-                fs / "s", np.zeros(64, int), lambda labels, seed: {"images": np.ones((len(labels), 64, 64, 3),
-                                                                                    np.uint8),
-                                                                   "tokens": np.zeros((len(labels), 4, 4), int)},
-                meta=META, shard_size=64, seed=0, split="t", progress=False),
-        }
-        for name, write in writers.items():
-            with pytest.raises(DiskFullError, match=f"no space left on the device holding .*{name}"):
-                write()
-            left = [p for p in fs.rglob("*") if ".tmp" in p.name or p.name == name]   # no partial file, no target
-            assert left == [], (name, left)
-        subprocess.run(["mount", "-o", "remount,size=16m", str(fs)], check=True)
-        for write in writers.values():
+    fs = tmpfs("256k")
+    writers = {
+        "x.txt": lambda: save_text(fs / "x.txt", "y" * 400_000),
+        "a.npy": lambda: save_npy(fs / "a.npy", np.zeros(100_000)),
+        "t.csv": lambda: write_table(pd.DataFrame({"a": np.arange(100_000)}), fs, "t"),
+        "w.pt": lambda: save_torch({"w": torch.zeros(100_000)}, fs / "w.pt"),
+        "c.pt": lambda: save_with_checksum({"w": torch.zeros(100_000)}, fs / "c.pt"),
+        "00000.npz": lambda: TokenStore.generate(
+            fs / "s", np.zeros(64, int), lambda labels, seed: {"images": np.ones((len(labels), 64, 64, 3),
+                                                                                np.uint8),
+                                                               "tokens": np.zeros((len(labels), 4, 4), int)},
+            meta=META, shard_size=64, seed=0, split="t", progress=False),
+    }
+    for name, write in writers.items():
+        with pytest.raises(DiskFullError, match=f"no space left on the device holding .*{name}"):
             write()
-        assert np.load(fs / "a.npy").shape == (100_000,) and (fs / "c.pt.sha256").exists()
-    finally:
-        subprocess.run(["umount", "-l", str(fs)], capture_output=True)
+        left = [p for p in fs.rglob("*") if ".tmp" in p.name or p.name == name]   # no partial file, no target
+        assert left == [], (name, left)
+    subprocess.run(["mount", "-o", "remount,size=16m", str(fs)], check=True)
+    for write in writers.values():
+        write()
+    assert np.load(fs / "a.npy").shape == (100_000,) and (fs / "c.pt.sha256").exists()
 
 
 def test_cached_builds_once_per_key(tmp_path):
