@@ -12,6 +12,11 @@ log). What differs is the end of a failed run:
   notebook and what is free there;
 - any other error keeps papermill's report with its traceback: a bug needs it.
 
+The kernel talks to papermill over Unix sockets (jupyter_client's ``ipc`` transport, at a short path of this process'
+own), not TCP: `make all` starts two stages' kernels at once, and over TCP each picks "free" ports that the other can
+take before it binds them (measured: a fresh clone's `make all` lost stage 03 to ``ZMQError: Address already in use``
+and a 60 s wait for a kernel that had died).
+
 The exit status is 1 for a failure reported here, papermill's otherwise.
 """
 from __future__ import annotations
@@ -47,6 +52,13 @@ def _stage(path: str) -> str:
     return name.split(".", 1)[0] if name else path
 
 
+def _ipc_config(os, tempfile, Config):
+    """The kernel's sockets: Unix sockets under the temporary directory, named by this process (one kernel each; a
+    short path, under the 107 characters a socket path may have), which jupyter_client removes at shutdown."""
+    return Config({"KernelManager": {"transport": "ipc",
+                                     "ip": os.path.join(tempfile.gettempdir(), f"cortex-kernel-{os.getpid()}")}})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cortex_nb.pipeline.notebook", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")     # papermill's cell log, as its CLI shows it
+    import os
+    import tempfile
+
     import papermill as pm
+    from traitlets.config import Config
     from papermill.exceptions import PapermillExecutionError
 
     from ..errors import DiskFullError
@@ -69,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pm.execute_notebook(args.input, args.output, parameters=dict(args.parameters), cwd=args.cwd,
                             kernel_name=args.kernel, execution_timeout=args.execution_timeout, log_output=True,
-                            progress_bar=False)
+                            progress_bar=False, config=_ipc_config(os, tempfile, Config))
     except PapermillExecutionError as e:
         if e.ename not in user_error_names():
             raise
