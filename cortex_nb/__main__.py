@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args) -> int:
     from .engine import distributed
     from .io.config import ensure_writable, load_profile
-    from .pipeline.run import bind_profile
+    from .pipeline.context import bind_profile   # not pipeline.run: gates, ledger, manifest never import torchvision
 
     cfg = load_profile(args.profile, **_parse_sets(args.set))
     ensure_writable(cfg)
@@ -172,7 +172,6 @@ def _run(args, cfg) -> str:
     """Run one command on every rank; what only one process should do (printing, tables,
     figures) runs on rank 0 alone (``distributed.local``). Returns the one-line summary."""
     from .engine import distributed
-    from .pipeline import run
 
     main = distributed.is_main()
     if args.stage == "seeds":  # one process: the replicates run one after another
@@ -227,6 +226,8 @@ def _run(args, cfg) -> str:
             with distributed.local():
                 summary = _build(args.stage, cfg)
         return summary
+
+    from .pipeline import run
 
     if args.stage == "tsv":
         composed = run.compose(cfg, evaluators=False)

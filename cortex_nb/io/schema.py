@@ -111,7 +111,7 @@ def _choice(*choices: str) -> Check:
 
 
 def _evaluator_names() -> tuple:
-    from ..method.evaluators import EVALUATOR_NAMES, TOY_EVALUATOR_NAMES
+    from ..method.evaluator_names import EVALUATOR_NAMES, TOY_EVALUATOR_NAMES
 
     return tuple(dict.fromkeys((*TOY_EVALUATOR_NAMES, *EVALUATOR_NAMES)))
 

@@ -40,6 +40,7 @@ from torchvision.transforms import functional as TF
 from ..errors import CheckpointError, UserError
 from ..io.files import file_sha256, verify_file
 from ..engine.inference import eval_mode
+from .evaluator_names import DISPLAY_NAMES, EVALUATOR_NAMES, TOY_EVALUATOR_NAMES  # re-exported
 
 __all__ = [
     "weights_enum",
@@ -59,20 +60,6 @@ __all__ = [
     "read_torch_file",
 ]
 
-#: The paper's four pretrained evaluators (torchvision model names), section 4.1.
-EVALUATOR_NAMES = ("resnet18", "resnet50", "vit_b_16", "vit_b_32")
-#: Their toy-world stand-ins, position by position (ResNet18, ResNet50, ViT-B/16, ViT-B/32).
-TOY_EVALUATOR_NAMES = ("resnet18", "resnet34", "vit_p4", "vit_p8")
-#: Names for tables and figures.
-DISPLAY_NAMES = {
-    "resnet18": "ResNet18",
-    "resnet34": "ResNet34",
-    "resnet50": "ResNet50",
-    "vit_b_16": "ViT-B/16",
-    "vit_b_32": "ViT-B/32",
-    "vit_p4": "ViT-p4",
-    "vit_p8": "ViT-p8",
-}
 #: The toy stand-in of each paper evaluator (for tables that put them side by side).
 TOY_STAND_IN = dict(zip(EVALUATOR_NAMES, TOY_EVALUATOR_NAMES))
 
