@@ -138,10 +138,12 @@ $(call stage,06): $(call stage,04)
 
 # Two lanes after 02 (order-only prerequisites: an order, not a dependency), so that with JOBS=2 neither core idles
 # while the other runs the long chain: 05 (the longest; its Gumbel runs are two processes of their own), then 06; and
-# 03, then 04 and 07 in whichever order make picks when 03 ends (measured: 07 first). Without an order 04 (which needs
-# 03) once ran last, alone on one thread (measured: ~200 s of one idle core).
+# 03, 07, then 04, last because it can use both cores when 05 has ended: the train split's TSV chunks it computes run
+# in saliency.jobs single-thread processes (cortex_nb.engine.pool). Without an order 04 once ran last, alone on one
+# thread (measured: ~200 s of one idle core); with 07 last, 05 ended ~75 s before it, the other core idle.
 ifneq ($(JOBS),1)
 $(call stage,06): | $(call stage,05)
+$(call stage,04): | $(call stage,07)
 endif
 
 # the notebooks alone (`make all` runs this with -j)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from ..engine.pool import run_jobs
 from ..io.files import save_json, save_npy
 from ..method.optimize import central_region, optimize_embeddings, random_tokens, saliency_region, select_tokens
 from .keys import cache_path, edit_key, replicate_seed
@@ -77,11 +78,9 @@ def edit_region(cfg: DictConfig, kind: str, m: int, tsv: np.ndarray | None = Non
     return saliency_region(torch.from_numpy(np.asarray(tsv)[idx]), None if size is None else int(size))
 
 
-def _edit_job(method: str, f, tokens, codebook, region, target, kw: dict, threads: int | None) -> dict:
-    """One (extractor, method, region) run; in a worker process (or in-process) at ``threads`` torch
-    threads (None: as set). Returns the token tensors to cache and the history's last row."""
-    if threads is not None:
-        torch.set_num_threads(threads)
+def _edit_job(method: str, f, tokens, codebook, region, target, kw: dict) -> dict:
+    """One (extractor, method, region) run (:func:`cortex_nb.engine.pool.run_jobs`: in a worker process or in this
+    one, single-threaded on the CPU). Returns the token tensors to cache and the history's last row."""
     res = METHODS[method](f, tokens, codebook, region, target, **kw)
     return {"final": res.tokens.cpu(), "checkpoints": torch.stack([t for _, t in res.checkpoints]).cpu(),
             "steps": torch.tensor([s for s, _ in res.checkpoints]),
@@ -95,10 +94,9 @@ def run_edits(cfg: DictConfig, extractors: dict, vqgm, tsv_test: dict | None = N
     ``methods`` maps a region to the methods run there (default :func:`region_methods`).
 
     On the CPU every run is single-threaded, and ``optimization.jobs`` of them run at once as
-    separate processes: small extractors use two threads poorly (token selection at width 32, AVX2:
-    0.100 s/step on 2 threads, 0.133 on 1, two 1-thread processes side by side 0.142 each, so 1.4x
-    the throughput), and a run's result does not depend on how many run beside it. On a GPU the
-    runs go one after another in this process.
+    separate processes (:mod:`cortex_nb.engine.pool`: small extractors use two threads poorly), and a
+    run's result does not depend on how many run beside it. On a GPU the runs go one after another in
+    this process.
 
     Returns {(arch, method, region): {"final": tokens (B,m,m), "checkpoints": (S, B, m, m),
     "steps": (S,)}} as int tensors (uint16 on disk)."""
@@ -137,21 +135,9 @@ def run_edits(cfg: DictConfig, extractors: dict, vqgm, tsv_test: dict | None = N
     for name, _, _ in todo:
         log.info("editing: %s %s %s region, %d images, %d steps%s", *name, len(batch["index"]), int(o.steps),
                  f" ({jobs} runs at once, 1 thread each)" if jobs > 1 else "")
-    if jobs > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_edit_job, *args, 1): (name, d) for name, d, args in todo}
-            for fut in as_completed(futures):
-                save(*futures[fut], fut.result())
-    else:
-        threads = torch.get_num_threads()
-        try:
-            for name, d, args in todo:
-                save(name, d, _edit_job(*args, 1 if cpu else None))
-        finally:
-            torch.set_num_threads(threads)
+    for (name, d), r in run_jobs(_edit_job, {(name, d): args for name, d, args in todo}, jobs,
+                                 threads=1 if cpu else None):
+        save(name, d, r)
     return _ordered(out, extractors, regions, methods or region_methods(cfg))
 
 
