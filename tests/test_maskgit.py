@@ -234,6 +234,30 @@ def test_save_load_round_trip(trained, tmp_path):
     assert torch.allclose(back.decode(vq.encode(x)), vq.decode(vq.encode(x)))
 
 
+def test_sampler_knobs_are_the_loaders_not_the_builds(trained, tmp_path):
+    """The build key (what decides whether a shipped / cached model is reused or trained) ignores the sampler's
+    knobs and follows a training setting; load_maskgit's ``sampler`` replaces the saved defaults, and sampling then
+    decodes in that many steps (the same as passing ``steps`` to sample; temperature and top_k are sample's own
+    arguments, as in the protocol, which the pipeline passes from the profile's data section)."""
+    from cortex_nb.toy.maskgit_training import build_key
+
+    vq, _ = trained
+    base = MaskGITConfig()
+    assert build_key(dataclasses.replace(base, steps=3, temperature=0.7, top_k=5, choice_temperature=0.0)) == \
+        build_key(base)
+    assert build_key(dataclasses.replace(base, prior_steps=base.prior_steps + 1)) != build_key(base)
+    save_maskgit(vq, tmp_path)
+    back = load_maskgit(tmp_path, sampler={"steps": 2, "temperature": 0.5})
+    assert (back.config.steps, back.config.temperature) == (2, 0.5) and vq.config.steps != 2
+    assert back.identity() != vq.identity()                       # caches keyed on the VQGM see the knobs
+    assert torch.equal(back.sample([0, 1, 2], seed=3), vq.sample([0, 1, 2], seed=3, steps=2))
+    assert not torch.equal(back.sample([0, 1, 2], seed=3), vq.sample([0, 1, 2], seed=3))
+    with pytest.raises(ValueError, match="unknown knob"):
+        load_maskgit(tmp_path, sampler={"prior_steps": 5})
+    with pytest.raises(ValueError):
+        load_maskgit(tmp_path, sampler={"steps": 0})
+
+
 def test_damaged_or_missing_files_raise_checkpoint_error(trained, tmp_path):
     vq, _ = trained
     paths = save_maskgit(vq, tmp_path)

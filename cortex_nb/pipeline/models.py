@@ -113,7 +113,7 @@ def toy_maskgit(cfg: DictConfig):
         log.info("toy MaskGIT: the shipped one (cortex_nb/artifacts/toy-maskgit, settings %s; "
                  "CORTEX_FROM_SCRATCH=1 retrains it)", key)
     build_toy_maskgit(out, mcfg, device=cfg.device, progress=bool(cfg.progress), **settings)
-    return load_maskgit(out, device=cfg.device)
+    return load_maskgit(out, device=cfg.device, sampler=mcfg.settings("sampler"))   # the profile's sampler knobs
 
 
 def _install_shipped_vqgm(cfg: DictConfig, tok, prior) -> None:

@@ -28,6 +28,7 @@ Example::
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -251,8 +252,12 @@ def encode_tokens(tok: Tokenizer, images: torch.Tensor, batch_size: int = 256) -
 
 
 def build_key(cfg: MaskGITConfig, *, seed: int = 0, n_classes: int = 10, scene_bias: float = 0.65) -> str:
-    """The digest of every setting a build depends on (what ``build.json`` records)."""
-    return digest(dict(v=RECIPE_VERSION, family="maskgit", config=config_dict(cfg), seed=int(seed),
+    """The digest of every setting a build depends on (what ``build.json`` records). The sampler's knobs (steps,
+    temperature, top_k, choice_temperature) are not among them: training never reads them, and a model decodes with
+    any (:func:`load_maskgit`'s ``sampler``), so changing them never retrains."""
+    sampler = cfg.settings("sampler")
+    return digest(dict(v=RECIPE_VERSION, family="maskgit",
+                       config={k: v for k, v in config_dict(cfg).items() if k not in sampler}, seed=int(seed),
                        n_classes=int(n_classes), scene_bias=float(scene_bias)))
 
 
@@ -353,9 +358,12 @@ def _flat(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
-def load_maskgit(path: str | os.PathLike, device: str | torch.device = "cpu") -> MaskGITVQGM:
-    """The model :func:`save_maskgit` wrote to directory ``path``. Raises CheckpointError (naming the file) if a file
-    is missing, damaged (checksum sidecar / zip CRCs, :func:`cortex_nb.io.files.verify_file`) or does not fit."""
+def load_maskgit(path: str | os.PathLike, device: str | torch.device = "cpu", sampler: dict | None = None
+                 ) -> MaskGITVQGM:
+    """The model :func:`save_maskgit` wrote to directory ``path``; ``sampler``: sampler defaults (any of steps,
+    temperature, top_k, choice_temperature) in place of those saved with it (a profile's). Raises CheckpointError
+    (naming the file) if a file is missing, damaged (checksum sidecar / zip CRCs,
+    :func:`cortex_nb.io.files.verify_file`) or does not fit."""
     cfg_path, model_path = Path(path) / "config.json", Path(path) / "model.pt"
     fix = f"rebuild the model (cortex_nb.toy.maskgit_training.build_toy_maskgit) into {Path(path)}"
     for p in (cfg_path, model_path):
@@ -367,6 +375,11 @@ def load_maskgit(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         cfg = MaskGITConfig(**spec)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise CheckpointError(f"{cfg_path} is not a MaskGIT config ({_flat(exc)})", fix=fix) from exc
+    if sampler:
+        unknown = set(sampler) - set(cfg.settings("sampler"))
+        if unknown:
+            raise ValueError(f"sampler: unknown knob(s) {sorted(unknown)}; one of {sorted(cfg.settings('sampler'))}")
+        cfg = dataclasses.replace(cfg, **sampler)    # __post_init__ checks the values
     verify_file(model_path)
     try:
         sd = torch.load(model_path, map_location="cpu", weights_only=True)
