@@ -115,14 +115,14 @@ $(EXEC)/%.ipynb: notebooks/%.ipynb cortex_nb/profiles/_base.yaml cortex_nb/profi
 	  || { rc=$$?; rm -f "$$tmp"; exit $$rc; }
 
 # The stage graph, not a chain: 01 samples from 00's VQGM and 02 trains on 01's stores; 08 reads only 00's VQGM and
-# 01's stores (its scene models are its own), so it runs beside 02; after 02, notebooks 03, 05 and 07 read only the
-# caches of 00-02 (each builds what else it needs: 05 and 07 their own TSVs of the test split if 03 has not written
-# them yet), 04 reuses 03's TSVs of the train split and 06 04's concept sets. `make all` runs the stages JOBS at a
-# time (default 2), those after 01 with CORTEX_THREADS=1 (02, alone in its window but for 08, keeps the profile's
-# threads): on the 2-core CPU two single-thread processes do ~1.4x the work of one two-thread process on these small
-# models (optimize.py's measurement). A stage's numbers depend on its own thread count only, never on what runs
-# beside it; JOBS=1 runs every stage alone on the profile's threads, the default for imagenet (one GPU: two stages
-# would share its memory) and paper-dry (12.5 GB a stage on a 24 GB machine).
+# 01's stores (its scene models are its own); after 02, notebooks 03, 05 and 07 read only the caches of 00-02 (each
+# builds what else it needs: 05 and 07 their own TSVs of the test split if 03 has not written them yet), 04 reuses
+# 03's TSVs of the train split and 06 04's concept sets. `make all` runs the stages JOBS at a time (default 2), those
+# after 01 but 02 with CORTEX_THREADS=1 (02 keeps the profile's threads: it runs alone): on the 2-core CPU two
+# single-thread processes do ~1.4x the work of one two-thread process on these small models (optimize.py's
+# measurement). A stage's numbers depend on its own thread count only, never on what runs beside it; JOBS=1 runs
+# every stage alone on the profile's threads, the default for imagenet (one GPU: two stages would share its memory)
+# and paper-dry (12.5 GB a stage on a 24 GB machine).
 JOBS    ?= $(if $(filter imagenet paper-dry,$(PROFILE)),1,2)
 stage    = $(filter $(EXEC)/$(1)_%,$(OUTS))
 AFTER_02 = $(foreach s,03 04 05 06 07 08,$(call stage,$(s)))
@@ -136,13 +136,13 @@ $(call stage,03) $(call stage,05) $(call stage,07): $(call stage,02)
 $(call stage,04): $(call stage,03)
 $(call stage,06): $(call stage,04)
 
-# Two lanes after 02 (order-only prerequisites: an order, not a dependency), so that with JOBS=2 neither core idles
-# while the other runs the long chain: 05 (the longest; its Gumbel runs are two processes of their own), then 06; and
-# 03, 07, then 04, last because it can use both cores when 05 has ended: the train split's TSV chunks it computes run
-# in saliency.jobs single-thread processes (cortex_nb.engine.pool). Without an order 04 once ran last, alone on one
-# thread (measured: ~200 s of one idle core); with 07 last, 05 ended ~75 s before it, the other core idle.
+# Two lanes after 02 (order-only prerequisites: an order, not a dependency), of about the same CPU time, so that
+# with JOBS=2 neither core idles while the other works: 05 (the longest; its Gumbel runs are two processes of their
+# own), then 08; and 03, 07, 04, 06. Measured (toy, AVX2 AMD EPYC Zen 5, user seconds): 05 + 08 = 259 + 54, 03 + 07 +
+# 04 + 06 = 107 + 91 + 109 + 12. With 08 beside 02 instead, 05 ended ~75 s before the other lane, one core idle;
+# without any order 04 once ran last, alone on one thread (~200 s of one idle core).
 ifneq ($(JOBS),1)
-$(call stage,06): | $(call stage,05)
+$(call stage,08): | $(call stage,05)
 $(call stage,04): | $(call stage,07)
 endif
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the lazy names below, for linters and editors
     from .vqgm import VQGM, load_vqgm
     from .vqgm.protocol import VQGMProtocol
     from .pipeline.run import (Run, SectionResult, class_names, compose, generate_dataset, get_evaluators,
-                               get_extractors, get_tsv, get_tsvs, get_vqgm, load_split, saliency_of, setup)
+                               get_extractors, get_tsv, get_vqgm, load_split, saliency_of, setup)
     from .pipeline.s00_vqgm import (evaluator_scores, evaluator_training_table, prior_samples, quality_table,
                                     reconstruction_figure, samples_figure, toyworld_figure, vqgm_report)
     from .pipeline.s01_dataset import dataset_table, generated_accuracy_table
@@ -67,7 +67,7 @@ _LAZY = {
     "vqgm": ("VQGM", "load_vqgm"),
     "vqgm.protocol": ("VQGMProtocol",),
     "pipeline.run": ("setup", "compose", "Run", "SectionResult", "get_vqgm", "get_evaluators", "generate_dataset",
-                     "load_split", "get_extractors", "saliency_of", "get_tsv", "get_tsvs", "class_names"),
+                     "load_split", "get_extractors", "saliency_of", "get_tsv", "class_names"),
     "pipeline.s00_vqgm": ("toyworld_figure", "vqgm_report", "quality_table", "reconstruction_figure",
                           "evaluator_training_table", "prior_samples", "samples_figure", "evaluator_scores"),
     "pipeline.s01_dataset": ("dataset_table", "generated_accuracy_table"),
@@ -101,7 +101,7 @@ __all__ = [
     "select_tokens", "optimize_embeddings", "central_region", "OptimResult",
     # the run (pipeline.run)
     "setup", "compose", "Run", "SectionResult", "get_vqgm", "get_evaluators", "generate_dataset", "load_split",
-    "get_extractors", "saliency_of", "get_tsv", "get_tsvs", "class_names",
+    "get_extractors", "saliency_of", "get_tsv", "class_names",
     # 00 the VQGM
     "toyworld_figure", "vqgm_report", "quality_table", "reconstruction_figure", "evaluator_training_table",
     "prior_samples", "samples_figure", "evaluator_scores",

@@ -263,33 +263,6 @@ def test_tsv_cache_file_follows_the_extractor(profile):
     assert not np.array_equal(t1, t2)
 
 
-def test_tsv_chunks_from_worker_processes_equal_this_process(profile, caplog):
-    """get_tsvs with saliency.jobs = 2 computes the chunks still missing, of both extractors together, in two
-    single-thread worker processes: each equals the chunk get_tsv computes in this process at one thread (same
-    seed, same rows), and what is cached already is not computed again."""
-    import logging
-
-    from cortex_nb.method.extractors import build_extractor
-
-    cfg = profile(**{"saliency.chunk": 2, "saliency.jobs": 2})
-    v = pipeline.get_vqgm(cfg)
-    pipeline.generate_dataset(cfg, v, splits=("train",))
-    torch.manual_seed(0)
-    fs = {arch: build_extractor(pipeline.extractor_config(cfg, arch, v)).eval() for arch in ("CE", "RE")}
-    n = len(pipeline.load_split(cfg, "train", v))
-    assert n > 2 * 2                                                     # several chunks per extractor
-    ce_here = np.array(pipeline.get_tsv(cfg, "CE", fs["CE"], v, "train"))   # this process: CE cached
-    with caplog.at_level(logging.INFO, logger="cortex_nb"):
-        pooled = {k: np.array(t) for k, t in pipeline.get_tsvs(cfg, fs, v, "train").items()}
-    assert f"TSV train: {-(-n // 2)} chunks of RE, 2 processes of 1 thread" in caplog.text   # only RE's
-    np.testing.assert_array_equal(pooled["CE"], ce_here)
-    for f in (_cache(cfg) / "tsv").rglob("*.npy"):
-        f.unlink()
-    re_here = np.array(pipeline.get_tsv(cfg, "RE", fs["RE"], v, "train"))
-    assert pooled["RE"].shape == (n, *re_here.shape[1:]) and np.abs(re_here).sum() > 0
-    np.testing.assert_array_equal(pooled["RE"], re_here)
-
-
 def test_setup_writes_the_resolved_profile_beside_the_results(profile):
     """results/<profile>/profile.yaml: every resolved value, plus what else the numbers depend on."""
     import yaml

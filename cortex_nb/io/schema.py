@@ -173,7 +173,6 @@ SCHEMA: dict[str, Check] = {
     "saliency.alpha": _nonneg(),
     "saliency.chunk": _int(1),
     "saliency.chunk_rows": _int(1),
-    "saliency.jobs": _int(1),
     "saliency.mask_mode": _choice("equal_area", "token_ids"),
     "saliency.fill": _choice(*FILLS),
     "saliency.fills": Check("list", choices=FILLS),

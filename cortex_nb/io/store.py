@@ -330,28 +330,6 @@ def _cached_rows(path: Path) -> int | None:
         return None
 
 
-def _part(path: Path, start: int) -> Path:
-    """Where :func:`chunked_array` keeps the finished chunk at row ``start`` of ``path`` until all exist."""
-    return path.with_name(path.name + ".parts") / f"{start:09d}.npy"
-
-
-def missing_chunks(path: str | os.PathLike, n: int, chunk: int) -> list[int]:
-    """The starts of the chunks of ``chunked_array(path, n, chunk, ...)`` not computed yet ([] when the finished
-    array exists): to compute them elsewhere (another process) and hand them in with :func:`put_chunk`;
-    ``chunked_array`` then only assembles them."""
-    path = Path(path)
-    if _cached_rows(path) == n:
-        return []
-    return [s for s in range(0, n, chunk) if not _part(path, s).exists()]
-
-
-def put_chunk(path: str | os.PathLike, start: int, rows: np.ndarray) -> None:
-    """Keep the rows of the chunk at ``start`` of ``chunked_array(path, ...)``, computed elsewhere."""
-    part = _part(Path(path), start)
-    part.parent.mkdir(parents=True, exist_ok=True)
-    save_npy(part, np.asarray(rows))
-
-
 def chunked_array(path: str | os.PathLike, n: int, chunk: int, compute: Callable[[int, int], np.ndarray],
                   *, desc: str = "compute", progress: bool = True) -> np.ndarray:
     """An (n, ...) array computed ``chunk`` rows at a time by ``compute(start, stop)``, resumably.
@@ -365,27 +343,27 @@ def chunked_array(path: str | os.PathLike, n: int, chunk: int, compute: Callable
     from ..engine import distributed
 
     path = Path(path)
-    parts = _part(path, 0).parent
+    parts = path.with_name(path.name + ".parts")
     starts = list(range(0, n, chunk))
     todo: list[int] | None = None  # None: the finished array exists
     if distributed.is_main():  # one rank inspects and prepares; the others follow its decision
         if _cached_rows(path) != n:
             path.unlink(missing_ok=True)  # absent, corrupt, or made for another n
             parts.mkdir(parents=True, exist_ok=True)
-            todo = [s for s in starts if not _part(path, s).exists()]
+            todo = [s for s in starts if not (parts / f"{s:09d}.npy").exists()]
     todo = distributed.broadcast_object(todo)
     if todo is None:
         return np.load(path, mmap_mode="r")
     for s in progress_bar(distributed.owned(todo), desc=desc, enabled=progress and distributed.is_main(),
                   unit="chunk"):
-        save_npy(_part(path, s), np.asarray(compute(s, min(s + chunk, n))))
+        save_npy(parts / f"{s:09d}.npy", np.asarray(compute(s, min(s + chunk, n))))
         distributed.fault_point("shard")
     distributed.barrier()  # every chunk exists
     if distributed.is_main():
-        arr = np.concatenate([np.load(_part(path, s)) for s in starts]) if starts else np.zeros((0,))
+        arr = np.concatenate([np.load(parts / f"{s:09d}.npy") for s in starts]) if starts else np.zeros((0,))
         save_npy(path, arr)
         for s in starts:
-            _part(path, s).unlink()
+            (parts / f"{s:09d}.npy").unlink()
         _remove_dir(parts)
     distributed.barrier()  # the final array exists
     return np.load(path, mmap_mode="r")

@@ -150,7 +150,7 @@ def extractor_key(cfg: DictConfig, arch: str, train: TokenStore, val: TokenStore
 #: argument of get_tsv): a key missing here only costs a needless recompute, never a stale TSV
 TSV_IGNORES = ("variant", "mask_mode", "fill", "fills", "fills_n", "fills_random_seeds", "area_k", "random_seeds",
                "n_concept", "k_concept",
-               "n_localisation", "head_fraction", "jobs")
+               "n_localisation", "head_fraction")
 
 
 def tsv_key(cfg: DictConfig, extractor, store, variant: str) -> str:

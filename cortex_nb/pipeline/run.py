@@ -30,7 +30,6 @@ import torch
 from omegaconf import DictConfig
 
 from ..engine import distributed
-from ..io.files import progress as progress_bar
 from ..io.store import TokenStore, chunked_array
 from ..method.evaluators import DISPLAY_NAMES
 from ..method.saliency import TokenSaliency
@@ -189,20 +188,6 @@ def saliency_of(cfg: DictConfig, extractor, variant: str | None = None) -> Token
     return make(extractor, n_samples=int(s.n_samples), alpha=float(s.alpha), chunk_size=s.chunk_rows)
 
 
-def _tsv_path(cfg: DictConfig, arch: str, extractor, store, split: str, variant: str):
-    # rank 0's key on every rank: the ranks must agree on the path even if their weights differed by a bit
-    key = distributed.broadcast_object(tsv_key(cfg, extractor, store, variant))
-    return cache_path(cfg, "tsv", f"{arch}-{key}", f"{split}-{variant}.npy")
-
-
-def _tsv_rows(cfg: DictConfig, ts: TokenSaliency, embed, tokens: torch.Tensor, labels: torch.Tensor,
-              a: int, b: int) -> np.ndarray:
-    """TSV of rows a:b of a split (the chunk at a): its SmoothGrad noise seeded by (replicate seed, a)."""
-    gen = torch.Generator(device=cfg.device).manual_seed(replicate_seed(cfg) * 1_000_003 + a)
-    E = embed(tokens[a:b].to(cfg.device))                          # (b - a, d, m, m)
-    return ts.attribute(E, labels[a:b].to(cfg.device), generator=gen).cpu().numpy().astype(np.float32)
-
-
 def get_tsv(cfg: DictConfig, arch: str, extractor, vqgm, split: str, variant: str | None = None) -> np.ndarray:
     """TSV (N, m, m) float32 of every image of ``split`` for its own label, under ``arch``.
     Cached as .npy under cache/tsv/, computed in resumable chunks; the SmoothGrad noise of each
@@ -212,60 +197,20 @@ def get_tsv(cfg: DictConfig, arch: str, extractor, vqgm, split: str, variant: st
     setup(cfg)
     variant = variant or cfg.saliency.variant
     store = load_split(cfg, split, vqgm)
-    path = _tsv_path(cfg, arch, extractor, store, split, variant)
+    # rank 0's key on every rank: the ranks must agree on the path even if their weights differed by a bit
+    key = distributed.broadcast_object(tsv_key(cfg, extractor, store, variant))
+    path = cache_path(cfg, "tsv", f"{arch}-{key}", f"{split}-{variant}.npy")
     ts = saliency_of(cfg, extractor, variant)
     embed = embed_fn(vqgm.codebook.to(cfg.device))
     tokens, labels = store_tokens(store), torch.from_numpy(store.labels)
-    return chunked_array(path, len(store), int(cfg.saliency.chunk),
-                         lambda a, b: _tsv_rows(cfg, ts, embed, tokens, labels, a, b), desc=f"TSV {arch} {split}",
+
+    def compute(a: int, b: int) -> np.ndarray:
+        gen = torch.Generator(device=cfg.device).manual_seed(replicate_seed(cfg) * 1_000_003 + a)
+        E = embed(tokens[a:b].to(cfg.device))                          # (b - a, d, m, m)
+        return ts.attribute(E, labels[a:b].to(cfg.device), generator=gen).cpu().numpy().astype(np.float32)
+
+    return chunked_array(path, len(store), int(cfg.saliency.chunk), compute, desc=f"TSV {arch} {split}",
                          progress=bool(cfg.progress))
-
-
-def get_tsvs(cfg: DictConfig, extractors: dict, vqgm, split: str, variant: str | None = None) -> dict[str, np.ndarray]:
-    """:func:`get_tsv` of every extractor of ``{arch: extractor}``: ``{arch: TSV}``.
-
-    On the CPU with ``saliency.jobs`` > 1 (not under torchrun) the chunks still missing, of all the extractors
-    together, are computed single-threaded, ``saliency.jobs`` at a time in worker processes
-    (:mod:`cortex_nb.engine.pool`), so a stage that has the machine to itself uses every core; each chunk is what
-    :func:`get_tsv` computes at one thread (the same seed, the same rows), whichever process computes it."""
-    setup(cfg)
-    variant = variant or cfg.saliency.variant
-    jobs = int(cfg.saliency.jobs) if torch.device(cfg.device).type == "cpu" and not distributed.active() else 1
-    if jobs > 1:
-        from ..engine.pool import run_jobs
-        from ..io.store import missing_chunks, put_chunk
-
-        store = load_split(cfg, split, vqgm)
-        chunk, n = int(cfg.saliency.chunk), len(store)
-        paths = {arch: _tsv_path(cfg, arch, f, store, split, variant) for arch, f in extractors.items()}
-        todo = {(arch, a): (arch, a, min(a + chunk, n)) for arch, path in paths.items()
-                for a in missing_chunks(path, n, chunk)}
-        if todo:
-            log.info("TSV %s: %d chunks of %s, %d processes of 1 thread", split, len(todo),
-                     ", ".join(dict.fromkeys(arch for arch, _ in todo)), min(jobs, len(todo)))
-        init = (cfg, variant, {arch: extractors[arch] for arch, _ in todo}, vqgm.codebook.cpu(),
-                store_tokens(store), torch.from_numpy(np.asarray(store.labels)))
-        done = run_jobs(_tsv_job, todo, jobs, init=_tsv_worker, initargs=init)
-        for (arch, a), rows in progress_bar(done, total=len(todo), desc=f"TSV {split}", unit="chunk",
-                                            enabled=bool(cfg.progress) and bool(todo)):
-            put_chunk(paths[arch], a, rows)
-    return {arch: get_tsv(cfg, arch, f, vqgm, split, variant) for arch, f in extractors.items()}
-
-
-_TSV_WORKER: dict = {}
-
-
-def _tsv_worker(cfg: DictConfig, variant: str, extractors: dict, codebook: torch.Tensor, tokens: torch.Tensor,
-                labels: torch.Tensor) -> None:
-    """What every TSV chunk job of a :func:`get_tsvs` call shares, kept once per worker process."""
-    _TSV_WORKER.clear()
-    _TSV_WORKER.update(cfg=cfg, tokens=tokens, labels=labels, embed=embed_fn(codebook.to(cfg.device)),
-                       saliency={arch: saliency_of(cfg, f, variant) for arch, f in extractors.items()})
-
-
-def _tsv_job(arch: str, a: int, b: int) -> np.ndarray:
-    w = _TSV_WORKER
-    return _tsv_rows(w["cfg"], w["saliency"][arch], w["embed"], w["tokens"], w["labels"], a, b)
 
 
 # --------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from ..method import masking
 from ..method.saliency import class_vs_rest_baseline, concept_tokens, frequency_baseline, top_n_positions
 from ..io.tables import cluster_and_unit_ci, cluster_bootstrap_ci, fmt_ci, mean_ci, write_table
-from .run import (Run, SectionResult, compose, display_name, embed_fn, get_tsvs, load_split, real_toy_images,
+from .run import (Run, SectionResult, compose, display_name, embed_fn, get_tsv, load_split, real_toy_images,
                   saliency_of, setup, store_tokens)
 from .scoring import fill_of, masked_images, score_masked
 
@@ -377,7 +377,7 @@ def run(cfg: DictConfig, composed: Run | None = None) -> SectionResult:
     composed = composed or compose(cfg)
     vqgm, extractors = composed.vqgm, composed.extractors
     out = SectionResult("table2")
-    tsv_train = get_tsvs(cfg, extractors, vqgm, "train")
+    tsv_train = {arch: get_tsv(cfg, arch, f, vqgm, "train") for arch, f in extractors.items()}
     fr = concept_frames(cfg, tsv_train, composed.evaluators, vqgm)
     out.values["concept_sets"] = fr["sets"]
     out.tables["table2_concept_level"] = table2(cfg, fr["table2"])
