@@ -149,7 +149,8 @@ endif
 # way on the same threads, and needs nothing else of 00's. So with JOBS=2, 01 runs first, alone on the profile's
 # threads, and 00 (one thread) beside 02: 02 keeps two cores ~1.2x busy (user / wall seconds), 00 takes the rest.
 # Nothing builds a model twice, or two at once (00 finds what 01 built), and every number is what 00 gave before
-# (00's tables and figures are the same on one thread as on two, checked on the toy profile). JOBS=1: 00, 01, 02.
+# (its tables are the same on one thread as on two; so are its figures on the toy profile, while toy-maskgit's
+# reconstruction figure differs in float rounding of some pixels). JOBS=1: 00, 01, 02.
 ifneq ($(JOBS),1)
 $(call stage,00): | $(call stage,01)
 $(call stage,00): STAGE_ENV := CORTEX_THREADS=1
