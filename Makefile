@@ -137,12 +137,14 @@ $(call stage,06): $(call stage,04)
 
 # Two lanes after 02 (order-only prerequisites: an order, not a dependency), of about the same CPU time, so that
 # with JOBS=2 neither core idles while the other works: 05 (the longest; its Gumbel runs are two processes of their
-# own), then 08; and 03, 07, 04, 06. Measured (toy, AVX2 AMD EPYC Zen 5, user seconds): 05 + 08 = 259 + 54, 03 + 07 +
-# 04 + 06 = 107 + 91 + 109 + 12. With 08 beside 02 instead, 05 ended ~75 s before the other lane, one core idle;
-# without any order 04 once ran last, alone on one thread (~200 s of one idle core).
+# own), 08, 06; and 03, 04, 07. Measured (toy, AVX2 AMD EPYC Zen 5, wall seconds with the other lane beside): 05 + 08
+# + 06 = 259 + 56 + 10, 03 + 04 + 07 = 117 + 112 + 99. With 06 after 04 in the other lane that lane ended 23 s
+# after this one; with 08 beside 02, 05 ended ~75 s before the other lane; without any order 04 once ran last,
+# alone on one thread (~200 s of one idle core).
 ifneq ($(JOBS),1)
 $(call stage,08): | $(call stage,05)
-$(call stage,04): | $(call stage,07)
+$(call stage,06): | $(call stage,08)
+$(call stage,07): | $(call stage,04)
 endif
 
 # 00 reports on the VQGM and the evaluators; 01 builds (or installs the shipped) VQGM and evaluators as well, the same

@@ -3,9 +3,9 @@
 The toy models are small: one process on two threads keeps two cores ~1.4x less busy than two single-thread
 processes (token selection at width 32, AVX2: 0.100 s/step on 2 threads, 0.133 on 1, two 1-thread processes side by
 side 0.142 each). So where a stage has independent jobs (the optimisation runs of notebook 05) it runs them in
-``processes`` spawned workers, each single-threaded. A job's result must not depend on
-the process it runs in, nor on what runs beside it: with one thread per job it does not (every job also runs at one
-thread when it runs in this process, see :func:`run_jobs`).
+``processes`` spawned workers, each single-threaded. A job's result must not depend on the process it runs in, nor
+on what runs beside it: with one thread per job it does not (every job also runs at one thread when it runs in this
+process, see :func:`run_jobs`).
 
 Workers are spawned (not forked: a fork of a process whose OpenMP runtime has started can hang), import what the job
 function needs, and receive the job's arguments by pickle: tensors, modules, profiles.
