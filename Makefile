@@ -114,10 +114,10 @@ $(EXEC)/%.ipynb: notebooks/%.ipynb cortex_nb/profiles/_base.yaml cortex_nb/profi
 	  && awk '{printf "   %s took %.0f s, peak memory %.0f MiB\n", $$1, $$2, $$3 / 1024}' results/$(PROFILE)/timings/$*.txt \
 	  || { rc=$$?; rm -f "$$tmp"; exit $$rc; }
 
-# The stage graph, not a chain: 01 samples from 00's VQGM and 02 trains on 01's stores; 08 reads only 00's VQGM and
-# 01's stores (its scene models are its own); after 02, notebooks 03, 05 and 07 read only the caches of 00-02 (each
-# builds what else it needs: 05 and 07 their own TSVs of the test split if 03 has not written them yet), 04 reuses
-# 03's TSVs of the train split and 06 04's concept sets. `make all` runs the stages JOBS at a time (default 2), all
+# The stage graph, not a chain: 01 samples from the VQGM (building or installing it) and 02 trains on 01's stores; 08
+# reads only the VQGM and 01's stores (its scene models are its own); after 02, 03, 05 and 07 read only the caches of
+# 01 and 02 (each builds what else it needs: 05 and 07 their own TSVs of the test split if 03 has not written them
+# yet), 04 reuses 03's TSVs of the train split and 06 04's concept sets. `make all` runs the stages JOBS at a time (default 2), all
 # but 01 and 02 with CORTEX_THREADS=1 (01 runs alone, 02 nearly: they keep the profile's threads): on the 2-core CPU
 # two single-thread processes do ~1.4x the work of one two-thread process on these small models (optimize.py's
 # measurement). A stage's numbers depend on its own thread count only, never on what runs beside it; JOBS=1 runs
