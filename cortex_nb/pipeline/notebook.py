@@ -52,9 +52,14 @@ def _stage(path: str) -> str:
     return name.split(".", 1)[0] if name else path
 
 
-def _ipc_config(os, tempfile, Config):
+def _ipc_config():
     """The kernel's sockets: Unix sockets under the temporary directory, named by this process (one kernel each; a
     short path, under the 107 characters a socket path may have), which jupyter_client removes at shutdown."""
+    import os
+    import tempfile
+
+    from traitlets.config import Config
+
     return Config({"KernelManager": {"transport": "ipc",
                                      "ip": os.path.join(tempfile.gettempdir(), f"cortex-kernel-{os.getpid()}")}})
 
@@ -71,11 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")     # papermill's cell log, as its CLI shows it
-    import os
-    import tempfile
-
     import papermill as pm
-    from traitlets.config import Config
     from papermill.exceptions import PapermillExecutionError
 
     from ..errors import DiskFullError
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pm.execute_notebook(args.input, args.output, parameters=dict(args.parameters), cwd=args.cwd,
                             kernel_name=args.kernel, execution_timeout=args.execution_timeout, log_output=True,
-                            progress_bar=False, config=_ipc_config(os, tempfile, Config))
+                            progress_bar=False, config=_ipc_config())
     except PapermillExecutionError as e:
         if e.ename not in user_error_names():
             raise
