@@ -167,6 +167,25 @@ def test_decoding_follows_the_cosine_schedule_and_keeps_fixed_tokens(trained, st
     assert int(out.max()) < K and int(out.min()) >= 0
 
 
+def test_chunked_and_deduplicated_prior_calls_give_the_tokens_of_one_call_per_step(trained, monkeypatch):
+    """The sampler calls the prior in chunks of _DECODE_ROWS rows and, at the all-[MASK] first step, once per distinct
+    label; oracle: the same decoding with one plain prior call per step (repeated labels, more than two chunks)."""
+    from cortex_nb.toy import maskgit
+
+    vq, _ = trained
+    B = 2 * maskgit._DECODE_ROWS + 22
+    labels = torch.randint(0, N_CLASSES, (B,), generator=torch.Generator().manual_seed(3))
+    calls = []
+    hook = vq.net.prior.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[0]))
+    try:
+        fast = vq.sample(labels, seed=11, batch_size=B, steps=4)
+    finally:
+        hook.remove()
+    assert calls == [N_CLASSES] + [maskgit._DECODE_ROWS, maskgit._DECODE_ROWS, 22] * 3
+    monkeypatch.setattr(maskgit, "_prior_logits", lambda prior, x, y, all_masked=False: prior(x, y))
+    assert torch.equal(vq.sample(labels, seed=11, batch_size=B, steps=4), fast)
+
+
 def test_one_step_greedy_decoding_is_the_priors_argmax(trained):
     vq, _ = trained
     labels = torch.tensor([0, 3, 1])

@@ -38,6 +38,10 @@ __all__ = ["MaskGITConfig", "Tokenizer", "BidirectionalTransformer", "MaskGITNet
 
 _TAMING_MODEL = "taming.modules.diffusionmodules.model"
 _QUANTIZE_BUDGET = 1 << 24      # max elements of one (rows x K) distance block, as in taming.py
+# Rows per prior call in maskgit_decode. A row's logits are the same bits whatever rows share its call (tested), so
+# this only sets speed: per 512 grids of the toy prior, 0.39 s in chunks of 64 against 0.65 s in one call of 512
+# (median of 5, AVX2 AMD EPYC Zen 5, 2026-12-07; 32 to 128 are within 0.03 s, 256 is 0.49 s: activations in cache).
+_DECODE_ROWS = 64
 
 
 @dataclass
@@ -238,6 +242,19 @@ def cosine_schedule(n: int, steps: int) -> list[int]:
     return [int(math.floor(n * math.cos(math.pi / 2 * (t + 1) / steps))) for t in range(steps - 1)] + [0]
 
 
+def _prior_logits(prior: BidirectionalTransformer, x: torch.Tensor, labels: torch.Tensor, *,
+                  all_masked: bool = False) -> torch.Tensor:
+    """``prior(x, labels)`` in calls of :data:`_DECODE_ROWS` rows; the same bits as one call. ``all_masked``: every
+    position of ``x`` is [MASK] (the first decoding step), so a row depends on its label only and each distinct label
+    is run once."""
+    if all_masked:
+        classes, inverse = labels.unique(return_inverse=True)
+        return _prior_logits(prior, x[:classes.numel()], classes)[inverse]
+    if x.shape[0] <= _DECODE_ROWS:
+        return prior(x, labels)
+    return torch.cat([prior(xs, ys) for xs, ys in zip(x.split(_DECODE_ROWS), labels.split(_DECODE_ROWS))])
+
+
 @torch.no_grad()
 def maskgit_decode(prior: BidirectionalTransformer, labels: torch.Tensor, *, steps: int, temperature: float = 1.0,
                    top_k: int | None = None, top_p: float | None = None, choice_temperature: float = 0.0,
@@ -254,7 +271,7 @@ def maskgit_decode(prior: BidirectionalTransformer, labels: torch.Tensor, *, ste
     x = torch.full((B, n), prior.mask_id, dtype=torch.int64, device=labels.device)
     for t, n_masked in enumerate(cosine_schedule(n, steps)):
         masked = x == prior.mask_id                                              # (B, n)
-        logits = prior(x, labels).float() / temperature                          # (B, n, K)
+        logits = _prior_logits(prior, x, labels, all_masked=t == 0).float() / temperature   # (B, n, K)
         logp = logits.log_softmax(-1)
         if top_k is not None or top_p is not None:
             logits = filter_top_k_top_p(logits, top_k=top_k, top_p=top_p)
