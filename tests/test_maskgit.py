@@ -17,7 +17,7 @@ from cortex_nb.errors import CheckpointError
 from cortex_nb.io.files import checksum_path
 from cortex_nb.toy import world as toyworld
 from cortex_nb.toy.maskgit import (BidirectionalTransformer, MaskGITConfig, MaskGITNet, MaskGITVQGM, build_maskgit,
-                                   cosine_schedule, maskgit_decode)
+                                   cosine_schedule, maskgit_decode, sample_categorical)
 from cortex_nb.toy.maskgit_training import (build_toy_maskgit, load_maskgit, mask_tokens, save_maskgit,
                                             train_prior, train_tokenizer)
 from cortex_nb.vqgm.protocol import VQGMProtocol, check_vqgm
@@ -170,10 +170,10 @@ def test_decoding_follows_the_cosine_schedule_and_keeps_fixed_tokens(trained, st
 def test_chunked_and_deduplicated_prior_calls_give_the_tokens_of_one_call_per_step(trained, monkeypatch):
     """The sampler calls the prior in chunks of _DECODE_ROWS rows and, at the all-[MASK] first step, once per distinct
     label; oracle: the same decoding with one plain prior call per step (repeated labels, more than two chunks)."""
-    from cortex_nb.toy import maskgit
+    from cortex_nb.toy import maskgit_sampler as sampler
 
     vq, _ = trained
-    B = 2 * maskgit._DECODE_ROWS + 22
+    B = 2 * sampler._DECODE_ROWS + 22
     labels = torch.randint(0, N_CLASSES, (B,), generator=torch.Generator().manual_seed(3))
     calls = []
     hook = vq.net.prior.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[0]))
@@ -181,9 +181,29 @@ def test_chunked_and_deduplicated_prior_calls_give_the_tokens_of_one_call_per_st
         fast = vq.sample(labels, seed=11, batch_size=B, steps=4)
     finally:
         hook.remove()
-    assert calls == [N_CLASSES] + [maskgit._DECODE_ROWS, maskgit._DECODE_ROWS, 22] * 3
-    monkeypatch.setattr(maskgit, "_prior_logits", lambda prior, x, y, all_masked=False: prior(x, y))
+    assert calls == [N_CLASSES] + [sampler._DECODE_ROWS, sampler._DECODE_ROWS, 22] * 3
+    monkeypatch.setattr(sampler, "_prior_logits", lambda prior, x, y, masked, all_masked=False: prior(x, y)[masked])
     assert torch.equal(vq.sample(labels, seed=11, batch_size=B, steps=4), fast)
+
+
+def test_categorical_draws_follow_the_probabilities_and_never_a_zero_one():
+    """Oracle: the probabilities themselves (each id's frequency within 5 binomial standard errors over 200,000 draws),
+    unnormalised rows, ids of zero mass (first, inner, last), one-hot rows, and the generator's seed."""
+    p = torch.tensor([0.0, 0.5, 0.0, 0.2, 0.3, 0.0]) * 3.0           # unnormalised, zeros at both ends and inside
+    n = 200_000
+    draws = sample_categorical(p.expand(n, -1), torch.Generator().manual_seed(0))
+    assert draws.dtype == torch.int64 and draws.shape == (n,)
+    freq = torch.bincount(draws, minlength=6).double() / n
+    want = (p / p.sum()).double()
+    assert torch.all(freq[want == 0] == 0)
+    se = (want * (1 - want) / n).sqrt()
+    assert torch.all((freq - want).abs() <= 5 * se + 1e-12), (freq, want)
+    onehot = torch.eye(5)[torch.tensor([4, 0, 2, 2])]
+    assert sample_categorical(onehot, torch.Generator().manual_seed(1)).tolist() == [4, 0, 2, 2]
+    q = torch.rand(50, 7, generator=torch.Generator().manual_seed(9))
+    a = sample_categorical(q, torch.Generator().manual_seed(2))
+    assert torch.equal(sample_categorical(q, torch.Generator().manual_seed(2)), a)
+    assert not torch.equal(sample_categorical(q, torch.Generator().manual_seed(3)), a)
 
 
 def test_one_step_greedy_decoding_is_the_priors_argmax(trained):

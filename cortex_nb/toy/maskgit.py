@@ -8,8 +8,8 @@ the validation and messages of taming's :class:`cortex_nb.vqgm.taming.VQGM`):
   ``vector_quantize_pytorch.VectorQuantize`` (Euclidean, EMA codebook, k-means init, dead-code restarts, codebook_dim
   = d: no projection);
 * prior: :class:`BidirectionalTransformer` (``nn.TransformerEncoder``) over [class token, m*m tokens], id K = [MASK];
-* sampler: :func:`maskgit_decode`, iterative parallel decoding on :func:`cosine_schedule`; ``top_p`` is taken as well
-  as ``top_k`` (:func:`cortex_nb.vqgm.taming_compat.filter_top_k_top_p`, as in taming's sampler).
+* sampler: :func:`~cortex_nb.toy.maskgit_sampler.maskgit_decode` (:mod:`cortex_nb.toy.maskgit_sampler`), iterative
+  parallel decoding on a cosine schedule.
 
 Training, the cached build, :func:`~cortex_nb.toy.maskgit_training.save_maskgit` and ``load_maskgit``: see
 :mod:`cortex_nb.toy.maskgit_training`.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 import numbers
 from dataclasses import dataclass, fields
 from typing import Any
@@ -29,19 +28,15 @@ import torch.nn.functional as F
 
 from ..io.files import progress as progress_bar, weights_key
 from ..vqgm.protocol import TokenRangeError, as_index_tensor
-from ..vqgm.taming_compat import filter_top_k_top_p
 from ..vqgm.taming_config import instantiate
+from .maskgit_sampler import cosine_schedule, maskgit_decode, sample_categorical
 from .training import config_dict
 
 __all__ = ["MaskGITConfig", "Tokenizer", "BidirectionalTransformer", "MaskGITNet", "MaskGITVQGM", "build_maskgit",
-           "nearest_code", "cosine_schedule", "maskgit_decode"]
+           "nearest_code", "cosine_schedule", "sample_categorical", "maskgit_decode"]
 
 _TAMING_MODEL = "taming.modules.diffusionmodules.model"
 _QUANTIZE_BUDGET = 1 << 24      # max elements of one (rows x K) distance block, as in taming.py
-# Rows per prior call in maskgit_decode. A row's logits are the same bits whatever rows share its call (tested), so
-# this only sets speed: per 512 grids of the toy prior, 0.39 s in chunks of 64 against 0.65 s in one call of 512
-# (median of 5, AVX2 AMD EPYC Zen 5, 2026-12-07; 32 to 128 are within 0.03 s, 256 is 0.49 s: activations in cache).
-_DECODE_ROWS = 64
 
 
 @dataclass
@@ -197,10 +192,12 @@ class BidirectionalTransformer(nn.Module):
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """tokens (B, m*m) in [0, K], labels (B,) -> logits (B, m*m, K)."""
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, m*m) in [0, K], labels (B,) -> logits (B, m*m, K); ``where`` (B, m*m) bool: only the logits of
+        those positions, (M, K) in row-major order (``logits[where]``, without the output layer for the others)."""
         x = torch.cat([self.cls_emb(labels)[:, None], self.tok_emb(tokens)], dim=1) + self.pos_emb  # (B, 1+n, C)
-        return self.head(self.ln_f(self.blocks(x))[:, 1:])
+        h = self.ln_f(self.blocks(x))[:, 1:]
+        return self.head(h if where is None else h[where])
 
 
 class MaskGITNet(nn.Module):
@@ -235,59 +232,6 @@ def nearest_code(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; ||x||^2 is constant per row
     idx = [torch.addmm(cb_sq, chunk, cb.T, alpha=-2.0).argmin(1) for chunk in flat.split(rows)]
     return torch.cat(idx) if idx else torch.empty(0, dtype=torch.int64, device=flat.device)
-
-
-def cosine_schedule(n: int, steps: int) -> list[int]:
-    """Positions still masked after each decoding step t of ``steps``: floor(n cos(pi/2 (t+1)/steps)), 0 at the end."""
-    return [int(math.floor(n * math.cos(math.pi / 2 * (t + 1) / steps))) for t in range(steps - 1)] + [0]
-
-
-def _prior_logits(prior: BidirectionalTransformer, x: torch.Tensor, labels: torch.Tensor, *,
-                  all_masked: bool = False) -> torch.Tensor:
-    """``prior(x, labels)`` in calls of :data:`_DECODE_ROWS` rows; the same bits as one call. ``all_masked``: every
-    position of ``x`` is [MASK] (the first decoding step), so a row depends on its label only and each distinct label
-    is run once."""
-    if all_masked:
-        classes, inverse = labels.unique(return_inverse=True)
-        return _prior_logits(prior, x[:classes.numel()], classes)[inverse]
-    if x.shape[0] <= _DECODE_ROWS:
-        return prior(x, labels)
-    return torch.cat([prior(xs, ys) for xs, ys in zip(x.split(_DECODE_ROWS), labels.split(_DECODE_ROWS))])
-
-
-@torch.no_grad()
-def maskgit_decode(prior: BidirectionalTransformer, labels: torch.Tensor, *, steps: int, temperature: float = 1.0,
-                   top_k: int | None = None, top_p: float | None = None, choice_temperature: float = 0.0,
-                   generator: torch.Generator | None = None, record: list | None = None) -> torch.Tensor:
-    """MaskGIT iterative parallel decoding: labels (B,) -> tokens (B, m*m).
-
-    Start fully masked. At step t: logits / temperature for every position, top-k / top-p filtered, one token drawn for
-    every masked position; its confidence is its log-probability under the tempered, *unfiltered* distribution (so
-    that greedy ``top_k=1`` still ranks positions) plus ``choice_temperature * (1 - (t+1)/steps)`` Gumbel noise. Of the
-    positions drawn at this step, the ``cosine_schedule(m*m, steps)[t]`` least confident are masked again; tokens fixed
-    earlier stay fixed. ``record``: if a list, the (B,) count of masked positions after each step is appended.
-    """
-    B, n, K = labels.shape[0], prior.m * prior.m, prior.K
-    x = torch.full((B, n), prior.mask_id, dtype=torch.int64, device=labels.device)
-    for t, n_masked in enumerate(cosine_schedule(n, steps)):
-        masked = x == prior.mask_id                                              # (B, n)
-        logits = _prior_logits(prior, x, labels, all_masked=t == 0).float() / temperature   # (B, n, K)
-        logp = logits.log_softmax(-1)
-        if top_k is not None or top_p is not None:
-            logits = filter_top_k_top_p(logits, top_k=top_k, top_p=top_p)
-        drawn = torch.multinomial(logits.softmax(-1).reshape(-1, K), 1, generator=generator).reshape(B, n)
-        conf = logp.gather(-1, drawn[..., None])[..., 0]                         # (B, n)
-        noise_scale = choice_temperature * (1.0 - (t + 1) / steps)
-        if noise_scale > 0:
-            u = torch.rand(conf.shape, generator=generator, device=conf.device).clamp(1e-20, 1 - 1e-7)
-            conf = conf + noise_scale * -torch.log(-torch.log(u))
-        x = torch.where(masked, drawn, x)
-        if n_masked:
-            conf = conf.masked_fill(~masked, math.inf)                           # fixed tokens are never re-masked
-            x.scatter_(1, conf.argsort(dim=1, stable=True)[:, :n_masked], prior.mask_id)
-        if record is not None:
-            record.append((x == prior.mask_id).sum(1).cpu())
-    return x
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,8 +271,10 @@ class MaskGITVQGM:
         return dict(config_dict(self.config), n_classes=self.n_classes)
 
     def identity(self) -> dict:
-        """Family, configuration and a digest of every weight (tokenizer and prior): what cache keys digest."""
-        return {"family": "maskgit", "config": self.settings(), "weights": weights_key(self.net)}
+        """Family, configuration, how the sampler draws tokens and a digest of every weight (tokenizer and prior):
+        what cache keys digest (samples drawn with torch.multinomial, before 2026-12-07, are not reused)."""
+        return {"family": "maskgit", "draw": "inverse-cdf", "config": self.settings(),
+                "weights": weights_key(self.net)}
 
     def with_prior(self, prior: nn.Module) -> "MaskGITVQGM":
         """The same tokenizer with ``prior`` (a :class:`BidirectionalTransformer` of the same K, m, classes); this
