@@ -17,24 +17,14 @@ from typing import Any, Callable, Hashable, Iterator
 import torch
 
 
-def _init_worker(init: Callable | None, initargs: tuple, threads: int | None = 1) -> None:
-    if threads is not None:
-        torch.set_num_threads(threads)
-    if init is not None:
-        init(*initargs)
-
-
-def run_jobs(fn: Callable[..., Any], jobs: dict[Hashable, tuple], processes: int, *,
-             init: Callable | None = None, initargs: tuple = (), threads: int | None = 1
+def run_jobs(fn: Callable[..., Any], jobs: dict[Hashable, tuple], processes: int, *, threads: int | None = 1
              ) -> Iterator[tuple[Hashable, Any]]:
     """``fn(*args)`` for every ``key: args`` of ``jobs``, yielding ``(key, result)`` as each finishes.
 
     With ``processes > 1`` and more than one job: in ``min(processes, len(jobs))`` spawned worker processes, each at
-    one torch thread, in the order they finish; ``init(*initargs)`` runs once in each worker first (for what every
-    job shares: sent once per worker, not once per job). Otherwise: in this process, in ``jobs``' order, at
-    ``threads`` torch threads (restored after; None: as set, e.g. on a GPU), ``init`` run here once. ``fn`` and
-    ``init`` must be importable module-level functions; a job's exception is raised here, and the jobs not yet
-    started are cancelled.
+    one torch thread, in the order they finish. Otherwise: in this process, in ``jobs``' order, at ``threads`` torch
+    threads (restored after; None: as set, e.g. on a GPU). ``fn`` must be an importable module-level function; a
+    job's exception is raised here, and the jobs not yet started are cancelled.
     """
     if not jobs:
         return
@@ -42,7 +32,8 @@ def run_jobs(fn: Callable[..., Any], jobs: dict[Hashable, tuple], processes: int
     if n <= 1:
         before = torch.get_num_threads()
         try:
-            _init_worker(init, initargs, threads)
+            if threads is not None:
+                torch.set_num_threads(threads)
             for key, args in jobs.items():
                 yield key, fn(*args)
         finally:
@@ -51,8 +42,8 @@ def run_jobs(fn: Callable[..., Any], jobs: dict[Hashable, tuple], processes: int
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(init, initargs)) as pool:
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads,
+                             initargs=(1,)) as pool:
         futures = {pool.submit(fn, *args): key for key, args in jobs.items()}
         try:
             for fut in as_completed(futures):

@@ -43,8 +43,9 @@ def _prior_logits(prior: nn.Module, x: torch.Tensor, labels: torch.Tensor, maske
     label only and each distinct label is run once."""
     if all_masked:
         classes, inverse = labels.unique(return_inverse=True)
-        return _prior_logits(prior, x[:classes.numel()], classes, masked[:classes.numel()])[
-            (inverse[:, None] * x.shape[1] + torch.arange(x.shape[1], device=x.device)).reshape(-1)]
+        U, n = classes.numel(), x.shape[1]
+        per_class = _prior_logits(prior, x[:U], classes, masked[:U])                # (U * n, K): every position
+        return per_class.view(U, n, -1)[inverse].flatten(0, 1)
     if x.shape[0] <= _DECODE_ROWS:
         return prior(x, labels, masked)
     return torch.cat([prior(xs, ys, ms) for xs, ys, ms in
